@@ -1,0 +1,186 @@
+"""The NumPy FBI transformer: LLaMA blocks whose linears are FBI-Linear, hand-written backward.
+
+    model = Model(ModelConfig.from_name("tiny"), seed=0)
+    logits = model.forward(tokens)          # (B, T) int -> (B, T, V)
+    grads = model.backward(dlogits)         # dict with exactly the keys of model.params
+
+Parameters live in `model.params` under Hugging Face LLaMA names, plus `.wscale`/`.wbias` (1, in)
+per binarized linear: the layout of the released FBI-LLM checkpoints (arXiv 2407.07093).
+The backward is the forward in reverse, op by op, using the caches the forward kept.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import layers as L
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig
+from .errors import TinyFBIError
+
+INIT_STD = 0.02  # LLaMA / FBI-LLM initializer_range for embeddings and every linear
+
+
+class Model:
+    def __init__(self, config: ModelConfig, seed: int = 0, dtype=np.float32, params=None):
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.clip_ste = False  # ablation switch: hard-tanh STE instead of the paper's identity
+        self.params = params if params is not None else self._init_params(seed)
+        self._caches = None
+
+    # ------------------------------------------------------------------ parameters
+
+    def _init_params(self, seed):
+        cfg, rng = self.config, np.random.default_rng(seed)
+        params, params_order = {}, cfg.param_shapes()
+        for name, shape in params_order.items():
+            if name.endswith((".wscale", ".wbias")):
+                continue  # filled from their latent weight below
+            if "norm" in name:
+                params[name] = np.ones(shape, dtype=self.dtype)
+            else:
+                params[name] = (rng.standard_normal(shape) * INIT_STD).astype(self.dtype)
+            if name[:-len(".weight")] + ".wscale" in params_order:
+                wscale, wbias = L.init_scales(params[name], cfg.scaling)
+                params[name[:-len(".weight")] + ".wscale"] = wscale.astype(self.dtype)
+                params[name[:-len(".weight")] + ".wbias"] = wbias.astype(self.dtype)
+        return {name: params[name] for name in params_order}  # canonical order
+
+    def num_params(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    @property
+    def binarized_names(self) -> list[str]:
+        """Latent weights of the binarized block linears (q, k, v, o, gate, up, down)."""
+        return self.config.binarized_weight_names()
+
+    # ------------------------------------------------------------------ forward
+
+    def _linear(self, prefix, x):
+        p = self.params
+        if self.config.binarized:
+            return L.fbi_linear_forward(x, p[prefix + ".weight"], p.get(prefix + ".wscale"),
+                                        p.get(prefix + ".wbias"), self.config.scaling)
+        return L.linear_forward(x, p[prefix + ".weight"])
+
+    def _linear_backward(self, prefix, dout, cache, grads):
+        if self.config.binarized:
+            dx, dw, dscale, dbias = L.fbi_linear_backward(dout, cache, self.clip_ste)
+            if self.config.has_scales:
+                grads[prefix + ".wscale"], grads[prefix + ".wbias"] = dscale, dbias
+        else:
+            dx, dw = L.linear_backward(dout, cache)
+        grads[prefix + ".weight"] = dw
+        return dx
+
+    def check_tokens(self, tokens):
+        if not isinstance(tokens, np.ndarray) or tokens.dtype.kind not in "iu":
+            raise TinyFBIError(f"tokens must be an integer numpy array, got "
+                               f"{getattr(tokens, 'dtype', type(tokens).__name__)}")
+        if tokens.ndim != 2:
+            raise TinyFBIError(f"tokens must have shape (batch, time), got rank {tokens.ndim}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise TinyFBIError(f"token ids must lie in [0, {self.config.vocab_size}), got "
+                               f"[{tokens.min()}, {tokens.max()}]")
+        if tokens.shape[1] > self.config.max_position_embeddings:
+            raise TinyFBIError(f"sequence length {tokens.shape[1]} exceeds max_position_embeddings "
+                               f"{self.config.max_position_embeddings}")
+
+    def forward(self, tokens):
+        self.check_tokens(tokens)
+        cfg, p = self.config, self.params
+        B, T = tokens.shape
+        H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        cos, sin = L.rope_cos_sin(np.arange(T), D, cfg.rope_theta, self.dtype)
+        x, emb_cache = L.embedding_forward(p["model.embed_tokens.weight"], tokens)   # (B, T, C)
+        blocks = []
+        for i in range(cfg.num_hidden_layers):
+            pre, c = f"model.layers.{i}.", {}
+            h, c["ln1"] = L.rmsnorm_forward(x, p[pre + "input_layernorm.weight"], cfg.rms_norm_eps)
+            q, c["q"] = self._linear(pre + "self_attn.q_proj", h)                       # (B, T, H*D)
+            k, c["k"] = self._linear(pre + "self_attn.k_proj", h)                       # (B, T, Hkv*D)
+            v, c["v"] = self._linear(pre + "self_attn.v_proj", h)
+            q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)                             # (B, H, T, D)
+            k = k.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3)                           # (B, Hkv, T, D)
+            v = v.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3)
+            q, c["rq"] = L.rope_forward(q, cos, sin)
+            k, c["rk"] = L.rope_forward(k, cos, sin)
+            a, c["att"] = L.attention_forward(q, k, v)                                  # (B, H, T, D)
+            a = a.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+            o, c["o"] = self._linear(pre + "self_attn.o_proj", a)
+            x = x + o                                                                   # residual
+            h, c["ln2"] = L.rmsnorm_forward(x, p[pre + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
+            g, c["gate"] = self._linear(pre + "mlp.gate_proj", h)                       # (B, T, I)
+            u, c["up"] = self._linear(pre + "mlp.up_proj", h)
+            m, c["swiglu"] = L.swiglu_forward(g, u)
+            d, c["down"] = self._linear(pre + "mlp.down_proj", m)                       # (B, T, C)
+            x = x + d
+            blocks.append(c)
+        h, norm_cache = L.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
+        logits, head_cache = L.linear_forward(h, p["lm_head.weight"])                   # (B, T, V)
+        self._caches = (tokens.shape, emb_cache, blocks, norm_cache, head_cache)
+        return logits
+
+    # ------------------------------------------------------------------ backward
+
+    def backward(self, dlogits):
+        """Gradients of every parameter given dL/dlogits (B, T, V): the forward in reverse."""
+        if self._caches is None:
+            raise RuntimeError("backward() needs a forward() first")
+        cfg = self.config
+        (B, T), emb_cache, blocks, norm_cache, head_cache = self._caches
+        H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        grads = {}
+        dh, grads["lm_head.weight"] = L.linear_backward(dlogits, head_cache)
+        dx, grads["model.norm.weight"] = L.rmsnorm_backward(dh, norm_cache)
+        for i in reversed(range(cfg.num_hidden_layers)):
+            pre, c = f"model.layers.{i}.", blocks[i]
+            dm = self._linear_backward(pre + "mlp.down_proj", dx, c["down"], grads)
+            dg, du = L.swiglu_backward(dm, c["swiglu"])
+            dh = self._linear_backward(pre + "mlp.gate_proj", dg, c["gate"], grads)
+            dh += self._linear_backward(pre + "mlp.up_proj", du, c["up"], grads)
+            dln2, grads[pre + "post_attention_layernorm.weight"] = L.rmsnorm_backward(dh, c["ln2"])
+            dx = dx + dln2
+            da = self._linear_backward(pre + "self_attn.o_proj", dx, c["o"], grads)
+            da = da.reshape(B, T, H, D).transpose(0, 2, 1, 3)                           # (B, H, T, D)
+            dq, dk, dv = L.attention_backward(da, c["att"])
+            dq = L.rope_backward(dq, c["rq"])
+            dk = L.rope_backward(dk, c["rk"])
+            dq = dq.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+            dk = dk.transpose(0, 2, 1, 3).reshape(B, T, Hkv * D)
+            dv = dv.transpose(0, 2, 1, 3).reshape(B, T, Hkv * D)
+            dh = self._linear_backward(pre + "self_attn.q_proj", dq, c["q"], grads)
+            dh += self._linear_backward(pre + "self_attn.k_proj", dk, c["k"], grads)
+            dh += self._linear_backward(pre + "self_attn.v_proj", dv, c["v"], grads)
+            dln1, grads[pre + "input_layernorm.weight"] = L.rmsnorm_backward(dh, c["ln1"])
+            dx = dx + dln1
+        grads["model.embed_tokens.weight"] = L.embedding_backward(dx, emb_cache)
+        self._caches = None  # free activations
+        return {name: grads[name].astype(self.dtype, copy=False) for name in self.params}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def effective_weights(self):
+        """Params with every binarized linear materialized as W~ (what a float runtime multiplies by)."""
+        out = {}
+        for name, value in self.params.items():
+            if name.endswith((".wscale", ".wbias")):
+                continue
+            if name in self.binarized_names:
+                prefix = name[:-len(".weight")]
+                value = L.effective_weight(value, self.params.get(prefix + ".wscale"),
+                                           self.params.get(prefix + ".wbias"), self.config.scaling)
+            out[name] = value
+        return out
+
+    def save(self, directory, tokenizer_spec=None, extra_fbi=None):
+        save_checkpoint(directory, self.config, self.params, tokenizer_spec, extra_fbi)
+
+    @classmethod
+    def load(cls, directory, dtype=None):
+        config, params, _ = load_checkpoint(directory)
+        if dtype is not None:
+            params = {k: v.astype(dtype) for k, v in params.items()}
+        model_dtype = dtype or next(iter(params.values())).dtype
+        return cls(config, dtype=model_dtype, params=params)
+
