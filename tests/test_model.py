@@ -2,9 +2,9 @@
 
 Logits, loss and every gradient by name. Tolerances:
 - float64 in both: the same maths in a different order, so rtol 1e-8 / atol 1e-10;
-- float32 in both (the training dtype): accumulated rounding over a few layers and a 4096-way
-  softmax, measured at ~1e-6 relative; we allow rtol 1e-3 / atol 1e-5 on logits and loss and
-  compare gradients relative to each tensor's largest entry (atol 1e-4 * max|g|).
+- float32 in both (the training dtype): BLAS sums in another order over 4 layers; logit
+  differences measured up to 2.2e-5 on logits of size ~1, so atol 1e-4 / rtol 1e-3 on logits,
+  rtol 1e-5 on the loss, and gradients relative to each tensor's largest entry (1e-4 * max|g|).
 """
 import numpy as np
 import pytest
@@ -65,7 +65,7 @@ def test_model_matches_torch_float32(binarized):
     config = ModelConfig.from_name("tiny").replace(binarized=binarized)
     model, (logits, loss, grads), (t_logits, t_loss, t_grads) = run_both(config, torch.float32, T=16)
     assert logits.dtype == np.float32
-    assert_close(logits, t_logits, rtol=1e-3, atol=1e-5, name="logits")
+    assert_close(logits, t_logits, rtol=1e-3, atol=1e-4, name="logits")
     assert_close(loss, t_loss, rtol=1e-5, atol=0, name="loss")
     for name in model.params:
         assert grads[name].dtype == np.float32

@@ -13,4 +13,5 @@ def positive_mask(w):
 
 def binarize(w: np.ndarray) -> np.ndarray:
     """sign(w) with sign(0) = +1, in w's dtype."""
-    return np.where(positive_mask(w), 1, -1).astype(w.dtype)
+    one = np.ones((), dtype=w.dtype)
+    return np.where(positive_mask(w), one, -one)

@@ -87,58 +87,83 @@ def causal_bias(Tq, Tk, dtype):
 
 
 def softmax(x, axis=-1):
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e = x - np.max(x, axis=axis, keepdims=True)
+    np.exp(e, out=e)
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
 
 
 def log_softmax(x, axis=-1):
     shifted = x - np.max(x, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    shifted -= np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    return shifted
+
+
+ATTENTION_CHUNK = 64  # query rows per block: a block only scores the keys it can see
 
 
 def attention_forward(q, k, v):
-    # q (B, H, T, D); k, v (B, Hkv, Tk, D) with H a multiple of Hkv (grouped-query attention)
+    """Causal softmax(q k^T / sqrt(D)) v, block by block over the queries.
+
+    q (B, H, T, D); k, v (B, Hkv, Tk, D), Tk >= T (the last T positions are the queries), H a
+    multiple of Hkv (grouped-query attention: kv head j serves query heads j*G .. j*G+G-1).
+    Query block [s, e) only needs keys [0, Tk - T + e): skipping the rest halves the work.
+    """
     B, H, T, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    group = H // Hkv
-    qg = q.reshape(B, Hkv, group * T, D)                               # queries of a kv head together
-    scores = (qg @ k.swapaxes(-1, -2)).reshape(B, Hkv, group, T, Tk)   # (B, Hkv, G, T, Tk)
-    scores *= 1.0 / np.sqrt(D)
-    scores += causal_bias(T, Tk, scores.dtype)
-    probs = softmax(scores).astype(q.dtype, copy=False)
-    out = probs.reshape(B, Hkv, group * T, Tk) @ v                     # (B, Hkv, G*T, D)
-    return out.reshape(B, H, T, D), (q, k, v, probs)
+    G, offset, scale = H // Hkv, Tk - T, 1.0 / np.sqrt(D)
+    qg = q.reshape(B, Hkv, G, T, D)                                    # queries grouped by kv head
+    out = np.empty_like(qg)
+    probs = []
+    for s in range(0, T, ATTENTION_CHUNK):
+        e, kend = min(T, s + ATTENTION_CHUNK), offset + min(T, s + ATTENTION_CHUNK)
+        qc = qg[:, :, :, s:e].reshape(B, Hkv, G * (e - s), D)           # (B, Hkv, G*c, D)
+        scores = (qc @ k[:, :, :kend].swapaxes(-1, -2)).reshape(B, Hkv, G, e - s, kend)
+        scores *= scale
+        scores += causal_bias(e - s, kend, scores.dtype)
+        p = softmax(scores).reshape(B, Hkv, G * (e - s), kend)          # (B, Hkv, G*c, kend)
+        out[:, :, :, s:e] = (p @ v[:, :, :kend]).reshape(B, Hkv, G, e - s, D)
+        probs.append(p)
+    return out.reshape(B, H, T, D), (qg, k, v, probs)
 
 
 def attention_backward(dout, cache):
-    q, k, v, probs = cache
-    B, H, T, D = q.shape
-    Hkv, Tk = k.shape[1], k.shape[2]
-    group = H // Hkv
-    p = probs.reshape(B, Hkv, group * T, Tk)
-    do = dout.reshape(B, Hkv, group * T, D)
-    dv = p.swapaxes(-1, -2) @ do                                       # (B, Hkv, Tk, D)
-    dp = do @ v.swapaxes(-1, -2)                                       # (B, Hkv, G*T, Tk)
-    # softmax backward: ds = p * (dp - sum(dp * p)); masked entries have p = 0 and stay 0
-    ds = p * (dp - np.sum(dp * p, axis=-1, keepdims=True))
-    ds *= 1.0 / np.sqrt(D)
-    dq = (ds @ k).reshape(B, H, T, D)
-    dk = ds.swapaxes(-1, -2) @ q.reshape(B, Hkv, group * T, D)         # (B, Hkv, Tk, D)
-    return dq, dk, dv
+    qg, k, v, probs = cache
+    B, Hkv, G, T, D = qg.shape
+    Tk = k.shape[2]
+    offset, scale = Tk - T, 1.0 / np.sqrt(D)
+    dog = dout.reshape(B, Hkv, G, T, D)
+    dq, dk, dv = np.empty_like(qg), np.zeros_like(k), np.zeros_like(v)
+    for i, s in enumerate(range(0, T, ATTENTION_CHUNK)):
+        e, p = min(T, s + ATTENTION_CHUNK), probs[i]
+        kend = offset + e
+        do = dog[:, :, :, s:e].reshape(B, Hkv, G * (e - s), D)         # (B, Hkv, G*c, D)
+        dv[:, :, :kend] += p.swapaxes(-1, -2) @ do                     # (B, Hkv, kend, D)
+        dp = do @ v[:, :, :kend].swapaxes(-1, -2)                      # (B, Hkv, G*c, kend)
+        # softmax backward: ds = p * (dp - sum(dp * p)); masked entries have p = 0 and stay 0
+        dp -= np.sum(dp * p, axis=-1, keepdims=True)
+        dp *= p
+        dp *= scale
+        dq[:, :, :, s:e] = (dp @ k[:, :, :kend]).reshape(B, Hkv, G, e - s, D)
+        qc = qg[:, :, :, s:e].reshape(B, Hkv, G * (e - s), D)
+        dk[:, :, :kend] += dp.swapaxes(-1, -2) @ qc
+    return dq.reshape(B, Hkv * G, T, D), dk, dv
 
 
 # ----------------------------------------------------------------------------- linear layers
 
 
 def linear_forward(x, weight):
-    # x (..., in), weight (out, in) -> (..., out); no bias, as in LLaMA
-    return x @ weight.T, (x, weight)
+    # x (..., in), weight (out, in) -> (..., out); no bias, as in LLaMA. One 2-D GEMM over all tokens.
+    out = x.reshape(-1, x.shape[-1]) @ weight.T
+    return out.reshape(*x.shape[:-1], weight.shape[0]), (x, weight)
 
 
 def linear_backward(dout, cache):
     x, weight = cache
-    dx = dout @ weight
-    dweight = dout.reshape(-1, dout.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
+    dout2 = dout.reshape(-1, dout.shape[-1])                           # (N, out)
+    dx = (dout2 @ weight).reshape(x.shape)
+    dweight = dout2.T @ x.reshape(-1, x.shape[-1])                     # (out, in)
     return dx, dweight
 
 
@@ -157,19 +182,10 @@ def effective_weight(weight, wscale, wbias, scaling="column"):
     return wscale * binarize(weight) + wbias
 
 
-def fbi_linear_forward(x, weight, wscale, wbias, scaling="column"):
-    # x (..., in), weight (out, in) latent, wscale/wbias (1, in) -> (..., out)
-    w_tilde = effective_weight(weight, wscale, wbias, scaling)         # (out, in)
-    return x @ w_tilde.T, (x, weight, wscale, scaling, w_tilde)
-
-
-def fbi_linear_backward(dout, cache, clip_ste=False):
-    x, weight, wscale, scaling, w_tilde = cache
-    dx = dout @ w_tilde
-    dw_tilde = dout.reshape(-1, dout.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (out, in)
-    # straight-through estimator: d sign(W)/dW := 1 (identity, the paper's choice); scaled by alpha
-    # for `column`/`row` because W~ = alpha * sign(W) + beta
+def effective_weight_backward(dw_tilde, weight, wscale, scaling="column", clip_ste=False):
+    """dL/dW~ (out, in) -> (dW, dwscale, dwbias): the chain rule through W~ = alpha * sign(W) + beta."""
     if scaling in ("column", "row"):
+        # straight-through estimator: d sign(W)/dW := 1 (identity, the paper's choice), times alpha
         dweight = dw_tilde * wscale
         reduce_axis = 0 if scaling == "column" else 1                  # alpha runs along columns / rows
         dwscale = np.sum(dw_tilde * binarize(weight), axis=reduce_axis, keepdims=True)
@@ -179,7 +195,20 @@ def fbi_linear_backward(dout, cache, clip_ste=False):
     if clip_ste:
         # ablation: hard-tanh STE passes no gradient where |W| > 1
         dweight = dweight * (np.abs(weight) <= 1)
-    return dx, dweight, dwscale, dwbias
+    return dweight, dwscale, dwbias
+
+
+def fbi_linear_forward(x, weight, wscale, wbias, scaling="column"):
+    # x (..., in), weight (out, in) latent, wscale/wbias (1, in) -> (..., out)
+    w_tilde = effective_weight(weight, wscale, wbias, scaling)         # (out, in)
+    out, lin_cache = linear_forward(x, w_tilde)
+    return out, (lin_cache, weight, wscale, scaling)
+
+
+def fbi_linear_backward(dout, cache, clip_ste=False):
+    lin_cache, weight, wscale, scaling = cache
+    dx, dw_tilde = linear_backward(dout, lin_cache)
+    return (dx, *effective_weight_backward(dw_tilde, weight, wscale, scaling, clip_ste))
 
 
 def init_scales(weight, scaling="column"):
@@ -195,8 +224,11 @@ def init_scales(weight, scaling="column"):
 
 
 def swiglu_forward(gate, up):
-    # silu(gate) * up, elementwise, (..., I)
-    sig = 1.0 / (1.0 + np.exp(-gate))
+    # silu(gate) * up, elementwise, (..., I); in-place steps to spare large temporaries
+    sig = np.negative(gate)
+    np.exp(sig, out=sig)
+    sig += 1.0
+    np.reciprocal(sig, out=sig)                                        # sigmoid(gate)
     silu = gate * sig
     return silu * up, (gate, up, sig, silu)
 

@@ -56,21 +56,36 @@ class Model:
 
     # ------------------------------------------------------------------ forward
 
-    def _linear(self, prefix, x):
+    def _weight(self, prefix):
+        """The (out, in) matrix a block linear multiplies by: W~ if binarized, else W."""
         p = self.params
-        if self.config.binarized:
-            return L.fbi_linear_forward(x, p[prefix + ".weight"], p.get(prefix + ".wscale"),
-                                        p.get(prefix + ".wbias"), self.config.scaling)
-        return L.linear_forward(x, p[prefix + ".weight"])
+        if not self.config.binarized:
+            return p[prefix + ".weight"]
+        return L.effective_weight(p[prefix + ".weight"], p.get(prefix + ".wscale"),
+                                  p.get(prefix + ".wbias"), self.config.scaling)
 
-    def _linear_backward(self, prefix, dout, cache, grads):
-        if self.config.binarized:
-            dx, dw, dscale, dbias = L.fbi_linear_backward(dout, cache, self.clip_ste)
+    def _linears(self, prefixes, x):
+        """Linears that share their input (q/k/v, gate/up) as one GEMM on stacked weights."""
+        weights = [self._weight(prefix) for prefix in prefixes]
+        stacked = np.concatenate(weights) if len(weights) > 1 else weights[0]   # (sum out, in)
+        y, cache = L.linear_forward(x, stacked)
+        splits = np.cumsum([w.shape[0] for w in weights])[:-1]
+        return np.split(y, splits, axis=-1), (prefixes, splits, cache)
+
+    def _linears_backward(self, douts, cache, grads):
+        prefixes, splits, lin_cache = cache
+        dout = np.concatenate(douts, axis=-1) if len(douts) > 1 else douts[0]
+        dx, dstacked = L.linear_backward(dout, lin_cache)
+        for prefix, dw in zip(prefixes, np.split(dstacked, splits, axis=0)):
+            if not self.config.binarized:
+                grads[prefix + ".weight"] = dw
+                continue
+            dweight, dscale, dbias = L.effective_weight_backward(
+                dw, self.params[prefix + ".weight"], self.params.get(prefix + ".wscale"),
+                self.config.scaling, self.clip_ste)
+            grads[prefix + ".weight"] = dweight
             if self.config.has_scales:
                 grads[prefix + ".wscale"], grads[prefix + ".wbias"] = dscale, dbias
-        else:
-            dx, dw = L.linear_backward(dout, cache)
-        grads[prefix + ".weight"] = dw
         return dx
 
     def check_tokens(self, tokens):
@@ -97,9 +112,8 @@ class Model:
         for i in range(cfg.num_hidden_layers):
             pre, c = f"model.layers.{i}.", {}
             h, c["ln1"] = L.rmsnorm_forward(x, p[pre + "input_layernorm.weight"], cfg.rms_norm_eps)
-            q, c["q"] = self._linear(pre + "self_attn.q_proj", h)                       # (B, T, H*D)
-            k, c["k"] = self._linear(pre + "self_attn.k_proj", h)                       # (B, T, Hkv*D)
-            v, c["v"] = self._linear(pre + "self_attn.v_proj", h)
+            (q, k, v), c["qkv"] = self._linears([pre + "self_attn.q_proj", pre + "self_attn.k_proj",
+                                                  pre + "self_attn.v_proj"], h)    # (B, T, H*D), (B, T, Hkv*D) x2
             q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)                             # (B, H, T, D)
             k = k.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3)                           # (B, Hkv, T, D)
             v = v.reshape(B, T, Hkv, D).transpose(0, 2, 1, 3)
@@ -107,13 +121,12 @@ class Model:
             k, c["rk"] = L.rope_forward(k, cos, sin)
             a, c["att"] = L.attention_forward(q, k, v)                                  # (B, H, T, D)
             a = a.transpose(0, 2, 1, 3).reshape(B, T, H * D)
-            o, c["o"] = self._linear(pre + "self_attn.o_proj", a)
+            (o,), c["o"] = self._linears([pre + "self_attn.o_proj"], a)
             x = x + o                                                                   # residual
             h, c["ln2"] = L.rmsnorm_forward(x, p[pre + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
-            g, c["gate"] = self._linear(pre + "mlp.gate_proj", h)                       # (B, T, I)
-            u, c["up"] = self._linear(pre + "mlp.up_proj", h)
+            (g, u), c["gate_up"] = self._linears([pre + "mlp.gate_proj", pre + "mlp.up_proj"], h)  # (B, T, I) x2
             m, c["swiglu"] = L.swiglu_forward(g, u)
-            d, c["down"] = self._linear(pre + "mlp.down_proj", m)                       # (B, T, C)
+            (d,), c["down"] = self._linears([pre + "mlp.down_proj"], m)                 # (B, T, C)
             x = x + d
             blocks.append(c)
         h, norm_cache = L.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
@@ -135,13 +148,12 @@ class Model:
         dx, grads["model.norm.weight"] = L.rmsnorm_backward(dh, norm_cache)
         for i in reversed(range(cfg.num_hidden_layers)):
             pre, c = f"model.layers.{i}.", blocks[i]
-            dm = self._linear_backward(pre + "mlp.down_proj", dx, c["down"], grads)
+            dm = self._linears_backward([dx], c["down"], grads)
             dg, du = L.swiglu_backward(dm, c["swiglu"])
-            dh = self._linear_backward(pre + "mlp.gate_proj", dg, c["gate"], grads)
-            dh += self._linear_backward(pre + "mlp.up_proj", du, c["up"], grads)
+            dh = self._linears_backward([dg, du], c["gate_up"], grads)
             dln2, grads[pre + "post_attention_layernorm.weight"] = L.rmsnorm_backward(dh, c["ln2"])
             dx = dx + dln2
-            da = self._linear_backward(pre + "self_attn.o_proj", dx, c["o"], grads)
+            da = self._linears_backward([dx], c["o"], grads)
             da = da.reshape(B, T, H, D).transpose(0, 2, 1, 3)                           # (B, H, T, D)
             dq, dk, dv = L.attention_backward(da, c["att"])
             dq = L.rope_backward(dq, c["rq"])
@@ -149,9 +161,7 @@ class Model:
             dq = dq.transpose(0, 2, 1, 3).reshape(B, T, H * D)
             dk = dk.transpose(0, 2, 1, 3).reshape(B, T, Hkv * D)
             dv = dv.transpose(0, 2, 1, 3).reshape(B, T, Hkv * D)
-            dh = self._linear_backward(pre + "self_attn.q_proj", dq, c["q"], grads)
-            dh += self._linear_backward(pre + "self_attn.k_proj", dk, c["k"], grads)
-            dh += self._linear_backward(pre + "self_attn.v_proj", dv, c["v"], grads)
+            dh = self._linears_backward([dq, dk, dv], c["qkv"], grads)
             dln1, grads[pre + "input_layernorm.weight"] = L.rmsnorm_backward(dh, c["ln1"])
             dx = dx + dln1
         grads["model.embed_tokens.weight"] = L.embedding_backward(dx, emb_cache)
