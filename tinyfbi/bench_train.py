@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from .errors import TinyFBIError
+from .errors import CLIParser, TinyFBIError
 
 
 def worker(backend, size, batch, seq_len, steps, binarized):
@@ -75,7 +75,7 @@ def run_backend(backend, args, size, threads):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m tinyfbi.bench_train", description=__doc__.split("\n\n")[0])
+    ap = CLIParser(prog="python -m tinyfbi.bench_train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", action="append", help="preset name; repeat for several (default: tiny, 20m)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)

@@ -33,6 +33,7 @@ def atomic_write_bytes(path, data: bytes):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -44,7 +45,7 @@ def atomic_write_json(path, obj):
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def config_to_json(config: ModelConfig, tokenizer_spec=None, extra_fbi=None) -> dict:
+def config_to_json(config: ModelConfig, tokenizer_spec=None, extra_fbi=None, bos_id=None, eos_id=None) -> dict:
     fbi = {"format_version": FORMAT_VERSION, "binarized": config.binarized, "scaling": config.scaling,
            "binarized_layers": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                 "down_proj"] if config.binarized else [],
@@ -59,7 +60,7 @@ def config_to_json(config: ModelConfig, tokenizer_spec=None, extra_fbi=None) -> 
         "max_position_embeddings": config.max_position_embeddings, "rms_norm_eps": config.rms_norm_eps,
         "rope_theta": config.rope_theta, "hidden_act": "silu", "tie_word_embeddings": False,
         "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
-        "bos_token_id": 1, "eos_token_id": 2, "fbi": fbi,
+        "bos_token_id": bos_id, "eos_token_id": eos_id, "fbi": fbi,
     }
 
 
@@ -81,7 +82,14 @@ def config_from_json(obj: dict, source="config.json", binarized_default=None) ->
         rope_theta=float(rope_theta), binarized=bool(binarized), scaling=fbi.get("scaling", "column"))
 
 
-def save_checkpoint(directory, config: ModelConfig, params: dict, tokenizer_spec=None, extra_fbi=None):
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def save_checkpoint(directory, config: ModelConfig, params: dict, tokenizer=None, extra_fbi=None):
+    """Write model.safetensors and config.json; `tokenizer` (optional) supplies spec and bos/eos ids."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
@@ -89,11 +97,14 @@ def save_checkpoint(directory, config: ModelConfig, params: dict, tokenizer_spec
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})  # "pt" so transformers accepts it
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; a checkpoint is an ordinary file
         os.replace(tmp, directory / WEIGHTS_FILE)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    atomic_write_json(directory / CONFIG_FILE, config_to_json(config, tokenizer_spec, extra_fbi))
+    spec = tokenizer.spec if tokenizer is not None else None
+    bos, eos = getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)
+    atomic_write_json(directory / CONFIG_FILE, config_to_json(config, spec, extra_fbi, bos, eos))
 
 
 def read_config(directory) -> dict:

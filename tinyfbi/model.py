@@ -10,6 +10,8 @@ The backward is the forward in reverse, op by op, using the caches the forward k
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from . import layers as L
@@ -183,12 +185,18 @@ class Model:
             out[name] = value
         return out
 
-    def save(self, directory, tokenizer_spec=None, extra_fbi=None):
-        save_checkpoint(directory, self.config, self.params, tokenizer_spec, extra_fbi)
+    def save(self, directory, tokenizer=None, extra_fbi=None):
+        """Write `directory/model.safetensors` + `config.json` (and the tokenizer's file, if given)."""
+        if tokenizer is not None:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            tokenizer.save(directory)
+        save_checkpoint(directory, self.config, self.params, tokenizer, extra_fbi)
 
     @classmethod
     def load(cls, directory, dtype=None):
-        config, params, _ = load_checkpoint(directory)
+        """From a checkpoint folder or a run folder (its `checkpoint/`)."""
+        from .run_state import resolve_checkpoint
+        config, params, _ = load_checkpoint(resolve_checkpoint(directory))
         if dtype is not None:
             params = {k: v.astype(dtype) for k, v in params.items()}
         model_dtype = dtype or next(iter(params.values())).dtype
