@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--teacher-steps", type=int, default=None,
                     help="steps for a teacher trained here by --teacher auto (default: --steps)")
     ap.add_argument("--batch-size", type=int, default=16, help="sequences per step")
-    ap.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
+    ap.add_argument("--seq-len", type=int, default=None,
+                    help="tokens per sequence (default 128; the paper's 2048 for 130m+)")
     ap.add_argument("--lr", type=float, default=None,
                     help="peak learning rate (default 2e-3 for tiny/20m, the paper's 3e-4 for 130m+); "
                          "cosine to lr/10")
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto: train or reuse a full-precision teacher in --out; none; or a checkpoint PATH")
     ap.add_argument("--init", default="scratch",
                     help="scratch, or a checkpoint PATH whose weights initialize the student")
+    ap.add_argument("--scaling", choices=["column", "none", "row", "ternary"], default="column",
+                    help="binarized weights: FBI's per-column alpha/beta, none, per-row, or BitNet b1.58 ternary")
     ap.add_argument("--full-precision", action="store_true",
                     help="train a full-precision model (a teacher) instead of the FBI student")
     ap.add_argument("--data", default=None,
@@ -75,12 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dry-run", action="store_true", help="torch: plan parameters and memory, train nothing")
     ap.add_argument("--world-size", type=int, default=None, help="torch --dry-run: GPUs to plan for")
     ap.add_argument("--json", action="store_true", help="torch --dry-run: one JSON object")
+    ap.add_argument("--grad-accum", type=int, default=1, metavar="N",
+                    help="torch: each rank's rows of the batch in N micro-batches (the batch stays --batch-size)")
+    ap.add_argument("--fsdp", choices=["auto", "on", "off"], default="auto",
+                    help="torch: shard with FSDP2 per decoder layer (auto: under torchrun, for 1B+ parameters); "
+                         "else DDP")
+    ap.add_argument("--cpu-offload", action="store_true",
+                    help="torch: FSDP with weights, gradients and AdamW state in host memory")
+    ap.add_argument("--activation-checkpointing", choices=["auto", "on", "off"], default="auto",
+                    help="torch: recompute each decoder layer in the backward (auto: on for 130m+ on a GPU)")
     return ap
 
 
 def check_args(args):
+    if args.seq_len is None:
+        args.seq_len = 2048 if args.size in PAPER_SIZES else 128
     for flag in ("steps", "teacher_steps", "batch_size", "seq_len", "eval_every", "eval_batches",
-                 "save_every", "vocab_size", "world_size"):
+                 "save_every", "vocab_size", "world_size", "grad_accum"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise TinyFBIError(f"--{flag.replace('_', '-')} must be positive, got {value}")
@@ -157,6 +171,7 @@ def prepare_data(args, teacher_dir=None):
 def model_config(args, vocab_size, binarized):
     preset = PRESETS[args.size]
     return ModelConfig.from_name(args.size, vocab_size=vocab_size, binarized=binarized,
+                                 scaling=args.scaling if binarized else "column",
                                  max_position_embeddings=max(preset.max_position_embeddings, args.seq_len))
 
 
@@ -199,10 +214,12 @@ def run_training(args, run_dir, model, tokenizer, train_tokens, val_tokens, step
     return result, val_batches
 
 
-def teacher_auto(args, tokenizer, train_tokens, val_tokens, corpus):
-    """Reuse the cached full-precision teacher for this data/tokenizer/size, or train it now."""
+def teacher_auto(args, tokenizer, train_tokens, val_tokens, corpus, train=None):
+    """Reuse the cached full-precision teacher for this data/tokenizer/size, or train it now
+    (with `train`, run_training's signature: the torch backend passes its own)."""
     from .model import Model
     from .run_state import load_trainer_state, resolve_checkpoint
+    train = train or run_training
     steps = args.teacher_steps or args.steps or DEFAULT_STEPS
     run_dir = Path(args.out) / f"teacher-{args.size}-{corpus.name}-{tokenizer.key}-T{args.seq_len}-{steps}steps-seed{args.seed}"
     if (run_dir / "checkpoint").is_dir() or (run_dir / ".checkpoint.old").is_dir():
@@ -213,12 +230,12 @@ def teacher_auto(args, tokenizer, train_tokens, val_tokens, corpus):
             return Model.load(ckpt), ckpt
         print(f"teacher: resuming {run_dir} at step {state['step']}")
         model = Model(model_config(args, tokenizer.vocab_size, False), seed=args.seed)
-        run_training(args, run_dir, model, tokenizer, train_tokens, val_tokens, steps, "ce",
-                     desc="teacher", resume=True)
+        train(args, run_dir, model, tokenizer, train_tokens, val_tokens, steps, "ce",
+              desc="teacher", resume=True)
         return model, resolve_checkpoint(run_dir)
     print(f"teacher: training a full-precision {args.size} model for {steps} steps -> {run_dir}")
     model = Model(model_config(args, tokenizer.vocab_size, False), seed=args.seed)
-    run_training(args, run_dir, model, tokenizer, train_tokens, val_tokens, steps, "ce", desc="teacher")
+    train(args, run_dir, model, tokenizer, train_tokens, val_tokens, steps, "ce", desc="teacher")
     return model, resolve_checkpoint(run_dir)
 
 
@@ -309,11 +326,12 @@ def main_numpy(args):
     print(f"{'full-precision' if args.full_precision else 'FBI student'}: {args.size}, "
           f"{student.num_params() / 1e6:.2f}M parameters, loss {loss}, {steps} steps of "
           f"{args.batch_size}x{args.seq_len} tokens -> {run_dir}")
-    extra = {"teacher": str(teacher_dir) if teacher_dir else None, "init": args.init, "loss": loss}
+    extra = {"teacher": str(teacher_dir) if teacher_dir else None, "init": str(args.init), "loss": loss}
     result, val_batches = run_training(args, run_dir, student, tokenizer, train_tokens, val_tokens, steps,
                                        loss, teacher, resume=args.resume, extra_fbi=extra)
 
     summary = {"run": str(run_dir), "size": args.size, "binarized": config.binarized, "loss": loss,
+               "scaling": config.scaling if config.binarized else None, "init": str(args.init),
                "steps": steps, "tokens_seen": steps * args.batch_size * args.seq_len,
                "params": student.num_params(), "tokenizer": tokenizer.key, "data": corpus.source,
                "val_loss": result["val_loss"], "val_ppl": result["val_ppl"], "rollbacks": result["rollbacks"]}

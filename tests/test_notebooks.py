@@ -1,0 +1,32 @@
+"""Every notebook runs top to bottom (small, TINYFBI_FAST=1) and its own checks pass.
+
+The notebooks live in git as jupytext py:percent files; here each is converted in memory and
+executed with nbclient, like `pytest --nbmake` on the converted .ipynb would.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("TINYFBI_FAST", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = jupytext.read(path)
+    # run in a scratch folder so that nothing is written into the checkout
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+
+
+def test_every_notebook_has_a_parameters_cell():
+    import jupytext
+    for path in NOTEBOOKS:
+        cells = jupytext.read(path).cells
+        assert any("parameters" in c.metadata.get("tags", []) for c in cells), path.name
+        assert not any(c.get("outputs") for c in cells if c.cell_type == "code"), path.name
