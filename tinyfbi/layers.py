@@ -117,9 +117,8 @@ def attention_forward(q, k, v):
     probs = []
     for s in range(0, T, ATTENTION_CHUNK):
         e, kend = min(T, s + ATTENTION_CHUNK), offset + min(T, s + ATTENTION_CHUNK)
-        qc = qg[:, :, :, s:e].reshape(B, Hkv, G * (e - s), D)           # (B, Hkv, G*c, D)
+        qc = qg[:, :, :, s:e].reshape(B, Hkv, G * (e - s), D) * scale   # (B, Hkv, G*c, D), prescaled
         scores = (qc @ k[:, :, :kend].swapaxes(-1, -2)).reshape(B, Hkv, G, e - s, kend)
-        scores *= scale
         scores += causal_bias(e - s, kend, scores.dtype)
         p = softmax(scores).reshape(B, Hkv, G * (e - s), kend)          # (B, Hkv, G*c, kend)
         out[:, :, :, s:e] = (p @ v[:, :, :kend]).reshape(B, Hkv, G, e - s, D)
@@ -244,40 +243,54 @@ def swiglu_backward(dout, cache):
 # ----------------------------------------------------------------------------- losses
 
 
+def _softmax_rows(logits):
+    # logits (..., V) -> probs (N, V) and log-sum-exp (N, 1), one (N, V) buffer in all
+    z = logits.reshape(-1, logits.shape[-1])
+    m = np.max(z, axis=-1, keepdims=True)
+    probs = np.subtract(z, m)
+    np.exp(probs, out=probs)
+    total = np.sum(probs, axis=-1, keepdims=True)
+    probs /= total
+    return probs, m + np.log(total)
+
+
 def cross_entropy_forward(logits, targets):
     # logits (B, T, V), targets (B, T) int -> mean negative log-likelihood
-    logp = log_softmax(logits)
-    n = targets.size
-    nll = -np.take_along_axis(logp.reshape(n, -1), targets.reshape(n, 1), axis=1)
-    return float(nll.mean()), (logp, targets)
+    probs, lse = _softmax_rows(logits)                                # (N, V), (N, 1)
+    z = logits.reshape(probs.shape)
+    nll = lse[:, 0] - z[np.arange(z.shape[0]), targets.reshape(-1)]   # log sum exp(z) - z_target
+    return float(nll.mean()), (probs, targets, logits.shape)
 
 
 def cross_entropy_backward(cache, scale=1.0):
-    logp, targets = cache
-    V = logp.shape[-1]
-    dlogits = np.exp(logp).reshape(-1, V)
-    dlogits[np.arange(dlogits.shape[0]), targets.reshape(-1)] -= 1.0
-    dlogits *= scale / dlogits.shape[0]
-    return dlogits.reshape(logp.shape)
+    # softmax(z) - onehot(target), averaged; reuses the cached probabilities as the output (call once)
+    probs, targets, shape = cache
+    probs[np.arange(probs.shape[0]), targets.reshape(-1)] -= 1.0
+    probs *= scale / probs.shape[0]
+    return probs.reshape(shape)
 
 
 def distill_forward(logits, teacher_probs):
     """Autoregressive distillation (FBI-LLM eq. 5): soft CE of the student against the teacher.
 
     logits (B, T, V) student; teacher_probs (B, T, V) the teacher's softmax at temperature 1.
-    loss = -mean over positions of sum_v p_teacher * log p_student.
+    loss = -mean over positions of sum_v p_teacher * log p_student
+         = mean of sum_v p (logsumexp(z) - z_v), computed without a (B, T, V) log-prob array.
     """
-    logp = log_softmax(logits)
-    n = logits.shape[0] * logits.shape[1]
-    return float(-np.sum(teacher_probs * logp) / n), (logp, teacher_probs)
+    probs, lse = _softmax_rows(logits)
+    p = teacher_probs.reshape(probs.shape)
+    mass = np.sum(p, axis=-1, keepdims=True)                          # 1 unless p is a truncated top-K
+    loss = np.sum(mass * lse) - np.einsum("nv,nv->", p, logits.reshape(probs.shape))
+    return float(loss / probs.shape[0]), (probs, p, mass, logits.shape)
 
 
 def distill_backward(cache, scale=1.0):
-    logp, teacher_probs = cache
-    n = logp.shape[0] * logp.shape[1]
-    # d/dz of -sum p log softmax(z) = softmax(z) * sum(p) - p (sum(p) = 1 unless p is truncated top-K)
-    mass = np.sum(teacher_probs, axis=-1, keepdims=True)
-    return (np.exp(logp) * mass - teacher_probs) * (scale / n)
+    # d/dz of -sum p log softmax(z) = softmax(z) * sum(p) - p; reuses the cached probabilities
+    probs, p, mass, shape = cache
+    probs *= mass
+    probs -= p
+    probs *= scale / probs.shape[0]
+    return probs.reshape(shape)
 
 
 def mixed_forward(logits, targets, teacher_probs, lam):
@@ -289,4 +302,6 @@ def mixed_forward(logits, targets, teacher_probs, lam):
 
 def mixed_backward(cache):
     ce_cache, ad_cache, lam = cache
-    return cross_entropy_backward(ce_cache, lam) + distill_backward(ad_cache, 1.0 - lam)
+    dlogits = cross_entropy_backward(ce_cache, lam)
+    dlogits += distill_backward(ad_cache, 1.0 - lam)
+    return dlogits
