@@ -125,8 +125,9 @@ def load_checkpoint(directory):
     directory = Path(directory)
     obj = read_config(directory)
     weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise TinyFBIError(f"no {WEIGHTS_FILE} in {directory}")
+    if not weights.is_file():  # .bin or sharded weights (released FBI-LLM, HF LLaMA folders)
+        from .interop import load_hf_checkpoint
+        return load_hf_checkpoint(directory)
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as e:

@@ -1,0 +1,243 @@
+"""Released FBI-LLM / Hugging Face LLaMA folders in (tinyfbi.interop), dequantized HF folders out
+(tinyfbi.export).
+
+The released checkpoints are imitated exactly: a plain LlamaConfig like the authors'
+FBI-LLM_configs/*.json (no `fbi` block), FP32 latent weights plus wscale/wbias (1, in), a
+rotary_emb.inv_freq buffer per layer, written by torch.save (.bin, single and sharded + index) or
+safetensors (single and sharded + index). Tolerances: the NumPy model from a folder must give
+bit-identical logits to the model the folder was written from (same float32 maths); torch and
+transformers compute in another order, so atol 1e-5 / rtol 1e-5 on logits of size ~1 (measured
+differences are about 1e-7).
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file as torch_save_safetensors
+
+from tinyfbi import Model, ModelConfig, TinyFBIError
+from tinyfbi.export import main as export_main
+from tinyfbi.interop import config_from_hf, load_hf_state_dict, load_model, load_torch_model
+
+CFG = ModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, intermediate_size=48, max_position_embeddings=32)
+TOKENS = np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 12))
+
+
+def released_config(cfg: ModelConfig) -> dict:
+    """config.json as the authors ship it: a plain LlamaConfig of transformers 4.32."""
+    return {"_name_or_path": "FBI-LLM_llama2_test", "architectures": ["LlamaForCausalLM"],
+            "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": cfg.hidden_size,
+            "initializer_range": 0.02, "intermediate_size": cfg.intermediate_size,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "max_sequence_length": cfg.max_position_embeddings, "model_type": "llama",
+            "num_attention_heads": cfg.num_attention_heads, "num_hidden_layers": cfg.num_hidden_layers,
+            "num_key_value_heads": cfg.num_key_value_heads, "pad_token_id": 0, "pretraining_tp": 1,
+            "rms_norm_eps": 1e-5, "rope_scaling": None, "tie_word_embeddings": False,
+            "torch_dtype": "float16", "transformers_version": "4.32.1", "use_cache": True,
+            "vocab_size": cfg.vocab_size}
+
+
+def source_model(cfg=CFG, seed=0):
+    model = Model(cfg, seed=seed)
+    rng = np.random.default_rng(seed + 7)
+    for name, p in model.params.items():  # scales and norms off their init values
+        if name.endswith((".wscale", ".wbias")) or "norm" in name:
+            p += (rng.standard_normal(p.shape) * 0.05).astype(p.dtype)
+    return model
+
+
+def write_released(folder, model, layout, dtype=torch.float32):
+    """model's params in the released layout: HF names, inv_freq buffers, .bin or safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    state = {k: torch.from_numpy(v.copy()).to(dtype) for k, v in model.params.items()}
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
+    for i in range(cfg.num_hidden_layers):
+        state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
+    (folder / "config.json").write_text(json.dumps(released_config(cfg)))
+    ext, base = (".bin", "pytorch_model") if layout.startswith("bin") else (".safetensors", "model")
+    save = torch.save if ext == ".bin" else (lambda sd, path: torch_save_safetensors(sd, str(path)))
+    if not layout.endswith("sharded"):
+        save(state, folder / f"{base}{ext}")
+        return folder
+    names = list(state)
+    shards = [names[:len(names) // 2], names[len(names) // 2:]]
+    weight_map = {}
+    for k, shard in enumerate(shards):
+        file = f"{base}-{k + 1:05d}-of-{len(shards):05d}{ext}"
+        save({n: state[n] for n in shard}, folder / file)
+        weight_map.update({n: file for n in shard})
+    (folder / f"{base}{ext}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def torch_logits(tmodel, tokens=TOKENS):
+    with torch.no_grad():
+        return tmodel(torch.from_numpy(tokens)).numpy()
+
+
+@pytest.mark.parametrize("layout", ["bin", "bin-sharded", "safetensors", "safetensors-sharded"])
+def test_released_layout_loads_into_both_backends(tmp_path, layout):
+    model = source_model()
+    folder = write_released(tmp_path / "FBI-LLM_test", model, layout)
+    expected = model.forward(TOKENS)
+
+    config = config_from_hf(folder)
+    assert config == CFG  # binarized and column scaling inferred from the wscale tensors
+    state = load_hf_state_dict(folder)
+    assert not any("inv_freq" in k for k in state) and set(state) == set(model.params)
+
+    np.testing.assert_array_equal(load_model(folder).forward(TOKENS), expected)
+    np.testing.assert_array_equal(Model.load(folder).forward(TOKENS), expected)  # the load_checkpoint fallback
+    np.testing.assert_allclose(torch_logits(load_torch_model(folder)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_plain_llama_teacher_fp16_and_bf16(tmp_path):
+    """A full-precision LLaMA folder (as Llama-2-7b-hf: fp16 .bin shards) is a teacher: no wscale,
+    so not binarized; widened to float32. bf16 safetensors (which NumPy cannot hold) read too."""
+    teacher = source_model(CFG.replace(binarized=False))
+    fp16 = write_released(tmp_path / "llama-fp16", teacher, "bin-sharded", torch.float16)
+    bf16 = write_released(tmp_path / "llama-bf16", teacher, "safetensors", torch.bfloat16)
+    for folder, dtype in ((fp16, torch.float16), (bf16, torch.bfloat16)):
+        assert config_from_hf(folder).binarized is False
+        model = load_model(folder)
+        rounded = {k: torch.from_numpy(v).to(dtype).float().numpy() for k, v in teacher.params.items()}
+        for name, value in model.params.items():
+            assert value.dtype == np.float32
+            np.testing.assert_array_equal(value, rounded[name], err_msg=name)
+        np.testing.assert_allclose(torch_logits(load_torch_model(folder)), model.forward(TOKENS),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_interop_errors_are_one_line(tmp_path):
+    model = source_model()
+    folder = write_released(tmp_path / "ok", model, "safetensors-sharded")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps(released_config(CFG)))
+    with pytest.raises(TinyFBIError, match="no weights in"):
+        load_model(empty)
+
+    shard = folder / "model-00002-of-00002.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2])
+    with pytest.raises(TinyFBIError, match="truncated or corrupted"):
+        load_model(folder)
+    shard.unlink()
+    with pytest.raises(TinyFBIError, match="names shard model-00002-of-00002.safetensors"):
+        load_model(folder)
+
+    broken = write_released(tmp_path / "bin", model, "bin")
+    (broken / "pytorch_model.bin").write_bytes(b"not a zip file")
+    with pytest.raises(TinyFBIError, match="truncated, corrupted or not a state dict"):
+        load_model(broken)
+
+    missing = Model(CFG, params={k: v for k, v in model.params.items()
+                                 if k != "model.layers.1.mlp.down_proj.wscale"})
+    write_released(tmp_path / "missing", missing, "safetensors")
+    with pytest.raises(TinyFBIError, match="lacks tensor 'model.layers.1.mlp.down_proj.wscale'"):
+        load_model(tmp_path / "missing")
+
+    scaled = write_released(tmp_path / "scaled", model, "safetensors")
+    cfg = json.loads((scaled / "config.json").read_text())
+    (scaled / "config.json").write_text(json.dumps({**cfg, "rope_scaling": {"type": "linear", "factor": 2.0}}))
+    with pytest.raises(TinyFBIError, match="rope_scaling"):
+        load_model(scaled)
+
+    extra = Model(CFG, params={**model.params, "model.layers.0.self_attn.q_proj.bias": np.zeros(32, np.float32)})
+    write_released(tmp_path / "extra", extra, "bin")
+    with pytest.raises(TinyFBIError, match="does not describe.*q_proj.bias"):
+        load_model(tmp_path / "extra")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@pytest.fixture(scope="module")
+def sp_tokenizer(tmp_path_factory):
+    import pydoc_data.topics
+
+    from tinyfbi.tokenizers import SentencePieceTokenizer
+    tok = SentencePieceTokenizer.train("\n".join(pydoc_data.topics.topics.values()), 500)
+    folder = tmp_path_factory.mktemp("tok")
+    tok.save(folder)
+    return folder / "tokenizer.model"
+
+
+def hf_logits(folder, tokens=TOKENS):
+    from transformers import LlamaForCausalLM
+    hf = LlamaForCausalLM.from_pretrained(folder, local_files_only=True)
+    assert hf.dtype == torch.float32
+    return torch_logits(lambda t: hf(t).logits, tokens)
+
+
+def test_export_released_checkpoint_matches_transformers(tmp_path, sp_tokenizer, capsys):
+    """A released-layout checkpoint (grouped-query here, to check HF's kv-head layout is ours)
+    exported with a tokenizer: stock transformers gives tinyfbi's logits; tinyfbi reads the export
+    back as a full-precision model with the same logits."""
+    cfg = CFG.replace(num_key_value_heads=2)
+    model = source_model(cfg)
+    src = write_released(tmp_path / "FBI-LLM_test", model, "bin-sharded")
+    out = tmp_path / "exports" / "hf"
+    export_main(["--hf", str(src), str(out), "--tokenizer", str(sp_tokenizer)])
+    assert "14 binarized linears dequantized" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors",
+                                                    "tokenizer.model", "tokenizer_config.json"]
+    assert [p.name for p in out.parent.iterdir()] == ["hf"]  # no temp folder left beside it
+
+    expected = model.forward(TOKENS)
+    np.testing.assert_allclose(hf_logits(out), expected, atol=1e-5, rtol=1e-5)
+    back = Model.load(out)
+    assert back.config == cfg.replace(binarized=False) and not any(k.endswith("wscale") for k in back.params)
+    np.testing.assert_allclose(back.forward(TOKENS), expected, atol=1e-6, rtol=1e-6)
+
+    # transformers 5 converts tokenizer.model only with protobuf; then its ids match sentencepiece
+    # (text starting with a space aside, a known transformers 5 difference)
+    pytest.importorskip("google.protobuf")
+    from transformers import AutoTokenizer
+
+    from tinyfbi.tokenizers import load_tokenizer
+    ours, theirs = load_tokenizer(out), AutoTokenizer.from_pretrained(out, local_files_only=True)
+    for text in ["Hello world", "x = 12345 + 6\nnext line", "unicode: naïve"]:
+        assert theirs(text)["input_ids"] == [ours.bos_id] + ours.encode(text)
+
+
+def test_export_sharded_force_and_refusals(tmp_path, capsys):
+    model = source_model()
+    ckpt = tmp_path / "ckpt"
+    model.save(ckpt)
+    out = tmp_path / "out"
+    export_main(["--hf", str(ckpt), str(out), "--shard-gb", "0.00005"])  # 50 kB shards
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (out / "model.safetensors.index.json").is_file()
+    np.testing.assert_allclose(hf_logits(out), model.forward(TOKENS), atol=1e-5, rtol=1e-5)
+    assert oct(os.stat(out / shards[0]).st_mode & 0o777) == oct(0o666 & ~_umask())
+    capsys.readouterr()
+
+    def refused(argv, match):
+        with pytest.raises(SystemExit) as e:
+            export_main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and match in err, err
+
+    refused(["--hf", str(ckpt), str(out)], "exists: pass --force")
+    refused(["--hf", str(ckpt), str(ckpt), "--force"], "would replace the checkpoint")
+    refused([str(ckpt), str(tmp_path / "x")], "--hf")
+    refused(["--hf", str(tmp_path / "nothing"), str(tmp_path / "y")], "does not exist")
+
+    other = source_model(seed=3)
+    other.save(ckpt)
+    export_main(["--hf", str(ckpt), str(out), "--force"])  # replaces the sharded export whole
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
+    np.testing.assert_allclose(hf_logits(out), other.forward(TOKENS), atol=1e-5, rtol=1e-5)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

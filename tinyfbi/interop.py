@@ -1,0 +1,256 @@
+"""Hugging Face LLaMA folders in, tinyfbi models out: the released FBI-LLM checkpoints and teachers.
+
+The released FBI-LLM checkpoints (arXiv 2407.07093, huggingface.co/LiqunMa) are HF LLaMA folders:
+config.json is a plain LlamaConfig (no `fbi` block), the weights are FP32 latent weights plus
+`wscale`/`wbias` of shape (1, in) per binarized linear, and files written by transformers 4.3x
+also hold a `model.layers.{i}.self_attn.rotary_emb.inv_freq` buffer per layer (ignored: RoPE is
+recomputed). The weights come as `model.safetensors`, sharded `model-0000x-of-0000y.safetensors`
++ index, `pytorch_model.bin` or sharded `pytorch_model-0000x-of-0000y.bin` + index. A plain LLaMA
+folder (Llama-2-7b-hf, fp16) loads the same way as a full-precision teacher: a folder is binarized
+exactly when it holds wscale tensors (or its `fbi` block says so, for tinyfbi's own checkpoints).
+
+    from tinyfbi.interop import load_model, load_torch_model
+    model = load_model("FBI-LLM_130M")                 # tinyfbi.Model (NumPy), float32
+    teacher = load_torch_model("Llama-2-7b-hf")        # tinyfbi.torch_model.TorchModel
+
+The NumPy side imports no torch: only `.bin` files (PyTorch pickles) need it, imported on use.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CONFIG_FILE, config_from_json, read_config
+from .config import ModelConfig
+from .errors import TinyFBIError
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+SHARD = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
+IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")   # a cached RoPE table, not a parameter
+
+# safetensors dtype names -> NumPy; BF16 has no NumPy dtype and is widened to float32 on read
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+# ----------------------------------------------------------------------------- weight files
+
+
+def weight_files(folder) -> list[Path]:
+    """The files holding a folder's weights, in the order HF looks for them."""
+    folder = Path(folder)
+    for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (TORCH_BIN, TORCH_BIN_INDEX)):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            return _index_files(folder / index)
+    shards = sorted(p for p in folder.glob("*") if SHARD.match(p.name))
+    shards = [p for p in shards if p.suffix == ".safetensors"] or shards  # safetensors win, as in HF
+    if shards:
+        return shards
+    raise TinyFBIError(f"no weights in {folder}: expected {SAFETENSORS}, {TORCH_BIN}, "
+                       f"or shards with {SAFETENSORS_INDEX} / {TORCH_BIN_INDEX}")
+
+
+def _index_files(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TinyFBIError(f"{index} is not a weights index ({type(e).__name__}: {e})") from None
+    files = [index.parent / name for name in names]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise TinyFBIError(f"{index} names shard {missing[0]}, which is not in {index.parent}")
+    return files
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """Every tensor of a .safetensors file, memory-mapped copy-on-write (a 7B shard costs no RAM
+    until read). Read here rather than by safetensors.numpy, which refuses BF16 (NumPy has no
+    bfloat16): BF16 becomes float32 by appending 16 zero bits."""
+    path = Path(path)
+    header, start_of_data, size = _safetensors_header(path)
+    data = (np.memmap(path, dtype=np.uint8, mode="c", offset=start_of_data) if size > start_of_data
+            else np.zeros(0, np.uint8))
+    out = {}
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        raw, kind = data[start:end], info["dtype"]
+        if kind == "BF16":
+            array = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            array = np.require(raw.view(_ST_DTYPES[kind]), requirements="A")  # torch wants aligned data
+        out[name] = array.reshape(info["shape"])
+    return out
+
+
+def _safetensors_header(path: Path):
+    """-> ({name: {dtype, shape, data_offsets}}, where the data starts, file size). The format:
+    8-byte little-endian header size, the JSON header, then the raw bytes of every tensor."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= size - 8:
+                raise ValueError(f"header size {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        for name, info in header.items():
+            start, end = info["data_offsets"]
+            if not 0 <= start <= end <= size - 8 - n:
+                raise ValueError(f"tensor {name!r} lies past the end of the file")
+            if info["dtype"] != "BF16" and info["dtype"] not in _ST_DTYPES:
+                raise ValueError(f"tensor {name!r} has dtype {info['dtype']}, which tinyfbi does not read")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise TinyFBIError(f"{path} is truncated or corrupted ({e})") from None
+    return header, 8 + n, size
+
+
+def read_torch_bin(path) -> dict[str, np.ndarray]:
+    """A PyTorch state dict file (`torch.save`), read with weights_only=True: tensors only, no code."""
+    import torch
+    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in _torch_load(path).items()}
+
+
+def _torch_load(path) -> dict:
+    """{name: torch.Tensor}, memory-mapped when the file is in torch's zip format (since torch 1.6)."""
+    path = Path(path)
+    try:
+        import torch
+    except ImportError:
+        raise TinyFBIError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch)") from None
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy non-zip format
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TinyFBIError(f"{path} is truncated, corrupted or not a state dict ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TinyFBIError(f"{path} is not a flat state dict of tensors (name -> tensor)")
+    return state
+
+
+def load_hf_state_dict(folder) -> dict[str, np.ndarray]:
+    """All tensors of an HF LLaMA folder, by name, in their stored dtype (BF16 widened to float32),
+    the rotary_emb.inv_freq buffers dropped."""
+    tensors: dict[str, np.ndarray] = {}
+    for path in weight_files(folder):
+        shard = read_safetensors(path) if path.suffix == ".safetensors" else read_torch_bin(path)
+        for name, value in shard.items():
+            if IGNORED.search(name):
+                continue
+            if name in tensors:
+                raise TinyFBIError(f"tensor {name!r} appears in two shards of {folder} (again in {path.name})")
+            tensors[name] = value
+    return tensors
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def config_from_hf(folder, tensors=None) -> ModelConfig:
+    """ModelConfig of an HF LLaMA folder (or a tinyfbi checkpoint). Without an `fbi` block the model
+    is binarized when its weights hold wscale tensors, whose shape tells column (1, in) from row (out, 1)
+    scaling. Settings that change the maths but ModelConfig cannot express are refused."""
+    from .run_state import resolve_checkpoint
+    folder = resolve_checkpoint(folder)
+    obj = read_config(folder)
+    source = str(folder / CONFIG_FILE)
+    _check_llama(obj, source)
+    shapes = _tensor_shapes(folder) if tensors is None else {k: v.shape for k, v in tensors.items()}
+    scales = {name: tuple(shape) for name, shape in shapes.items() if name.endswith(".wscale")}
+    config = config_from_json(obj, source, binarized_default=bool(scales))
+    if "fbi" not in obj and scales:
+        shape = next(iter(scales.values()))
+        if len(shape) != 2 or 1 not in shape:
+            raise TinyFBIError(f"{folder}: wscale has shape {shape}; tinyfbi reads per-column (1, in) "
+                               "or per-row (out, 1) scales")
+        config = config.replace(scaling="column" if shape[0] == 1 else "row")
+    return config
+
+
+def _check_llama(obj: dict, source: str):
+    C, H = obj.get("hidden_size"), obj.get("num_attention_heads")
+    problems = [
+        (obj.get("model_type", "llama") != "llama", f"model_type is {obj.get('model_type')!r}, not 'llama'"),
+        (obj.get("hidden_act", "silu") != "silu", f"hidden_act is {obj.get('hidden_act')!r}, not 'silu'"),
+        (bool(obj.get("rope_scaling")), "rope_scaling is set (tinyfbi has plain RoPE only)"),
+        ((obj.get("rope_parameters") or {}).get("rope_type", "default") != "default",
+         "rope_parameters.rope_type is not 'default' (tinyfbi has plain RoPE only)"),
+        (bool(obj.get("attention_bias")) or bool(obj.get("mlp_bias")), "its linears have biases"),
+        (bool(obj.get("tie_word_embeddings")), "tie_word_embeddings is true (LLaMA unties them)"),
+        (obj.get("head_dim") not in (None, (C // H) if isinstance(C, int) and isinstance(H, int) and H else None),
+         f"head_dim {obj.get('head_dim')} is not hidden_size / num_attention_heads"),
+    ]
+    for bad, why in problems:
+        if bad:
+            raise TinyFBIError(f"{source}: {why}")
+
+
+def _tensor_shapes(folder) -> dict[str, tuple]:
+    """Names and shapes without reading the weights (safetensors headers; .bin files memory-mapped)."""
+    shapes = {}
+    for path in weight_files(folder):
+        if path.suffix == ".safetensors":
+            shapes.update({k: tuple(v["shape"]) for k, v in _safetensors_header(path)[0].items()})
+        else:
+            shapes.update({k: tuple(v.shape) for k, v in _torch_load(path).items()})
+    return shapes
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def load_hf_checkpoint(folder):
+    """-> (ModelConfig, params in canonical order, raw config.json dict), like checkpoint.load_checkpoint,
+    for any weights layout above. Every expected tensor must be there with its shape, and nothing else."""
+    from .run_state import resolve_checkpoint
+    folder = resolve_checkpoint(folder)
+    tensors = load_hf_state_dict(folder)
+    config = config_from_hf(folder, tensors)
+    expected = config.param_shapes()
+    for name, shape in expected.items():
+        if name not in tensors:
+            hint = " (a binarized model: is a wscale missing?)" if name.endswith((".wscale", ".wbias")) else ""
+            raise TinyFBIError(f"{folder} lacks tensor {name!r}{hint}")
+        if tuple(tensors[name].shape) != shape:
+            raise TinyFBIError(f"{folder}: {name} has shape {tuple(tensors[name].shape)}, config says {shape}")
+    extra = [k for k in tensors if k not in expected]
+    if extra:
+        raise TinyFBIError(f"{folder} has tensors the config does not describe, e.g. {extra[0]!r}")
+    return config, {name: tensors[name] for name in expected}, read_config(folder)
+
+
+def load_model(folder, dtype=np.float32):
+    """A tinyfbi.Model (NumPy) from an HF LLaMA folder, a tinyfbi checkpoint or a run folder.
+    float32 by default (a teacher stored in fp16 is widened); dtype=None keeps the stored dtype."""
+    from .model import Model
+    config, params, _ = load_hf_checkpoint(folder)
+    if dtype is not None:
+        params = {k: v.astype(dtype, copy=False) for k, v in params.items()}
+    return Model(config, dtype=next(iter(params.values())).dtype, params=params)
+
+
+def load_torch_model(folder, dtype=None, device="cpu"):
+    """A TorchModel from the same folders, built on the meta device and filled in place (no random
+    init of a 7B model first). dtype defaults to torch.float32."""
+    import torch
+
+    from .torch_model import TorchModel
+    config, params, _ = load_hf_checkpoint(folder)
+    with torch.device("meta"):
+        model = TorchModel(config)
+    state = {k: torch.from_numpy(v) for k, v in params.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype or torch.float32)
