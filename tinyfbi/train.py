@@ -23,7 +23,7 @@ from .config import PRESETS, ModelConfig
 from .errors import CLIParser, TinyFBIError
 
 PAPER_SIZES = ("130m", "1.3b", "7b", "13b")
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 400
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ LOSSES = ("ad", "ce", "mix")
 
 @dataclass
 class TrainConfig:
-    steps: int = 600             # optimizer steps
+    steps: int = 400             # optimizer steps
     batch_size: int = 16
     seq_len: int = 128
     loss: str = "ad"             # ad | ce | mix

@@ -1,0 +1,73 @@
+"""Writing SIMD from Numba: small llvmlite helpers shared by the kernels' intrinsics.
+
+Numba's auto-vectorizer does not find the instructions a 1-bit kernel lives on (popcount, AVX2
+maddubs, vpermps, sign-bit blends): scalar versions of v3/v5 ran 10-30x slower. So each fast kernel
+writes its inner loop as LLVM IR in a `numba.extending.intrinsic`, which Numba inlines into the
+njit caller and caches with it (cache=True). This file holds what those intrinsics share: the
+host-feature check, typed data pointers into arrays, and horizontal sums of 256-bit vectors.
+"""
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.config import CPU_FEATURES, CPU_NAME
+
+I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+F32 = ir.FloatType()
+V32xI8, V16xI16 = ir.VectorType(I8, 32), ir.VectorType(I16, 16)
+V8xI32, V8xF32 = ir.VectorType(I32, 8), ir.VectorType(F32, 8)
+
+
+def _host_has_avx2() -> bool:
+    if CPU_NAME or CPU_FEATURES:     # NUMBA_CPU_NAME/FEATURES: code may run on another machine
+        return "+avx2" in (CPU_FEATURES or "")
+    return bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+
+
+# The AVX2 kernels (v3_lut3_f32, v5_maddubs_int8) are used only when this is True; the portable
+# kernels (v2_masked_f32, v4_popcount_int8) are written in target-independent IR.
+HAS_AVX2 = _host_has_avx2()
+
+
+def is_c_array(ty, dtype, ndim: int) -> bool:
+    """Typing guard: ty is a C-contiguous Numba array of this dtype and ndim."""
+    return isinstance(ty, types.Array) and ty.dtype == dtype and ty.ndim == ndim and ty.layout == "C"
+
+
+def data_pointer(context, builder, arr_ty, arr, elem_ty):
+    """(pointer to the array's first element, cast to elem_ty*, its number of items)."""
+    a = context.make_array(arr_ty)(context, builder, arr)
+    return builder.bitcast(a.data, elem_ty.as_pointer()), a.nitems
+
+
+def hsum(builder, v):
+    """Horizontal sum of an 8-lane vector (i32 or f32) by halving: 3 shuffle+add steps."""
+    add = builder.fadd if isinstance(v.type.element, ir.FloatType) else builder.add
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n, 2 * n))))
+        v = add(lo, hi)
+    return builder.extract_element(v, ir.Constant(I32, 0))
+
+
+def splat(vec_ty, value):
+    """A constant vector with every lane = value."""
+    return ir.Constant(vec_ty, [value] * vec_ty.count)
+
+
+def counted_loop(builder, count):
+    """`with counted_loop(builder, n) as i:` emits `for i in range(n)` in IR."""
+    return _Loop(builder, count)
+
+
+class _Loop:
+    def __init__(self, builder, count):
+        self._cm = cgutils.for_range(builder, count)
+
+    def __enter__(self):
+        return self._cm.__enter__().index
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)

@@ -1,0 +1,109 @@
+"""Packed file format and the packed 1-bit runtime against the float model."""
+import json
+
+import numpy as np
+import pytest
+
+from tinyfbi import Model, ModelConfig, TinyFBIError
+from tinyfbi.inference import FloatRunner, generate
+from tinyfbi.pack import main as pack_main
+from tinyfbi.pack import pack_checkpoint, read_packed
+from tinyfbi.packed import PackedRunner, load_packed
+from tinyfbi.tokenizers import ByteTokenizer
+
+# odd sizes: in-features not a multiple of 64 or 256, out-features odd, grouped-query attention
+CFG = ModelConfig(vocab_size=256, hidden_size=72, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=100, max_position_embeddings=48)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = Model(CFG, seed=3)
+    # store fp16-representable values so that packing (alpha/beta in fp16) loses nothing and any
+    # difference left comes from the kernels alone
+    for k, v in model.params.items():
+        if not model.config.binarized or k not in model.binarized_names:
+            v[...] = v.astype(np.float16).astype(np.float32)
+    model.save(tmp_path / "ckpt", tokenizer=ByteTokenizer())
+    return model, tmp_path
+
+
+def test_pack_round_trips_signs_and_scales(checkpoint):
+    model, tmp = checkpoint
+    stats = pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
+    header, arrays = read_packed(tmp / "m.fbipack")
+    runner, tokenizer = load_packed(tmp / "m.fbipack")
+    from kernels import unpack_signs
+    for name in model.binarized_names:
+        prefix = name.removesuffix(".weight")
+        packed, alpha, beta = runner.linears[prefix]
+        assert np.array_equal(unpack_signs(packed), np.where(model.params[name] >= 0, 1.0, -1.0)), name
+        assert np.array_equal(alpha, model.params[prefix + ".wscale"].reshape(-1))
+        assert np.array_equal(beta, model.params[prefix + ".wbias"].reshape(-1))
+    assert header["config"]["hidden_size"] == 72 and tokenizer.vocab_size == 256
+    # signs: in padded to 256 per row; alpha/beta: 2 x 16 bits per input column
+    expected_bytes = sum(o * 32 * -(-i // 256) + 4 * i for o, i in CFG.linear_shapes().values()) * CFG.num_hidden_layers
+    assert stats["binarized_bytes"] == expected_bytes
+    assert stats["file_bytes"] < stats["float32_bytes"] / 3
+
+
+@pytest.mark.parametrize("kind", ["exact", "int8"])
+def test_packed_logits_match_float(checkpoint, kind):
+    model, tmp = checkpoint
+    pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
+    runner, _ = load_packed(tmp / "m.fbipack", kind)
+    tokens = np.random.default_rng(0).integers(0, 256, (1, 30))
+    ref = FloatRunner(model).forward(tokens, FloatRunner(model).new_cache())
+    got = runner.forward(tokens, runner.new_cache())
+    scale = np.max(np.abs(ref))
+    # exact kernels: float32 sums in another order (1e-4 of the logit range); int8 activations:
+    # per-token rounding to 8 bits, a few percent of the logit range after 2 layers
+    tol = 1e-4 if kind == "exact" else 5e-2
+    assert np.max(np.abs(got - ref)) <= tol * scale
+
+
+def test_packed_greedy_generation_equals_float(checkpoint):
+    model, tmp = checkpoint
+    pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
+    runner, _ = load_packed(tmp / "m.fbipack", "exact")
+    prompt = [10, 20, 30, 40]
+    assert generate(runner, prompt, 30, greedy=True) == generate(FloatRunner(model), prompt, 30, greedy=True)
+
+
+def test_pack_cli_reports_bits_and_refuses_bad_files(checkpoint, capsys):
+    _, tmp = checkpoint
+    pack_main([str(tmp / "ckpt"), str(tmp / "m.fbipack")])
+    out = capsys.readouterr().out
+    assert "bits each" in out and "bits per parameter" in out
+    with pytest.raises(SystemExit):  # no silent overwrite
+        pack_main([str(tmp / "ckpt"), str(tmp / "m.fbipack")])
+    assert "exists" in capsys.readouterr().err
+    data = (tmp / "m.fbipack").read_bytes()
+    (tmp / "cut.fbipack").write_bytes(data[:-100])
+    with pytest.raises(TinyFBIError, match="truncated"):
+        read_packed(tmp / "cut.fbipack")
+    other = bytearray(data)
+    other[8:12] = (2).to_bytes(4, "little")
+    (tmp / "v2.fbipack").write_bytes(bytes(other))
+    with pytest.raises(TinyFBIError, match="version 2"):
+        read_packed(tmp / "v2.fbipack")
+    (tmp / "junk.fbipack").write_bytes(b"hello")
+    with pytest.raises(TinyFBIError, match="not a tinyfbi packed file"):
+        read_packed(tmp / "junk.fbipack")
+
+
+def test_full_precision_checkpoint_is_refused(tmp_path):
+    Model(CFG.replace(binarized=False)).save(tmp_path / "fp")
+    with pytest.raises(TinyFBIError, match="nothing to pack"):
+        pack_checkpoint(tmp_path / "fp", tmp_path / "x.fbipack")
+
+
+def test_random_packed_model_decodes(capsys):
+    from tinyfbi.generate import main as generate_main
+    cfg = CFG.replace(vocab_size=300)
+    runner = PackedRunner.random(cfg, seed=0, kind="int8")
+    logits = runner.forward(np.array([[1, 2, 3]]), runner.new_cache())
+    assert logits.shape == (1, 3, 300) and np.all(np.isfinite(logits))
+    generate_main(["--random-init", "tiny", "--packed", "--bench", "--max-new-tokens", "2"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["runtime"] == "PackedRunner" and row["decode_tok_s"] > 0 and row["peak_rss_mb"] > 0
