@@ -1,0 +1,233 @@
+"""`--dry-run`: plan a torch run before spending GPUs on it. Parameters, bits, memory per GPU, FLOPs.
+
+    python -m tinyfbi.train --backend torch --size 7b --dry-run --world-size 8 [--json]
+
+The model is built on the meta device (shapes, no storage: a second for 13B). Bits count what a
+packed FBI-LLM model stores (arXiv 2407.07093, section 4.1, "1.01 bits"): 1 bit per binarized
+weight plus its fp16 alpha/beta, over the binarized layers; then over the whole model, with the
+embeddings, lm_head and RMSNorms in fp16.
+
+Memory per GPU is an estimate for training with AdamW on GPUs (bf16 autocast, float32 master
+weights, gradients and moments), sharded over the world size under FSDP:
+- weights 4 B, gradients 4 B, AdamW moments 8 B per parameter, divided by the world size under FSDP
+  (host memory instead with --cpu-offload);
+- FSDP buffers: the root unit (embeddings, lm_head) stays gathered in bf16 through the step, two
+  decoder layers are gathered at a time (one computing, one prefetched), and one unit's float32
+  gradient exists unsharded before its reduce-scatter;
+- the teacher's weights in bf16 (sharded like the student under FSDP);
+- activations per decoder layer per token, measured from the tensors autograd saves (CPU autocast,
+  this model): 34 C + 8 I bytes with float32 master weights (DDP), 28 C + 8 I with bf16 FSDP
+  weights; each binarized linear also saves sign(W) and W~ until its backward (6 B per weight, 4 B
+  under FSDP). Activation checkpointing keeps only each layer's input (C floats per token) plus one
+  layer being recomputed;
+- logits and loss: bf16 logits, float32 log-probabilities, teacher probabilities and logit
+  gradient, about 14 V bytes per token when distilling (10 V with the label loss).
+Not counted: the CUDA context and allocator fragmentation (a few GiB), NCCL buffers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+
+from .config import PRESETS, ModelConfig
+from .errors import TinyFBIError
+
+GiB = 1 << 30
+GPU_GIB = 80                    # an H100/A100 80GB: the "fits" column
+H100_BF16 = 989e12              # dense bf16 peak of an H100 SXM, FLOP/s
+TARGET_MFU = 0.40
+
+
+def count_params(config: ModelConfig) -> dict:
+    """Parameter counts by kind, from the torch model built on the meta device."""
+    from .torch_model import TorchModel
+    with torch.device("meta"):
+        model = TorchModel(config)
+    binarized = set(config.binarized_weight_names())
+    counts = {"total": 0, "binarized": 0, "scales": 0, "full_precision": 0, "layer": 0, "layer_linears": 0}
+    for name, p in model.named_parameters():
+        n = p.numel()
+        counts["total"] += n
+        kind = ("binarized" if name in binarized else "scales" if name.endswith((".wscale", ".wbias"))
+                else "full_precision")
+        counts[kind] += n
+        if name.startswith("model.layers.0."):
+            counts["layer"] += n
+            if name.endswith("proj.weight"):
+                counts["layer_linears"] += n
+    counts["root"] = counts["total"] - config.num_hidden_layers * counts["layer"]   # embeddings, norm, head
+    return counts
+
+
+def bits_per_param(config: ModelConfig, counts: dict) -> dict:
+    """Storage bits per weight of a packed model: over the binarized layers, and over everything."""
+    if not config.binarized:
+        return {"binarized_layers": None, "whole_model": 16.0}
+    matrices = 7 * config.num_hidden_layers
+    if config.scaling == "ternary":  # BitNet b1.58: log2(3) bits per weight, one fp16 scale per matrix
+        bits = counts["binarized"] * math.log2(3) + 16 * matrices
+    else:  # one bit per sign, fp16 alpha and beta (wscale, wbias)
+        bits = counts["binarized"] + 16 * counts["scales"]
+    whole = (bits + 16 * counts["full_precision"]) / (counts["binarized"] + counts["full_precision"])
+    return {"binarized_layers": bits / counts["binarized"], "whole_model": whole}
+
+
+def flops_per_token(config: ModelConfig, teacher: ModelConfig | None, seq_len: int) -> dict:
+    """Model FLOPs per trained token (PaLM, appendix B): 6 N + 12 L C T for the student's forward and
+    backward, 2 N + 4 L C T for the teacher's forward; N counts the matmul weights (block linears and
+    lm_head). Activation recomputation is not counted (model FLOPs, not hardware FLOPs)."""
+    def matmul_params(c):
+        per_layer = sum(o * i for o, i in c.linear_shapes().values())
+        return c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
+
+    def attention(c):
+        return c.num_hidden_layers * c.hidden_size * seq_len
+
+    student = 6 * matmul_params(config) + 12 * attention(config)
+    t = 2 * matmul_params(teacher) + 4 * attention(teacher) if teacher is not None else 0
+    return {"student": student, "teacher": t, "total": student + t}
+
+
+def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | None, world: int, sharded: bool,
+                   cpu_offload: bool, micro_batch: int, seq_len: int, checkpointing: bool, distill: bool) -> dict:
+    """Bytes per GPU by item (see the module docstring), plus host bytes."""
+    P, L, C, I, V = (counts["total"], config.num_hidden_layers, config.hidden_size, config.intermediate_size,
+                     config.vocab_size)
+    split = world if sharded else 1
+    state = {"weights": 4 * P / split, "gradients": 4 * P / split, "optimizer": 8 * P / split}
+    host = {k: 0.0 for k in state}
+    if cpu_offload:
+        host, state = state, {k: 0.0 for k in state}
+    buffers = 0.0
+    if sharded:
+        buffers = 2 * counts["root"] + 2 * 2 * counts["layer"] + 4 * max(counts["layer"], counts["root"])
+    teacher_bytes = 0.0
+    if teacher is not None:
+        t = count_params(teacher)
+        teacher_bytes = 2 * t["total"] / split + ((2 * t["root"] + 2 * 2 * t["layer"]) if sharded else 0)
+    tokens = micro_batch * seq_len
+    per_token = (28 if sharded else 34) * C + 8 * I + 24
+    if config.binarized:
+        saved_weights = (4 if sharded else 6) * counts["layer_linears"]
+    else:
+        saved_weights = 0 if sharded else 2 * counts["layer_linears"]
+    one_layer = tokens * per_token + saved_weights
+    without = L * one_layer
+    with_ckpt = L * tokens * C * (2 if sharded else 4) + one_layer
+    out = {**state, "fsdp_buffers": buffers, "teacher": teacher_bytes,
+           "activations": with_ckpt if checkpointing else without,
+           "logits_and_loss": tokens * V * (14 if distill else 10)}
+    out["total"] = sum(out.values())
+    return {"gpu": out, "activations_with_checkpointing": with_ckpt, "activations_without_checkpointing": without,
+            "host_offload": sum(host.values()), "host_rank0_checkpoint": 16 * P}
+
+
+def teacher_for_plan(args, vocab_size):
+    """The teacher a run would load: --teacher PATH's config (read, not its weights); for --teacher
+    auto the paper's LLaMA-2-7B shape at paper sizes, else the same-size model auto would train."""
+    from .train import PAPER_SIZES
+    if args.teacher == "none" or (args.teacher == "auto" and args.full_precision):
+        return None, "none"
+    if args.teacher != "auto":
+        from .interop import config_from_hf
+        return config_from_hf(args.teacher), str(args.teacher)
+    if args.size in PAPER_SIZES:
+        return ModelConfig.from_name("7b", binarized=False), "LLaMA-2-7B shape (the paper's teacher)"
+    return ModelConfig.from_name(args.size, vocab_size=vocab_size, binarized=False), f"full-precision {args.size}"
+
+
+def plan(args) -> dict:
+    from .distributed import use_fsdp
+    from .train import PAPER_SIZES, model_config
+    world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_rank = world * args.grad_accum
+    if args.batch_size % per_rank:
+        raise TinyFBIError(f"--batch-size {args.batch_size} must be divisible by world size {world} "
+                           f"x --grad-accum {args.grad_accum}: every rank takes equal micro-batches")
+    teacher, teacher_name = teacher_for_plan(args, args.vocab_size or PRESETS[args.size].vocab_size)
+    vocab = teacher.vocab_size if teacher is not None else args.vocab_size or PRESETS[args.size].vocab_size
+    config = model_config(args, vocab, binarized=not args.full_precision)
+    counts = count_params(config)
+    sharded = use_fsdp(args.fsdp, counts["total"], world, args.cpu_offload)
+    checkpointing = (args.size in PAPER_SIZES if args.activation_checkpointing == "auto"
+                     else args.activation_checkpointing == "on")
+    distill = teacher is not None and (args.loss != "ce" and not args.full_precision)
+    micro = args.batch_size // per_rank
+    memory = memory_per_gpu(config, counts, teacher, world, sharded, args.cpu_offload, micro, args.seq_len,
+                            checkpointing, distill)
+    flops = flops_per_token(config, teacher if distill else None, args.seq_len)
+    return {
+        "size": args.size, "binarized": config.binarized, "scaling": config.scaling if config.binarized else None,
+        "config": {k: getattr(config, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                                                   "num_attention_heads", "num_key_value_heads", "vocab_size")},
+        "params": {k: counts[k] for k in ("total", "binarized", "scales", "full_precision")},
+        "num_params_check": counts["total"] == config.num_params(),
+        "bits_per_param": bits_per_param(config, counts),
+        "world_size": world, "parallel": "fsdp" if sharded else "ddp" if world > 1 else "single",
+        "cpu_offload": bool(args.cpu_offload), "activation_checkpointing": checkpointing,
+        "batch_size": args.batch_size, "seq_len": args.seq_len, "grad_accum": args.grad_accum,
+        "micro_batch_per_gpu": micro,
+        "teacher": {"source": teacher_name, "params": teacher.num_params() if teacher is not None else 0,
+                    "used_for_loss": distill},
+        "memory_gib_per_gpu": {k: v / GiB for k, v in memory["gpu"].items()},
+        "activations_gib": {"with_checkpointing": memory["activations_with_checkpointing"] / GiB,
+                            "without_checkpointing": memory["activations_without_checkpointing"] / GiB},
+        "fits_80gib": memory["gpu"]["total"] / GiB <= GPU_GIB,
+        "host_gib": {"per_process_offload": memory["host_offload"] / GiB,
+                     "rank0_to_write_a_checkpoint": memory["host_rank0_checkpoint"] / GiB},
+        "flops_per_token": flops,
+        "tok_s_per_h100_at_40pct_mfu": TARGET_MFU * H100_BF16 / flops["total"],
+    }
+
+
+def format_plan(p: dict) -> str:
+    c, n, b, m = p["config"], p["params"], p["bits_per_param"], p["memory_gib_per_gpu"]
+    kind = "FBI student" if p["binarized"] else "full-precision model"
+    lines = [
+        f"{p['size']} {kind}: {c['num_hidden_layers']} layers, hidden {c['hidden_size']}, intermediate "
+        f"{c['intermediate_size']}, {c['num_attention_heads']} heads, vocab {c['vocab_size']}",
+        f"  parameters                      {n['total']:>15,}",
+        f"    binarized latent weights      {n['binarized']:>15,}   (q k v o gate up down of every layer)",
+        f"    wscale / wbias (alpha, beta)  {n['scales']:>15,}",
+        f"    full precision                {n['full_precision']:>15,}   (embeddings, lm_head, RMSNorms)",
+    ]
+    if b["binarized_layers"] is not None:
+        lines.append(f"  bits per parameter: {b['binarized_layers']:.4f} over the binarized layers "
+                     f"(1-bit signs + fp16 alpha/beta), {b['whole_model']:.3f} over the whole model "
+                     "(embeddings, lm_head, norms fp16)")
+    lines += [
+        f"  plan: {p['world_size']} GPU(s), {p['parallel'].upper()}{' + CPU offload' if p['cpu_offload'] else ''}, "
+        f"batch {p['batch_size']} x {p['seq_len']} tokens = {p['micro_batch_per_gpu']} sequence(s) per GPU "
+        f"per micro-batch, grad-accum {p['grad_accum']}, bf16 autocast, activation checkpointing "
+        f"{'on' if p['activation_checkpointing'] else 'off'}",
+        f"  teacher: {p['teacher']['source']}, {p['teacher']['params']:,} parameters in bf16"
+        f"{'' if p['teacher']['used_for_loss'] or not p['teacher']['params'] else ' (evaluated only)'}",
+        "  memory per GPU, estimate (GiB):",
+        f"    weights (fp32 master)         {m['weights']:8.2f}",
+        f"    gradients (fp32)              {m['gradients']:8.2f}",
+        f"    AdamW moments (fp32 m, v)     {m['optimizer']:8.2f}",
+        f"    FSDP gather/reduce buffers    {m['fsdp_buffers']:8.2f}",
+        f"    teacher (bf16)                {m['teacher']:8.2f}",
+        f"    activations                   {m['activations']:8.2f}   (checkpointing on "
+        f"{p['activations_gib']['with_checkpointing']:.2f}, off {p['activations_gib']['without_checkpointing']:.2f})",
+        f"    logits and loss               {m['logits_and_loss']:8.2f}",
+        f"    total                         {m['total']:8.2f}   "
+        f"{'fits' if p['fits_80gib'] else 'does NOT fit'} an 80 GiB GPU (plus CUDA context and fragmentation)",
+        f"  host memory: {p['host_gib']['rank0_to_write_a_checkpoint']:.0f} GiB on rank 0 to gather and write a "
+        "checkpoint (fp32 weights + AdamW moments)"
+        + (f"; {p['host_gib']['per_process_offload']:.1f} GiB per process for offloaded state"
+           if p["cpu_offload"] else ""),
+        f"  model FLOPs per token: {p['flops_per_token']['total'] / 1e9:.2f} GFLOP (student forward+backward "
+        f"{p['flops_per_token']['student'] / 1e9:.2f}, teacher forward {p['flops_per_token']['teacher'] / 1e9:.2f}); "
+        f"40% MFU on an H100 is {p['tok_s_per_h100_at_40pct_mfu']:,.0f} tokens/s per GPU",
+    ]
+    return "\n".join(lines)
+
+
+def main_plan(args):
+    p = plan(args)
+    print(json.dumps(p) if args.json else format_plan(p))
+    return p
