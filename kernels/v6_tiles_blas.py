@@ -2,8 +2,9 @@
 
 Y = (X * alpha) @ sign(W).T + (X @ beta.T) for X (B, in). With many tokens per weight the work is a
 GEMM, and BLAS already runs GEMMs near the CPU's peak; what the bits save is weight memory. So the
-weights stay packed, and each tile of R rows is decoded to +-1 float32 (a few MB, cache-resident)
-just before its GEMM: tile (R, in) @ (X * alpha).T (in, B) -> Y.T[rows] (R, B). The decode writes
+weights stay packed, and each tile of R rows is decoded to +-1 float32 (16 MB, about half the L3)
+just before its GEMM, (X * alpha) (B, in) @ tile.T (in, R) -> Y[:, rows] (B, R): the same BLAS call
+NumPy makes for X @ W.T. BLAS repacks X for every tile, so tiles are large. The decode writes
 float bit patterns directly, 0xBF800000 ^ (bit << 31) (= -1.0 or +1.0), 32 inputs at a time, in
 IR: a scalar Numba loop over the same bits ran 4x slower. Decoding is single-threaded, a few ms for
 a 7B-sized matrix, small beside the GEMM at 64+ tokens; BLAS uses its own threads (a Numba thread
@@ -22,7 +23,7 @@ from kernels.bitpack import PackedSigns
 from kernels.simd import I32, V32xI8, counted_loop, data_pointer, is_c_array, splat
 
 V32xI32 = ir.VectorType(I32, 32)
-TILE_BYTES = 4 << 20        # decoded tile size: fits L3 beside X, measured best of 1-8 MB
+TILE_BYTES = 16 << 20       # decoded tile: BLAS repacks x once per tile, so fewer, larger tiles
 
 
 @intrinsic
@@ -65,15 +66,14 @@ def matmul_tiles_blas(packed: PackedSigns, alpha, beta, x) -> np.ndarray:
     x = np.asarray(x, np.float32)
     n_in, n_out = packed.in_features, packed.out_features
     in_pad = packed.bits.shape[1] * 8                                 # 256 * nblk
-    xs_t = np.zeros((in_pad, x.shape[0]), np.float32)                 # (in_pad, B), padding rows 0
-    xs_t[:n_in] = (x * np.asarray(alpha, np.float32).reshape(1, n_in)).T
-    bx = x @ np.asarray(beta, np.float32).reshape(n_in)               # (B,)
+    xs = np.zeros((x.shape[0], in_pad), np.float32)                   # (B, in_pad), padding columns 0
+    xs[:, :n_in] = x * np.asarray(alpha, np.float32).reshape(1, n_in)
     rows = tile_rows(in_pad, n_out)
     tile = np.empty((rows, in_pad), np.float32)                       # (R, in_pad)
-    y_t = np.empty((n_out, x.shape[0]), np.float32)                   # (out, B)
+    y = np.empty((x.shape[0], n_out), np.float32)                     # (B, out)
     for r0 in range(0, n_out, rows):
         r1 = min(n_out, r0 + rows)
         decode_tile(packed.bits, r0, tile[: r1 - r0])
-        np.matmul(tile[: r1 - r0], xs_t, out=y_t[r0:r1])              # (R, in) @ (in, B)
-    return y_t.T + bx[:, None]                                        # (B, out)
-
+        np.matmul(xs, tile[: r1 - r0].T, out=y[:, r0:r1])             # (B, in) @ (in, R), numpy's own call
+    y += (x @ np.asarray(beta, np.float32).reshape(n_in))[:, None]    # + beta . x per token
+    return y

@@ -72,7 +72,7 @@ def _matmul(bits, alpha, beta, x, y):
     scale = np.zeros(n_pad, np.float32)
     qsum = np.zeros(n_pad, np.int64)
     bx = np.zeros(n_pad, np.float32)
-    for t in range(n_tok):
+    for t in numba.prange(n_tok):
         scale[t], qsum[t], bx[t] = quantize_int8(alpha, beta, x[t], q[t])
     chunk = max(TOKENS, CHUNK_BYTES // q.shape[1] // TOKENS * TOKENS)
     for c0 in range(0, n_pad, chunk):
