@@ -43,7 +43,7 @@ from .optim import OptimConfig, lr_at
 from .torch_model import TorchModel
 from .train import (DEFAULT_STEPS, PAPER_SIZES, init_student, model_config, optim_config, plot_losses,
                     prepare_data, teacher_auto)
-from .trainer import TrainConfig, read_metrics
+from .trainer import LoopBookkeeping, TrainConfig, read_metrics
 
 # bf16 dense peak of the GPUs MFU is reported against (FLOP/s); others report no MFU
 PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -200,7 +200,7 @@ def sample_torch(model, tokenizer, prompt_ids, n_tokens, seed, d: Dist) -> str:
     return tokenizer.decode(ids)
 
 
-class TorchTrainer:
+class TorchTrainer(LoopBookkeeping):
     """tinyfbi.trainer.Trainer's loop for a TorchModel: same state, metrics, checkpoints, rollback."""
 
     def __init__(self, module: TorchModel, model, cfg: TrainConfig, optim: OptimConfig, sampler, val_batches,
@@ -288,26 +288,12 @@ class TorchTrainer:
         if self.d.is_main:
             self._truncate_metrics(self.step)
 
-    def _truncate_metrics(self, step):
-        # a resumed run rewrites the steps after its checkpoint: drop them from the log
-        if not self.metrics_path.exists():
-            return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
-
     def _write_metrics(self, row):
         if self.d.is_main:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
     # ------------------------------------------------------------------ one step
-
-    def next_batch(self):
-        while self.data_step in self.skipped:
-            self.data_step += 1
-        x, y = self.sampler.batch(self.data_step)                     # the global batch (B, T)
-        return x, y, self.data_step
 
     def targets(self, x, rows, data_step):
         """Teacher probabilities for these rows: from the top-K cache, or a teacher forward."""
@@ -318,12 +304,6 @@ class TorchTrainer:
             return torch.from_numpy(probs).to(self.d.device)
         with torch.no_grad(), autocast(self.d):
             return torch.softmax(self.teacher(x).float(), dim=-1)                   # (b, T, V)
-
-    def is_spike(self, loss) -> bool:
-        if not math.isfinite(loss):
-            return True
-        return (self.step >= self.cfg.spike_warmup and self.loss_ema is not None
-                and loss > self.cfg.spike_factor * self.loss_ema)
 
     def rollback(self, data_step, loss):
         skipped = sorted(set(self.skipped) | {data_step})

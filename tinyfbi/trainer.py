@@ -84,7 +84,34 @@ def flip_fractions(before: dict, model) -> dict:
     return out
 
 
-class Trainer:
+class LoopBookkeeping:
+    """What both backends' loops share: skipped batches, spike test, metrics truncation on resume.
+
+    Needs self.sampler, self.cfg, self.step, self.data_step, self.skipped, self.loss_ema, self.metrics_path.
+    """
+
+    def next_batch(self):
+        while self.data_step in self.skipped:
+            self.data_step += 1
+        x, y = self.sampler.batch(self.data_step)                     # the global batch (B, T)
+        return x, y, self.data_step
+
+    def is_spike(self, loss) -> bool:
+        if not math.isfinite(loss):
+            return True
+        return (self.step >= self.cfg.spike_warmup and self.loss_ema is not None
+                and loss > self.cfg.spike_factor * self.loss_ema)
+
+    def _truncate_metrics(self, step):
+        # a resumed run rewrites the steps after its checkpoint: drop them from the log
+        if not self.metrics_path.exists():
+            return
+        keep = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+
+
+class Trainer(LoopBookkeeping):
     """Trains `model` on batches from `sampler`, distilling `teacher` (None for label loss)."""
 
     def __init__(self, model, cfg: TrainConfig, optim: OptimConfig, sampler, val_batches,
@@ -131,25 +158,11 @@ class Trainer:
         self.rollbacks = state.get("rollbacks", 0)
         self._truncate_metrics(self.step)
 
-    def _truncate_metrics(self, step):
-        # a resumed run rewrites the steps after its checkpoint: drop them from the log
-        if not self.metrics_path.exists():
-            return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
-
     def _write_metrics(self, row):
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
     # ------------------------------------------------------------------ one step
-
-    def next_batch(self):
-        while self.data_step in self.skipped:
-            self.data_step += 1
-        x, y = self.sampler.batch(self.data_step)
-        return x, y, self.data_step
 
     def targets(self, x, data_step):
         if self.cfg.loss == "ce":
@@ -170,12 +183,6 @@ class Trainer:
             loss, cache = L.mixed_forward(logits, y, probs, self.cfg.mix_lambda)
             dlogits = L.mixed_backward(cache)
         return loss, dlogits
-
-    def is_spike(self, loss) -> bool:
-        if not math.isfinite(loss):
-            return True
-        return (self.step >= self.cfg.spike_warmup and self.loss_ema is not None
-                and loss > self.cfg.spike_factor * self.loss_ema)
 
     def rollback(self, data_step, loss):
         from .run_state import resolve_checkpoint
