@@ -9,7 +9,7 @@ sequence length and number of steps, so each sees the same tokens:
 Writes runs/reproduce/{results.md, results.json, ppl.png, flips.png, loss.png}. Finished arms are
 reused on a rerun (delete runs/reproduce/<arm> to redo one).
 
-    python -m tinyfbi.reproduce            # ~25 minutes on 2 cores (8 arms x 200 steps)
+    python -m tinyfbi.reproduce            # ~25 minutes on 2 cores (8 arms x 150 steps; 100 steps took 18 min)
     python -m tinyfbi.reproduce --fast     # ~4 minutes: fewer, shorter steps
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ ARMS = {
 def build_parser():
     ap = CLIParser(prog="python -m tinyfbi.reproduce", description=__doc__.split("\n\n")[0])
     ap.add_argument("--fast", action="store_true", help="short arms (CI, a first look)")
-    ap.add_argument("--steps", type=int, default=None, help="steps per arm (default 200, --fast 50)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per arm (default 150, --fast 50)")
     ap.add_argument("--out", default="runs/reproduce", help="where arms, table and plots go")
     ap.add_argument("--data", default=None, help="corpus (default: Shakespeare)")
     ap.add_argument("--data-dir", default="data")
@@ -142,7 +142,7 @@ def verdicts(r):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        steps = args.steps or (50 if args.fast else 200)
+        steps = args.steps or (50 if args.fast else 150)
         if steps <= 0:
             raise TinyFBIError(f"--steps must be positive, got {steps}")
         out = Path(args.out)
