@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, atomic_write_json
+from .checkpoint import CONFIG_FILE, atomic_write_json
 from .errors import TinyFBIError
 
 CHECKPOINT = "checkpoint"
@@ -75,5 +75,14 @@ def load_trainer_state(ckpt_dir) -> tuple[dict, dict]:
     return state, opt
 
 
-def has_weights(path) -> bool:
-    return (Path(path) / WEIGHTS_FILE).is_file()
+def has_checkpoint(run_dir) -> bool:
+    """A run folder holds a checkpoint (or the old one a killed swap left behind)."""
+    return (Path(run_dir) / CHECKPOINT).is_dir() or (Path(run_dir) / ".checkpoint.old").is_dir()
+
+
+def check_resumable(run_dir):
+    """Refuse a truncated or corrupted checkpoint with one line, before any work is done."""
+    from .checkpoint import load_checkpoint
+    ckpt = resolve_checkpoint(run_dir)
+    load_trainer_state(ckpt)
+    load_checkpoint(ckpt)

@@ -41,7 +41,7 @@ from .distributed import Dist, get_full, local, put_full, replicate, setup, shar
 from .errors import TinyFBIError
 from .optim import OptimConfig, lr_at
 from .torch_model import TorchModel
-from .train import (DEFAULT_STEPS, PAPER_SIZES, init_student, model_config, optim_config, plot_losses,
+from .train import (PAPER_SIZES, plan_run, init_student, model_config, optim_config, plot_losses,
                     prepare_data, teacher_auto)
 from .trainer import LoopBookkeeping, TrainConfig, read_metrics
 
@@ -129,13 +129,6 @@ def prepare_data_ranked(args, d: Dist, teacher_dir):
     """Rank 0 tokenizes (and trains a tokenizer) first; the others then find the cached files."""
     out = d.on_main(lambda: prepare_data(args, teacher_dir))
     return out if d.is_main else prepare_data(args, teacher_dir)
-
-
-def check_resumable(run_dir):
-    from .checkpoint import load_checkpoint
-    from .run_state import load_trainer_state, resolve_checkpoint
-    load_trainer_state(resolve_checkpoint(run_dir))
-    load_checkpoint(resolve_checkpoint(run_dir))
 
 
 class NumpyTeacher:
@@ -226,11 +219,6 @@ class TorchTrainer(LoopBookkeeping):
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ state (the NumPy trainer's format)
-
-    def state(self) -> dict:
-        return {"step": self.step, "data_step": self.data_step, "skipped": self.skipped,
-                "loss_ema": self.loss_ema, "rollbacks": self.rollbacks, "seed": self.cfg.seed,
-                "loss": self.cfg.loss, "batch_size": self.cfg.batch_size, "seq_len": self.cfg.seq_len}
 
     def save(self):
         """Gather every parameter and AdamW moment to rank 0, tensor by tensor, and write the one
@@ -454,17 +442,9 @@ def run_training_torch(args, run_dir, model, tokenizer, train_tokens, val_tokens
 def train_torch(args, d: Dist):
     """main_numpy's flow: run folder, data, teacher, student, training, evaluation, samples, summary."""
     from .checkpoint import atomic_write_json
-    from .run_state import resolve_checkpoint
+    from .run_state import check_resumable, resolve_checkpoint
     check_torch_args(args, d)
-    steps = args.steps or DEFAULT_STEPS
-    loss = "ce" if args.full_precision else args.loss
-    name = args.name or (f"{args.size}-fp" if args.full_precision else f"{args.size}-{loss}")
-    run_dir = Path(args.out) / name
-    has_run = (run_dir / "checkpoint").is_dir() or (run_dir / ".checkpoint.old").is_dir()
-    if has_run and not args.resume:
-        raise TinyFBIError(f"{run_dir} already holds a run: pass --resume to continue it, or --name for a new one")
-    if args.resume and not has_run:
-        raise TinyFBIError(f"--resume: {run_dir} holds no checkpoint to resume")
+    steps, loss, run_dir = plan_run(args)
     if args.resume:  # refuse a broken checkpoint now, before any teacher is loaded or trained
         d.on_main(partial(check_resumable, run_dir))
     teacher_path = None if args.teacher in ("auto", "none") else resolve_checkpoint(args.teacher)

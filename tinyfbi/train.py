@@ -222,7 +222,8 @@ def teacher_auto(args, tokenizer, train_tokens, val_tokens, corpus, train=None):
     train = train or run_training
     steps = args.teacher_steps or args.steps or DEFAULT_STEPS
     run_dir = Path(args.out) / f"teacher-{args.size}-{corpus.name}-{tokenizer.key}-T{args.seq_len}-{steps}steps-seed{args.seed}"
-    if (run_dir / "checkpoint").is_dir() or (run_dir / ".checkpoint.old").is_dir():
+    from .run_state import has_checkpoint
+    if has_checkpoint(run_dir):
         ckpt = resolve_checkpoint(run_dir)
         state, _ = load_trainer_state(ckpt)
         if state["step"] >= steps:
@@ -291,24 +292,28 @@ def plot_losses(path, curves, title):
     tmp.replace(path)
 
 
-def main_numpy(args):
-    from .checkpoint import atomic_write_json
-    from .model import Model
-    from .trainer import evaluate, read_metrics
+def plan_run(args):
+    """(steps, loss, run folder) of this invocation; refuses to overwrite a run or resume nothing."""
+    from .run_state import has_checkpoint
     steps = args.steps or DEFAULT_STEPS
     loss = "ce" if args.full_precision else args.loss
     name = args.name or (f"{args.size}-fp" if args.full_precision else f"{args.size}-{loss}")
     run_dir = Path(args.out) / name
-    has_run = (run_dir / "checkpoint").is_dir() or (run_dir / ".checkpoint.old").is_dir()
-    if has_run and not args.resume:
+    if has_checkpoint(run_dir) and not args.resume:
         raise TinyFBIError(f"{run_dir} already holds a run: pass --resume to continue it, or --name for a new one")
-    if args.resume and not has_run:
+    if args.resume and not has_checkpoint(run_dir):
         raise TinyFBIError(f"--resume: {run_dir} holds no checkpoint to resume")
+    return steps, loss, run_dir
+
+
+def main_numpy(args):
+    from .checkpoint import atomic_write_json
+    from .model import Model
+    from .trainer import evaluate, read_metrics
+    steps, loss, run_dir = plan_run(args)
     if args.resume:  # refuse a broken checkpoint now, before any teacher is trained
-        from .checkpoint import load_checkpoint
-        from .run_state import load_trainer_state, resolve_checkpoint
-        load_trainer_state(resolve_checkpoint(run_dir))
-        load_checkpoint(resolve_checkpoint(run_dir))
+        from .run_state import check_resumable
+        check_resumable(run_dir)
     teacher_path = None if args.teacher in ("auto", "none") else args.teacher
     if teacher_path is not None:
         from .run_state import resolve_checkpoint

@@ -87,8 +87,14 @@ def flip_fractions(before: dict, model) -> dict:
 class LoopBookkeeping:
     """What both backends' loops share: skipped batches, spike test, metrics truncation on resume.
 
-    Needs self.sampler, self.cfg, self.step, self.data_step, self.skipped, self.loss_ema, self.metrics_path.
+    Needs self.sampler, self.cfg, self.step, self.data_step, self.skipped, self.loss_ema, self.rollbacks,
+    self.metrics_path.
     """
+
+    def state(self) -> dict:
+        return {"step": self.step, "data_step": self.data_step, "skipped": self.skipped,
+                "loss_ema": self.loss_ema, "rollbacks": self.rollbacks, "seed": self.cfg.seed,
+                "loss": self.cfg.loss, "batch_size": self.cfg.batch_size, "seq_len": self.cfg.seq_len}
 
     def next_batch(self):
         while self.data_step in self.skipped:
@@ -131,11 +137,6 @@ class Trainer(LoopBookkeeping):
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ state
-
-    def state(self) -> dict:
-        return {"step": self.step, "data_step": self.data_step, "skipped": self.skipped,
-                "loss_ema": self.loss_ema, "rollbacks": self.rollbacks, "seed": self.cfg.seed,
-                "loss": self.cfg.loss, "batch_size": self.cfg.batch_size, "seq_len": self.cfg.seq_len}
 
     def save(self):
         save_run_checkpoint(self.run_dir, self.model, self.tokenizer, self.opt, self.state(), self.extra_fbi)
