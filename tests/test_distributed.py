@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+from conftest import metrics
 
 from tinyfbi import Model
 from tinyfbi.train import main
@@ -26,17 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # torch's OpenMP workers spin between ops: on 2 shared cores, 2 threads ran these runs 8x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def metrics(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

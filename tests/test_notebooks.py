@@ -3,7 +3,6 @@
 The notebooks live in git as jupytext py:percent files; here each is converted in memory and
 executed with nbclient, like `pytest --nbmake` on the converted .ipynb would.
 """
-import os
 from pathlib import Path
 
 import pytest

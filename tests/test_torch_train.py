@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import metrics
 import torch
 
 from tinyfbi import Model, ModelConfig
@@ -35,17 +37,7 @@ def run(*argv):
     return main([str(a) for a in argv])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # torch's OpenMP workers spin between ops: on 2 shared cores, 2 threads ran these runs 8x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def metrics(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rel(a, b):

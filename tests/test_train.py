@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import metrics
 from tinyfbi.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +36,6 @@ def run(*argv, expect_exit=None):
     with pytest.raises(SystemExit) as e:
         main([str(a) for a in argv])
     assert e.value.code == expect_exit
-
-
-def metrics(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ each, and write runs/<name>/ (checkpoint, metrics.jsonl, loss.png, summary.json)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -308,7 +307,6 @@ def plan_run(args):
 
 def main_numpy(args):
     from .checkpoint import atomic_write_json
-    from .model import Model
     from .trainer import evaluate, read_metrics
     steps, loss, run_dir = plan_run(args)
     if args.resume:  # refuse a broken checkpoint now, before any teacher is trained
