@@ -1,70 +1,11 @@
 """Numba bit-packed kernels for FBI-Linear: y = sign(W) @ (alpha * x) + beta . x (see README.md).
 
-The stable API a packed runtime calls:
+One idea per file, v1 the NumPy reference every other version is checked against:
+    bitpack.py   bit layouts of sign(W) and their exact inverses (NumPy only, no Numba)
+    dispatch.py  matvec(packed, alpha, beta, x, kind): picks a kernel by batch size and CPU
+    v1..v7       the kernels; act_int8.py the int8 activation rounding; simd.py LLVM helpers
+    bench.py     `python -m kernels.bench`: every kernel vs NumPy/torch float32
 
-    packed = pack_signs(W, lut=True)           # PackedSigns: sign(W) as bits, 1 bit (+1 with lut)
-    y = matvec(packed, alpha, beta, x)          # x (in,) -> (out,), or (B, in) -> (B, out)
-    y = matvec(packed, alpha, beta, x, kind="int8")
-    signs = unpack_signs(packed)                # float32 (out, in) of +-1, bit-exact
-
-`kind="exact"` agrees with float32 maths to float32 rounding; `kind="int8"` rounds alpha * x to
-int8 per token (error bound in act_int8.py) and is about twice as fast. The kernel is
-chosen by batch size and CPU; `kernel_name` says which. Threads: whatever numba.set_num_threads
-and the BLAS library are set to.
+Importing this package compiles nothing: a kernel compiles when its module is imported.
+Dependency rule: kernels import only tinyfbi.core (the one binarize) and each other.
 """
-import numpy as np
-
-from kernels.bitpack import (PackedSigns, from_canonical, pack_canonical, pack_signs, unpack_canonical,
-                             unpack_signs)
-from kernels.simd import HAS_AVX2
-from kernels.v2_masked_f32 import matvec_masked_f32
-from kernels.v3_lut3_f32 import matvec_lut3_f32
-from kernels.v4_popcount_int8 import matvec_popcount_int8
-from kernels.v5_maddubs_int8 import matvec_maddubs_int8
-from kernels.v6_tiles_blas import matmul_tiles_blas
-from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
-
-__all__ = ["PackedSigns", "pack_signs", "unpack_signs", "from_canonical", "pack_canonical",
-           "unpack_canonical", "matvec", "kernel_name", "BATCH_MIN", "BATCH_MIN_INT8"]
-
-BATCH_MIN = 32       # exact: from this many tokens on, BLAS over decoded tiles beats a v3 loop
-BATCH_MIN_INT8 = 4   # int8: from this many tokens on, v7 (4 tokens per pass over the bits) wins
-_BATCH1 = {
-    "v2_masked_f32": matvec_masked_f32, "v3_lut3_f32": matvec_lut3_f32,
-    "v4_popcount_int8": matvec_popcount_int8, "v5_maddubs_int8": matvec_maddubs_int8,
-}
-_BATCH = {"v6_tiles_blas": matmul_tiles_blas, "v7_maddubs_gemm_int8": matmul_maddubs_int8}
-
-
-def kernel_name(packed: PackedSigns, batch: int, kind: str = "exact") -> str:
-    """The kernel matvec uses for this many tokens: 'v2_masked_f32', ..., 'v7_maddubs_gemm_int8'."""
-    if kind not in ("exact", "int8"):
-        raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
-    if kind == "int8" and HAS_AVX2:
-        return "v7_maddubs_gemm_int8" if batch >= BATCH_MIN_INT8 else "v5_maddubs_int8"
-    if batch >= BATCH_MIN:
-        return "v6_tiles_blas"                                      # exact, also serves int8 without AVX2
-    if kind == "int8":
-        return "v4_popcount_int8"
-    return "v3_lut3_f32" if HAS_AVX2 and packed.lut is not None else "v2_masked_f32"
-
-
-def matvec(packed: PackedSigns, alpha, beta, x, kind: str = "exact") -> np.ndarray:
-    """alpha, beta (1, in) or (in,); x (in,) -> y (out,) or x (B, in) -> y (B, out), float32."""
-    n_in = packed.in_features
-    alpha = np.ascontiguousarray(alpha, np.float32).reshape(-1)      # (in,), one per input column
-    beta = np.ascontiguousarray(beta, np.float32).reshape(-1)        # (in,)
-    x = np.ascontiguousarray(x, np.float32)
-    if alpha.shape[0] != n_in or beta.shape[0] != n_in:
-        raise ValueError(f"alpha and beta need {n_in} values (one per input), got {alpha.size} and {beta.size}")
-    if x.ndim not in (1, 2) or x.shape[-1] != n_in:
-        raise ValueError(f"x must be ({n_in},) or (B, {n_in}), got {x.shape}")
-    x2 = x.reshape(-1, n_in)                                         # (B, in)
-    name = kernel_name(packed, x2.shape[0], kind)
-    if name in _BATCH:
-        y = _BATCH[name](packed, alpha, beta, x2)                   # (B, out)
-    else:
-        fn = _BATCH1[name]
-        y = np.stack([fn(packed, alpha, beta, row) for row in x2]) if x2.shape[0] else \
-            np.zeros((0, packed.out_features), np.float32)
-    return y[0] if x.ndim == 1 else y

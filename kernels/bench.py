@@ -1,4 +1,4 @@
-"""Benchmark every bit-packed kernel against NumPy and torch float32 in the same run (issue 4).
+"""Benchmark every bit-packed kernel against NumPy and torch float32 in the same run.
 
     python -m kernels.bench                                  # all shapes, batches 1/64/512, threads 1 and 2
     python -m kernels.bench --shape 11008x4096 --batch 1 --json
@@ -23,13 +23,12 @@ import glob
 import json
 import os
 import re
-import sys
 import time
 
 import numba
 import numpy as np
 
-import kernels
+from kernels import bitpack
 from kernels.bitpack import PackedSigns, pack_canonical
 from kernels.simd import HAS_AVX2
 from kernels.v1_reference import fbi_linear_v1
@@ -39,7 +38,8 @@ from kernels.v4_popcount_int8 import matvec_popcount_int8
 from kernels.v5_maddubs_int8 import matvec_maddubs_int8
 from kernels.v6_tiles_blas import matmul_tiles_blas
 from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
-from tinyfbi.errors import CLIParser, TinyFBIError
+from tinyfbi.cli import CLIParser, run_cli
+from tinyfbi.core.errors import TinyFBIError
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 BATCHES = [1, 64, 512]
@@ -181,7 +181,7 @@ def time_row(name, fn, hot, make_cold, nbytes, err, first_s):
 def bench_shape(out_f, in_f, batches, threads, torch, first_calls, emit):
     import torch.nn.functional as F
     w, alpha, beta = make_layer(out_f, in_f)
-    packed = kernels.pack_signs(w, lut=True)
+    packed = bitpack.pack_signs(w, lut=True)
     words = pack_canonical(w)
     w_tilde = alpha * np.where(w >= 0, np.float32(1), np.float32(-1)) + beta   # (out, in) dense float32
     a1, b1 = alpha.ravel(), beta.ravel()                              # (in,)
@@ -237,7 +237,7 @@ def parse_shape(text):
 
 def build_parser():
     p = CLIParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--shape", help="OUTxIN, e.g. 11008x4096 (default: the six issue-4 shapes)")
+    p.add_argument("--shape", help="OUTxIN, e.g. 11008x4096 (default: the linears of the paper's 130M and 7B)")
     p.add_argument("--batch", type=int, help="tokens per call (default: 1, 64 and 512)")
     p.add_argument("--threads", type=int, choices=[1, 2], help="threads for every runtime (default: 1 and 2)")
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of a table")
@@ -262,15 +262,14 @@ def table_row(row):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        shapes = [parse_shape(args.shape)] if args.shape else SHAPES
-        if args.batch is not None and args.batch < 1:
-            raise TinyFBIError(f"--batch must be a positive integer, got {args.batch}")
-        batches = [args.batch] if args.batch else BATCHES
-    except TinyFBIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(bench, build_parser().parse_args(argv))
+
+
+def bench(args):
+    shapes = [parse_shape(args.shape)] if args.shape else SHAPES
+    if args.batch is not None and args.batch < 1:
+        raise TinyFBIError(f"--batch must be a positive integer, got {args.batch}")
+    batches = [args.batch] if args.batch else BATCHES
     import torch
     threads = [args.threads] if args.threads else [1, 2]
     meter = LoadMeter()

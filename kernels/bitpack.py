@@ -1,7 +1,7 @@
 """Bit layouts for the signs of a binarized weight matrix W (out, in), and their exact inverses.
 
 FBI-LLM (arXiv 2407.07093, section 3.1) keeps sign(W) with one bit per weight: 1 = +1, 0 = -1,
-decided by tinyfbi.binarize.positive_mask (zero counts as +1). The bits always run along the INPUT
+decided by tinyfbi.core.binarize.positive_mask (zero counts as +1). The bits always run along the INPUT
 dimension, the axis alpha and beta run along, so a row of bits is one output's dot product.
 
 Three layouts, all padded with 0 bits past in_features (the kernels pad activations with zeros, so
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tinyfbi.binarize import positive_mask
+from tinyfbi.core.binarize import positive_mask
 
 BLOCK = 256        # inputs per block in the blocked layout (32 bytes = one AVX2 register)
 LUT_GROUP = 3      # inputs per table index in the lut3 layout (8-entry tables)

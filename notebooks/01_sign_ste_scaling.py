@@ -32,17 +32,10 @@ SEED = 0
 import numpy as np
 import torch
 
-from tinyfbi import layers as L
-from tinyfbi.binarize import binarize
-from tinyfbi.torch_model import SignSTE
-
-
-def cmp(name, ours, ref, tol=1e-6):
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    err = float(np.max(np.abs(ours - ref))) if ours.size else 0.0
-    print(f"{name:<28} max |diff| = {err:.2e}  {'ok' if err <= tol else 'MISMATCH'}")
-    assert err <= tol, name
-
+from tinyfbi.core import layers as L
+from tinyfbi.core.binarize import binarize
+from tinyfbi.core.compare import cmp
+from tinyfbi.torch_backend.model import SignSTE
 
 rng = np.random.default_rng(SEED)
 
@@ -54,8 +47,8 @@ rng = np.random.default_rng(SEED)
 # %%
 w = np.array([-1.5, -0.0, 0.0, 1e-9, 2.0], dtype=np.float32)
 ours = np.where(w >= 0, 1.0, -1.0)
-cmp("binarize", ours, binarize(w), tol=0)
-cmp("torch SignSTE forward", ours, SignSTE.apply(torch.from_numpy(w)).numpy(), tol=0)
+cmp("binarize", ours, binarize(w), 0)
+cmp("torch SignSTE forward", ours, SignSTE.apply(torch.from_numpy(w)).numpy(), 0)
 print("signs:", binarize(w))
 
 # %% [markdown]
@@ -100,18 +93,18 @@ cmp("dalpha vs tinyfbi", dalpha, lib_da, 1e-12)
 # %%
 from pathlib import Path
 
-from tinyfbi import Model
+from tinyfbi import Model, load_model
 
 
 def trained_weights():
     found = sorted(Path("runs").glob("teacher-*/checkpoint")) + sorted(Path("../runs").glob("teacher-*/checkpoint"))
     if found:
         print("using", found[0])
-        return Model.load(found[0])
+        return load_model(found[0])
     import pydoc_data.topics
 
     from tinyfbi import ModelConfig
-    from tinyfbi.optim import AdamW, OptimConfig
+    from tinyfbi.core.optim import AdamW, OptimConfig
     text = np.frombuffer("\n".join(pydoc_data.topics.topics.values()).encode(), dtype=np.uint8)
     model = Model(ModelConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=4, intermediate_size=256, max_position_embeddings=64,

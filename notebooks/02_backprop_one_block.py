@@ -29,17 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tinyfbi import layers as L
-from tinyfbi.binarize import binarize
-from tinyfbi.torch_model import SignSTE, rotate_half
-
-
-def cmp(name, ours, ref, tol=1e-9):
-    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else ref
-    err = float(np.max(np.abs(np.asarray(ours) - ref)))
-    print(f"{name:<10} max |diff| = {err:.2e}  {'ok' if err <= tol else 'MISMATCH'}")
-    assert err <= tol, name
-
+from tinyfbi.core import layers as L
+from tinyfbi.core.binarize import binarize
+from tinyfbi.core.compare import cmp
+from tinyfbi.torch_backend.model import SignSTE, rotate_half
 
 rng = np.random.default_rng(SEED)
 D = C // H
@@ -105,7 +98,7 @@ tx2 = tx + tatt @ tW("o").T
 th2 = rms(tx2, t["ln2"])
 tout = tx2 + (F.silu(th2 @ tW("gate").T) * (th2 @ tW("up").T)) @ tW("down").T
 tout.backward(torch.from_numpy(dout))
-cmp("out", out, tout)
+cmp("out", out, tout, 1e-9)
 
 # %% [markdown]
 # ## Backward, one step at a time, in reverse
@@ -114,21 +107,21 @@ cmp("out", out, tout)
 dx2 = dout.copy()                                          # residual 2 passes the gradient through
 dm = dout @ W["down"]                                      # FBI-Linear: dx = dy @ W~
 dWd = dout.reshape(-1, C).T @ m.reshape(-1, I)             # dW~ = dy^T x  (out, in)
-cmp("down", p["down.a"] * dWd, t["down"].grad)    # STE: dW = alpha * dW~
-cmp("down.a", np.sum(dWd * binarize(p["down"]), 0, keepdims=True), t["down.a"].grad)  # sum over rows
-cmp("down.b", np.sum(dWd, 0, keepdims=True), t["down.b"].grad)
+cmp("down", p["down.a"] * dWd, t["down"].grad, 1e-9)    # STE: dW = alpha * dW~
+cmp("down.a", np.sum(dWd * binarize(p["down"]), 0, keepdims=True), t["down.a"].grad, 1e-9)  # sum over rows
+cmp("down.b", np.sum(dWd, 0, keepdims=True), t["down.b"].grad, 1e-9)
 dg = dm * u * sig * (1 + g * (1 - sig))                    # d silu(g) = sig (1 + g (1 - sig))
 du = dm * g * sig
 dWg = dg.reshape(-1, I).T @ h2.reshape(-1, C)
-cmp("gate", p["gate.a"] * dWg, t["gate"].grad)
+cmp("gate", p["gate.a"] * dWg, t["gate"].grad, 1e-9)
 dh2 = dg @ W["gate"] + du @ W["up"]                        # two consumers: gradients add
 dln2 = np.sum(dh2 * xhat2, axis=(0, 1))
-cmp("ln2", dln2, t["ln2"].grad)
+cmp("ln2", dln2, t["ln2"].grad, 1e-9)
 dxhat2 = dh2 * p["ln2"]
 dx2 += rstd2 * (dxhat2 - xhat2 * np.mean(dxhat2 * xhat2, -1, keepdims=True))   # RMSNorm backward
 datt = dx2 @ W["o"]
 dWo = dx2.reshape(-1, C).T @ att.reshape(-1, C)
-cmp("o", p["o.a"] * dWo, t["o"].grad)
+cmp("o", p["o.a"] * dWo, t["o"].grad, 1e-9)
 datt = datt.reshape(B, T, H, D).transpose(0, 2, 1, 3)     # split heads again
 dP = datt @ v.swapaxes(-1, -2)
 dv = P.swapaxes(-1, -2) @ datt
@@ -138,24 +131,24 @@ dq = dqr * cos + L.rotate_half_transpose(dqr * sin)        # RoPE is a rotation:
 dk = dkr * cos + L.rotate_half_transpose(dkr * sin)
 merge = lambda z: z.transpose(0, 2, 1, 3).reshape(B, T, C)  # noqa: E731
 dWq = merge(dq).reshape(-1, C).T @ h1.reshape(-1, C)
-cmp("q", p["q.a"] * dWq, t["q"].grad)
-cmp("q.a", np.sum(dWq * binarize(p["q"]), 0, keepdims=True), t["q.a"].grad)
+cmp("q", p["q.a"] * dWq, t["q"].grad, 1e-9)
+cmp("q.a", np.sum(dWq * binarize(p["q"]), 0, keepdims=True), t["q.a"].grad, 1e-9)
 dh1 = merge(dq) @ W["q"] + merge(dk) @ W["k"] + merge(dv) @ W["v"]
-cmp("ln1", np.sum(dh1 * xhat, axis=(0, 1)), t["ln1"].grad)
+cmp("ln1", np.sum(dh1 * xhat, axis=(0, 1)), t["ln1"].grad, 1e-9)
 dxhat = dh1 * p["ln1"]
 dx = dx2 + rstd * (dxhat - xhat * np.mean(dxhat * xhat, -1, keepdims=True))
-cmp("x", dx, tx.grad)
+cmp("x", dx, tx.grad, 1e-9)
 
 # %% [markdown]
 # ## The library does the same
-# `tinyfbi.layers` packages each step above as a forward/backward pair; `Model.backward` chains them.
+# `tinyfbi.core.layers` packages each step above as a forward/backward pair; `Model.backward` chains them.
 
 # %%
 y, cache = L.fbi_linear_forward(m, p["down"], p["down.a"], p["down.b"])
 dm_lib, dW_lib, da_lib, db_lib = L.fbi_linear_backward(dout, cache)
-cmp("lib dm", dm_lib, dm)
-cmp("lib down", dW_lib, t["down"].grad)
+cmp("lib dm", dm_lib, dm, 1e-9)
+cmp("lib down", dW_lib, t["down"].grad, 1e-9)
 att_lib, att_cache = L.attention_forward(qr, kr, v)
 dq_lib, dk_lib, dv_lib = L.attention_backward(datt, att_cache)
-cmp("lib dq", dq_lib, dqr)
-cmp("lib dv", dv_lib, dv)
+cmp("lib dq", dq_lib, dqr, 1e-9)
+cmp("lib dv", dv_lib, dv, 1e-9)

@@ -37,15 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from tinyfbi import Model, ModelConfig
-from tinyfbi import layers as L
-from tinyfbi.optim import AdamW, OptimConfig, lr_at
-
-
-def cmp(name, ours, ref, tol):
-    err = float(np.max(np.abs(np.asarray(ours) - np.asarray(ref))))
-    print(f"{name:<32} max |diff| = {err:.2e}  {'ok' if err <= tol else 'MISMATCH'}")
-    assert err <= tol, name
-
+from tinyfbi.core import layers as L
+from tinyfbi.core.compare import cmp
+from tinyfbi.core.optim import AdamW, OptimConfig, lr_at
 
 rng = np.random.default_rng(SEED)
 

@@ -31,17 +31,13 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-import kernels
+from kernels import bitpack, dispatch
 from kernels.bitpack import pack_canonical, unpack_canonical
 from kernels.v1_reference import fbi_linear_v1
+from tinyfbi.core.compare import cmp
 
 rng = np.random.default_rng(SEED)
 
-
-def cmp(name, ours, ref, tol):
-    err = float(np.max(np.abs(np.asarray(ours, np.float64) - np.asarray(ref, np.float64))))
-    print(f"{name:<34} max |diff| = {err:.2e}  {'ok' if err <= tol else 'MISMATCH'}")
-    assert err <= tol, name
 
 
 # %% [markdown]
@@ -82,7 +78,7 @@ cmp("popcount formula vs S . q", dot, int(S @ q.astype(int)), 0)
 
 # %% [markdown]
 # ## Step 3 · every kernel against the reference
-# `kernels.matvec` picks a kernel by batch size and CPU: exact float kernels (`v2` masked selects,
+# `dispatch.matvec` picks a kernel by batch size and CPU: exact float kernels (`v2` masked selects,
 # `v3` T-MAC-style lookup tables), int8 kernels (`v4` popcount, `v5` AVX2 `maddubs`), and for batches
 # `v6` (decode tiles of bits to ±1, then BLAS) and `v7`. Each is checked against `v1` before timing.
 
@@ -91,15 +87,15 @@ out_f, in_f = 301, 555                                    # odd sizes: padding m
 W = rng.standard_normal((out_f, in_f)).astype(np.float32)
 alpha = rng.random((1, in_f)).astype(np.float32) * 0.05
 beta = rng.standard_normal((1, in_f)).astype(np.float32) * 0.01
-packed = kernels.pack_signs(W, lut=True)
+packed = bitpack.pack_signs(W, lut=True)
 for batch in (1, 64):
     x = rng.standard_normal((batch, in_f)).astype(np.float32)
     ref = fbi_linear_v1(pack_canonical(W), in_f, alpha, beta, x)
     for kind in ("exact", "int8"):
-        y = kernels.matvec(packed, alpha, beta, x, kind)
+        y = dispatch.matvec(packed, alpha, beta, x, kind)
         rel = np.max(np.abs(y - ref)) / np.max(np.abs(ref))
         bound = 1e-5 if kind == "exact" else 3e-2          # int8: rounding of activations (act_int8.py)
-        print(f"batch {batch:>3} {kind:<5} -> {kernels.kernel_name(packed, batch, kind):<22} rel err {rel:.1e}")
+        print(f"batch {batch:>3} {kind:<5} -> {dispatch.kernel_name(packed, batch, kind):<22} rel err {rel:.1e}")
         assert rel <= bound
 
 # %% [markdown]
@@ -124,11 +120,11 @@ for out_f, in_f in SHAPES:
     alpha = np.abs(W).mean(0, keepdims=True)
     beta = W.mean(0, keepdims=True)
     x = rng.standard_normal(in_f).astype(np.float32)
-    packed = kernels.pack_signs(W, lut=True)
+    packed = bitpack.pack_signs(W, lut=True)
     W_tilde = alpha * np.where(W >= 0, 1, -1).astype(np.float32) + beta
     rows.append((f"{out_f}x{in_f}", median_ms(lambda: W_tilde @ x),
-                 median_ms(lambda: kernels.matvec(packed, alpha, beta, x, "exact")),
-                 median_ms(lambda: kernels.matvec(packed, alpha, beta, x, "int8"))))
+                 median_ms(lambda: dispatch.matvec(packed, alpha, beta, x, "exact")),
+                 median_ms(lambda: dispatch.matvec(packed, alpha, beta, x, "int8"))))
     print(f"{rows[-1][0]:>11}: float32 {rows[-1][1]:.3f} ms, 1-bit exact {rows[-1][2]:.3f} ms, "
           f"1-bit int8 {rows[-1][3]:.3f} ms, weights {W.nbytes / packed.bits.nbytes:.0f}x smaller")
 

@@ -33,7 +33,7 @@ import sys
 import matplotlib.pyplot as plt
 
 from tinyfbi import ModelConfig
-from tinyfbi.plan import bits_per_param, count_params
+from tinyfbi.torch_backend.planner import bits_per_param, count_params
 
 # %% [markdown]
 # ## Step 1 · where the parameters are

@@ -29,14 +29,13 @@ SEED = 0
 
 # %%
 import json
+import pydoc_data.topics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pydoc_data.topics
 
-from tinyfbi import Model
-from tinyfbi.binarize import positive_mask
+from tinyfbi.core.binarize import positive_mask
 from tinyfbi.train import main as train
 
 work = Path("runs-notebook-06")
@@ -52,11 +51,11 @@ common = ["--data", str(corpus), "--data-dir", str(work / "data"), "--out", str(
 # Compare the sign masks before and after one update; the library's `flip_fractions` does this per layer.
 
 # %%
-from tinyfbi.trainer import flip_fractions
+from tinyfbi.training.numpy_learner import flip_fractions
 
 w_before = np.array([[0.010, -0.002, 0.0], [0.003, -0.020, 0.001]])
-model = type("M", (), {"params": {"w": w_before - np.array([[0, 0, 1e-4], [0.004, 0, 0]])}})()
-frac = flip_fractions({"w": positive_mask(w_before)}, model)
+w_after = w_before - np.array([[0, 0, 1e-4], [0.004, 0, 0]])
+frac = flip_fractions({"w": positive_mask(w_before)}, {"w": w_after})
 print(frac)           # two of six weights crossed zero
 assert abs(frac["all"] - 2 / 6) < 1e-12
 

@@ -1,5 +1,8 @@
-"""Float64 central differences: the oracle for every hand-written backward."""
+"""Float64 central differences: the oracle for every hand-written backward. assert_close is the
+package's one compare helper (tinyfbi.core.compare), shared with the notebooks."""
 import numpy as np
+
+from tinyfbi.core.compare import assert_close  # noqa: F401  (re-exported for the tests)
 
 
 def numerical_grad(f, x, eps=1e-6):
@@ -15,11 +18,3 @@ def numerical_grad(f, x, eps=1e-6):
         flat[i] = old
         gflat[i] = (up - down) / (2 * eps)
     return grad
-
-
-def assert_close(actual, expected, rtol, atol, name=""):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    err = np.max(np.abs(actual - expected) / (atol + rtol * np.abs(expected))) if actual.size else 0.0
-    assert err <= 1.0, (f"{name}: max |diff| {np.max(np.abs(actual - expected)):.3e} exceeds "
-                        f"atol {atol} + rtol {rtol} * |expected|")

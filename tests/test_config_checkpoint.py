@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from tinyfbi import Model, ModelConfig, TinyFBIError
-from tinyfbi.checkpoint import config_to_json
+from tinyfbi import Model, ModelConfig, TinyFBIError, load_model, save_model
+from tinyfbi.formats.checkpoint import config_to_json
 
 
 @pytest.mark.parametrize("name,expected", [("130m", 134e6), ("1.3b", 1.364e9), ("7b", 6.738e9),
@@ -47,9 +47,9 @@ SMALL = ModelConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_atte
 @pytest.mark.parametrize("config", [SMALL, SMALL.replace(binarized=False), SMALL.replace(scaling="row")])
 def test_save_load_round_trips_bit_exactly(tmp_path, config):
     model = Model(config, seed=5)
-    from tinyfbi.tokenizers import ByteTokenizer
-    model.save(tmp_path / "ckpt", tokenizer=ByteTokenizer())
-    loaded = Model.load(tmp_path / "ckpt")
+    from tinyfbi.corpus.tokenizers import ByteTokenizer
+    save_model(model, tmp_path / "ckpt", tokenizer=ByteTokenizer())
+    loaded = load_model(tmp_path / "ckpt")
     assert loaded.config == config
     assert list(loaded.params) == list(model.params)
     for k in model.params:
@@ -70,31 +70,31 @@ def test_config_json_is_a_valid_transformers_llama_config():
 
 
 def test_missing_config_field_is_named(tmp_path):
-    Model(SMALL).save(tmp_path)
+    save_model(Model(SMALL), tmp_path)
     obj = json.loads((tmp_path / "config.json").read_text())
     del obj["intermediate_size"]
     (tmp_path / "config.json").write_text(json.dumps(obj))
     with pytest.raises(TinyFBIError, match="missing field 'intermediate_size'"):
-        Model.load(tmp_path)
+        load_model(tmp_path)
 
 
 def test_truncated_weights_are_refused(tmp_path):
-    Model(SMALL).save(tmp_path)
+    save_model(Model(SMALL), tmp_path)
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(TinyFBIError, match="truncated or corrupted"):
-        Model.load(tmp_path)
+        load_model(tmp_path)
 
 
 def test_shape_mismatch_and_missing_folder(tmp_path):
-    Model(SMALL).save(tmp_path / "a")
+    save_model(Model(SMALL), tmp_path / "a")
     obj = json.loads((tmp_path / "a" / "config.json").read_text())
     obj["vocab_size"] = 51
     (tmp_path / "a" / "config.json").write_text(json.dumps(obj))
     with pytest.raises(TinyFBIError, match="embed_tokens.weight has shape"):
-        Model.load(tmp_path / "a")
+        load_model(tmp_path / "a")
     with pytest.raises(TinyFBIError, match="does not exist"):
-        Model.load(tmp_path / "nowhere")
+        load_model(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize("tokens,message", [

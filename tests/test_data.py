@@ -6,15 +6,16 @@ import json
 import sys
 import tarfile
 import types
+from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
-from pydoc_data.topics import topics
 
-from tinyfbi.data import (BatchSampler, Corpus, corpus_dir, iter_eval_batches, load_corpus, prepare_tokens,
-                          tokenize_to_memmap)
-from tinyfbi.errors import TinyFBIError
-from tinyfbi.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
+from tinyfbi.core.errors import TinyFBIError
+from tinyfbi.corpus.batches import AlignedSampler, BatchSampler, iter_eval_batches
+from tinyfbi.corpus.sources import Corpus, corpus_dir, load_corpus
+from tinyfbi.corpus.token_files import prepare_tokens, tokenize_to_memmap
+from tinyfbi.corpus.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
 
 TEXT = "\n\n".join(topics[k] for k in sorted(topics))
 WORKS = {f"work{i:02d}": f"THE WORK {i}\n\nby William Shakespeare\n\nLine one of {i}.\nLine two.\n"
@@ -258,39 +259,41 @@ def test_prepare_tokens_next_to_the_corpus_cache(tmp_path):
 
 def test_batches_are_next_token_windows():
     tokens = np.arange(1000, dtype=np.uint16)
-    x, y = BatchSampler(tokens, 4, 16, seed=0).next_batch()
+    x, y = BatchSampler(tokens, 4, 16, seed=0).batch(0)
     assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == np.int64
     assert np.array_equal(y, x + 1) and np.all(np.diff(x, axis=1) == 1)     # contiguous, shifted by one
     tight = BatchSampler(tokens[:17], 8, 16, seed=3)                        # exactly one window fits
-    x, y = tight.next_batch()
+    x, y = tight.batch(5)
     assert np.all(x[:, 0] == 0) and np.all(y[:, -1] == 16)
 
 
 def test_batches_depend_only_on_seed_and_step():
     tokens = np.arange(100_000, dtype=np.uint32)
     a, b, c = (BatchSampler(tokens, 8, 32, seed=s) for s in (1, 1, 2))
-    for _ in range(5):
-        (xa, ya), (xb, yb), (xc, _) = a.next_batch(), b.next_batch(), c.next_batch()
+    for step in range(5):
+        (xa, ya), (xb, yb), (xc, _) = a.batch(step), b.batch(step), c.batch(step)
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb) and not np.array_equal(xa, xc)
 
 
 def test_resume_sees_exactly_the_following_batches():
+    # a resumed run keeps only its step counter: a new sampler must give the same batch k
     tokens = np.arange(50_000, dtype=np.uint16)
     uninterrupted = BatchSampler(tokens, 4, 64, seed=7)
-    expected = [uninterrupted.next_batch() for _ in range(10)]
-    first = BatchSampler(tokens, 4, 64, seed=7)
-    for _ in range(4):
-        first.next_batch()
-    state = json.loads(json.dumps(first.state_dict()))
+    expected = [uninterrupted.batch(k) for k in range(10)]
     resumed = BatchSampler(tokens, 4, 64, seed=7)
-    resumed.load_state_dict(state)
-    for x, y in expected[4:]:
-        rx, ry = resumed.next_batch()
-        assert np.array_equal(rx, x) and np.array_equal(ry, y)
-    other = BatchSampler(tokens, 4, 64, seed=8)
-    one_line_error(other.load_state_dict, state, match="seed was 7, now 8")
-    shorter = BatchSampler(tokens[:-1], 4, 64, seed=7)
-    one_line_error(shorter.load_state_dict, state, match="num_tokens was 50000, now 49999")
+    for k in range(4, 10):
+        rx, ry = resumed.batch(k)
+        assert np.array_equal(rx, expected[k][0]) and np.array_equal(ry, expected[k][1])
+    assert not np.array_equal(BatchSampler(tokens, 4, 64, seed=8).batch(4)[0], expected[4][0])
+
+
+def test_aligned_batches_are_whole_cache_windows():
+    tokens = np.arange(1, 102, dtype=np.uint16)                              # 101 tokens, T=10: 10 windows
+    sampler = AlignedSampler(tokens, 6, 10, seed=3)
+    x, y = sampler.batch(2)
+    windows = sampler.windows(2)
+    assert np.array_equal(x[:, 0], tokens[windows * 10]) and np.array_equal(y, x + 1)
+    assert windows.max() < 10 and np.array_equal(windows, AlignedSampler(tokens, 6, 10, seed=3).windows(2))
 
 
 def test_eval_windows_cover_every_target_once():
@@ -316,7 +319,8 @@ def test_bad_batch_arguments(call, message):
 
 def test_data_path_imports_no_accelerators():
     import subprocess
-    code = ("import sys, tinyfbi.data, tinyfbi.tokenizers; "
+    code = ("import sys, tinyfbi.corpus.sources, tinyfbi.corpus.tokenizers, tinyfbi.corpus.token_files, "
+            "tinyfbi.corpus.batches; "
             "print([m for m in ('torch', 'numba') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import metrics
 
-from tinyfbi import Model
+from tinyfbi import load_model
 from tinyfbi.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +77,7 @@ def test_two_ranks_trace_the_single_process_run(runs, mode):
 
 def test_sharded_checkpoint_loads_in_numpy_and_resumes_in_both_backends(runs, corpus):
     import shutil
-    single, sharded = Model.load(runs / "single"), Model.load(runs / "fsdp-on")
+    single, sharded = load_model(runs / "single"), load_model(runs / "fsdp-on")
     assert set(single.params) == set(sharded.params)
     for name, value in single.params.items():
         assert np.abs(value - sharded.params[name]).max() < 1e-5, name

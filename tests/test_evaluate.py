@@ -10,12 +10,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
-from tinyfbi import Model, ModelConfig
-from tinyfbi import layers as L
+from tinyfbi import Model, ModelConfig, save_model
+from tinyfbi.core import layers as L
+from tinyfbi.corpus.tokenizers import ByteTokenizer
 from tinyfbi.evaluate import main as evaluate_main
-from tinyfbi.evaluate import window_plan
-from tinyfbi.tokenizers import ByteTokenizer
+from tinyfbi.evaluation.perplexity import window_plan
 
 # byte-level, so the oracle tokenizes by hand: ids = UTF-8 bytes, no BOS
 CFG = ModelConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -27,11 +28,16 @@ TEXT = ("It is a truth universally acknowledged, that a single man in possession
         "of their daughters.\n")
 
 
+def log_softmax(logits):
+    """The oracle: torch's log_softmax in float64 (independent of tinyfbi's)."""
+    return torch.log_softmax(torch.from_numpy(np.asarray(logits, np.float64)), dim=-1).numpy()
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     model = Model(CFG, seed=0)
-    model.save(folder, tokenizer=ByteTokenizer())
+    save_model(model, folder, tokenizer=ByteTokenizer())
     return folder, model
 
 
@@ -93,7 +99,7 @@ def test_ppl_clamps_seq_len_and_limits_windows(tmp_path, ckpt, capsys):
     assert (r["seq_len"], r["stride"], r["windows"], r["tokens"]) == (64, 48, 2, 63 + 48)
     ids = np.frombuffer(TEXT.encode(), dtype=np.uint8).astype(np.int64)
     x = np.stack([ids[0:64], ids[48:112]])
-    logp = L.log_softmax(model.forward(x)[:, :-1].astype(np.float64))
+    logp = log_softmax(model.forward(x)[:, :-1])
     nll = -np.take_along_axis(logp, x[:, 1:, None], axis=-1)[..., 0]           # (2, 63)
     expected = np.concatenate([nll[0], nll[1, 63 - 48:]]).mean()              # window 2 scores its last 48
     assert r["ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
@@ -165,7 +171,7 @@ metric_list: [{metric: word_perplexity}]
 def oracle_logprob(model, context_ids, cont_ids):
     """sum log p(cont | context) from the training forward, one sequence."""
     x = np.asarray([context_ids + cont_ids], dtype=np.int64)
-    logp = L.log_softmax(model.forward(x[:, :-1])[0].astype(np.float64))
+    logp = log_softmax(model.forward(x[:, :-1])[0])
     rows = logp[len(context_ids) - 1:]
     return float(rows[np.arange(len(cont_ids)), cont_ids].sum())
 

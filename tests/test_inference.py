@@ -1,11 +1,10 @@
 """KV-cache inference equals the training forward; generation is deterministic and respects options."""
 import numpy as np
 import pytest
+from gradcheck import assert_close
 
 from tinyfbi import Model, ModelConfig
-from tinyfbi.inference import FloatRunner, generate
-
-from gradcheck import assert_close
+from tinyfbi.runtime.inference import FloatRunner, generate
 
 CFG = ModelConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=40, max_position_embeddings=24)

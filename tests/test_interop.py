@@ -1,4 +1,4 @@
-"""Released FBI-LLM / Hugging Face LLaMA folders in (tinyfbi.interop), dequantized HF folders out
+"""Released FBI-LLM / Hugging Face LLaMA folders in (tinyfbi.formats.loading, hf_folder), dequantized HF folders out
 (tinyfbi.export).
 
 The released checkpoints are imitated exactly: a plain LlamaConfig like the authors'
@@ -17,9 +17,10 @@ import pytest
 import torch
 from safetensors.torch import save_file as torch_save_safetensors
 
-from tinyfbi import Model, ModelConfig, TinyFBIError
+from tinyfbi import Model, ModelConfig, TinyFBIError, load_model, save_model
 from tinyfbi.export import main as export_main
-from tinyfbi.interop import config_from_hf, load_hf_state_dict, load_model, load_torch_model
+from tinyfbi.formats.hf_folder import config_from_hf, load_hf_state_dict
+from tinyfbi.torch_backend.backend import load_torch_model
 
 CFG = ModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=4, intermediate_size=48, max_position_embeddings=32)
@@ -91,7 +92,6 @@ def test_released_layout_loads_into_both_backends(tmp_path, layout):
     assert not any("inv_freq" in k for k in state) and set(state) == set(model.params)
 
     np.testing.assert_array_equal(load_model(folder).forward(TOKENS), expected)
-    np.testing.assert_array_equal(Model.load(folder).forward(TOKENS), expected)  # the load_checkpoint fallback
     np.testing.assert_allclose(torch_logits(load_torch_model(folder)), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -161,7 +161,7 @@ def test_interop_errors_are_one_line(tmp_path):
 def sp_tokenizer(tmp_path_factory):
     import pydoc_data.topics
 
-    from tinyfbi.tokenizers import SentencePieceTokenizer
+    from tinyfbi.corpus.tokenizers import SentencePieceTokenizer
     tok = SentencePieceTokenizer.train("\n".join(pydoc_data.topics.topics.values()), 500)
     folder = tmp_path_factory.mktemp("tok")
     tok.save(folder)
@@ -191,7 +191,7 @@ def test_export_released_checkpoint_matches_transformers(tmp_path, sp_tokenizer,
 
     expected = model.forward(TOKENS)
     np.testing.assert_allclose(hf_logits(out), expected, atol=1e-5, rtol=1e-5)
-    back = Model.load(out)
+    back = load_model(out)
     assert back.config == cfg.replace(binarized=False) and not any(k.endswith("wscale") for k in back.params)
     np.testing.assert_allclose(back.forward(TOKENS), expected, atol=1e-6, rtol=1e-6)
 
@@ -200,7 +200,7 @@ def test_export_released_checkpoint_matches_transformers(tmp_path, sp_tokenizer,
     pytest.importorskip("google.protobuf")
     from transformers import AutoTokenizer
 
-    from tinyfbi.tokenizers import load_tokenizer
+    from tinyfbi.corpus.tokenizers import load_tokenizer
     ours, theirs = load_tokenizer(out), AutoTokenizer.from_pretrained(out, local_files_only=True)
     for text in ["Hello world", "x = 12345 + 6\nnext line", "unicode: naïve"]:
         assert theirs(text)["input_ids"] == [ours.bos_id] + ours.encode(text)
@@ -209,7 +209,7 @@ def test_export_released_checkpoint_matches_transformers(tmp_path, sp_tokenizer,
 def test_export_sharded_force_and_refusals(tmp_path, capsys):
     model = source_model()
     ckpt = tmp_path / "ckpt"
-    model.save(ckpt)
+    save_model(model, ckpt)
     out = tmp_path / "out"
     export_main(["--hf", str(ckpt), str(out), "--shard-gb", "0.00005"])  # 50 kB shards
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
@@ -230,7 +230,7 @@ def test_export_sharded_force_and_refusals(tmp_path, capsys):
     refused(["--hf", str(tmp_path / "nothing"), str(tmp_path / "y")], "does not exist")
 
     other = source_model(seed=3)
-    other.save(ckpt)
+    save_model(other, ckpt)
     export_main(["--hf", str(ckpt), str(out), "--force"])  # replaces the sharded export whole
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]

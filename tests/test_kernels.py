@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels import bitpack
+from kernels import bitpack, dispatch
 from kernels.act_int8 import quantize_int8, quantize_reference
 from kernels.simd import HAS_AVX2
 from kernels.v1_reference import fbi_linear_v1
@@ -86,28 +85,28 @@ def test_canonical_round_trip_and_bit_order(shape, seed):
 def test_fast_layouts_round_trip(shape, seed):
     w, *_ = make_case(seed, *shape)
     signs = np.where(w >= 0, 1.0, -1.0).astype(np.float32)
-    packed = kernels.pack_signs(w, lut=True)
-    assert np.array_equal(kernels.unpack_signs(packed), signs)
+    packed = bitpack.pack_signs(w, lut=True)
+    assert np.array_equal(bitpack.unpack_signs(packed), signs)
     lut_mask = bitpack.unpack_lut3_mask(packed.lut, *shape)
     assert np.array_equal(bitpack.mask_to_signs(lut_mask), signs)
     assert np.array_equal(packed.canonical(), bitpack.pack_canonical(w))
-    again = kernels.from_canonical(packed.canonical(), shape[1], lut=True)
+    again = bitpack.from_canonical(packed.canonical(), shape[1], lut=True)
     assert np.array_equal(again.bits, packed.bits) and np.array_equal(again.lut, packed.lut)
 
 
 def test_zero_weights_pack_as_plus_one_and_documented_bit_positions():
     w = np.zeros((3, 300), np.float32)
-    assert np.all(kernels.unpack_signs(kernels.pack_signs(w, lut=True)) == 1.0)
+    assert np.all(bitpack.unpack_signs(bitpack.pack_signs(w, lut=True)) == 1.0)
     words = bitpack.pack_canonical(w)                                 # 300 bits: 4 full words + 44
     assert np.all(words[:, :4] == np.uint64(2**64 - 1)) and np.all(words[:, 4] == np.uint64(2**44 - 1))
     for j, byte, value in [(257, 33, 1), (293, 37, 2), (31, 31, 1), (32, 0, 2)]:
         one = np.full((1, 300), -1.0, np.float32)
         one[0, j] = 1.0                                               # blocked: byte 32*blk + k, bit b
-        bits = kernels.pack_signs(one).bits[0]                        # for input 256*blk + 32*b + k
+        bits = bitpack.pack_signs(one).bits[0]                        # for input 256*blk + 32*b + k
         assert np.flatnonzero(bits).tolist() == [byte] and bits[byte] == value
     one = np.full((1, 64), -1.0, np.float32)
     one[0, 40] = 1.0                                                  # lut3: 40 = 30*1 + 3*3 + 1
-    lut = kernels.pack_signs(one, lut=True).lut                       # word 1, lane 0, bit 3*3 + 1
+    lut = bitpack.pack_signs(one, lut=True).lut                       # word 1, lane 0, bit 3*3 + 1
     assert lut.shape == (1, 3, 8) and lut[0, 1, 0] == 1 << 10 and int(lut.sum()) == 1 << 10
 
 
@@ -118,7 +117,7 @@ def test_zero_weights_pack_as_plus_one_and_documented_bit_positions():
 def test_masked_f32_equals_v1(shape, seed):
     w, alpha, beta, x = make_case(seed, *shape)
     ref = fbi_linear_v1(bitpack.pack_canonical(w), shape[1], alpha, beta, x)
-    y = matvec_masked_f32(kernels.pack_signs(w), alpha.ravel(), beta.ravel(), x)
+    y = matvec_masked_f32(bitpack.pack_signs(w), alpha.ravel(), beta.ravel(), x)
     assert_within(y, ref, float_bound(alpha, beta, x))
 
 
@@ -128,7 +127,7 @@ def test_masked_f32_equals_v1(shape, seed):
 def test_lut3_f32_equals_v1(shape, seed):
     w, alpha, beta, x = make_case(seed, *shape)
     ref = fbi_linear_v1(bitpack.pack_canonical(w), shape[1], alpha, beta, x)
-    y = matvec_lut3_f32(kernels.pack_signs(w, lut=True), alpha.ravel(), beta.ravel(), x)
+    y = matvec_lut3_f32(bitpack.pack_signs(w, lut=True), alpha.ravel(), beta.ravel(), x)
     assert y.shape == (shape[0],)
     assert_within(y, ref, float_bound(alpha, beta, x))
 
@@ -138,7 +137,7 @@ def test_lut3_f32_equals_v1(shape, seed):
 def test_tiles_blas_equals_v1(shape, seed, batch):
     w, alpha, beta, x = make_case(seed, *shape, batch=batch)
     ref = fbi_linear_v1(bitpack.pack_canonical(w), shape[1], alpha, beta, x)
-    y = matmul_tiles_blas(kernels.pack_signs(w), alpha, beta, x)
+    y = matmul_tiles_blas(bitpack.pack_signs(w), alpha, beta, x)
     assert y.shape == (batch, shape[0])
     assert_within(y, ref, float_bound(alpha, beta, x))
 
@@ -148,7 +147,7 @@ def test_tiles_blas_crosses_tile_boundaries(monkeypatch):
     monkeypatch.setattr(v6, "TILE_BYTES", 8 * 4 * 512)               # 8-row tiles
     w, alpha, beta, x = make_case(7, 37, 300, batch=5)
     ref = fbi_linear_v1(bitpack.pack_canonical(w), 300, alpha, beta, x)
-    assert_within(v6.matmul_tiles_blas(kernels.pack_signs(w), alpha, beta, x), ref, float_bound(alpha, beta, x))
+    assert_within(v6.matmul_tiles_blas(bitpack.pack_signs(w), alpha, beta, x), ref, float_bound(alpha, beta, x))
 
 
 # ---- int8 kernels ----
@@ -175,7 +174,7 @@ def test_quantize_int8_matches_numpy(shape, seed):
 def test_int8_kernels_equal_v1_on_their_activations(kernel, shape, seed):
     w, alpha, beta, x = make_case(seed, *shape)
     words = bitpack.pack_canonical(w)
-    y = kernel(kernels.pack_signs(w), alpha.ravel(), beta.ravel(), x)
+    y = kernel(bitpack.pack_signs(w), alpha.ravel(), beta.ravel(), x)
     q, scale = quantize_reference(alpha, x)
     deq = scale * q.astype(np.float64)                                # (in,) what the kernel multiplies
     ref_deq = fbi_linear_v1(words, shape[1], np.ones_like(alpha), np.zeros_like(beta), deq) + x @ beta.ravel()
@@ -191,7 +190,7 @@ def test_int8_kernels_equal_v1_on_their_activations(kernel, shape, seed):
 def test_maddubs_gemm_int8_equals_v1_token_by_token(shape, seed, batch):
     w, alpha, beta, x = make_case(seed, *shape, batch=batch)
     words = bitpack.pack_canonical(w)
-    y = matmul_maddubs_int8(kernels.pack_signs(w), alpha, beta, x)   # (B, out)
+    y = matmul_maddubs_int8(bitpack.pack_signs(w), alpha, beta, x)   # (B, out)
     assert y.shape == (batch, shape[0])
     for t in range(batch):                                            # each token has its own scale
         q, scale = quantize_reference(alpha, x[t])
@@ -207,32 +206,32 @@ def test_int8_relative_error_on_gaussian_activations(kernel, shape):
     for seed in range(5):
         w, alpha, beta, x = make_case(seed, *shape)
         ref = fbi_linear_v1(bitpack.pack_canonical(w), shape[1], alpha, beta, x)
-        y = kernel(kernels.pack_signs(w), alpha.ravel(), beta.ravel(), x)
+        y = kernel(bitpack.pack_signs(w), alpha.ravel(), beta.ravel(), x)
         assert np.abs(y - ref).max() <= 0.05 * np.abs(ref).max()
 
 
 # ---- the API ----
 
 @FAST
-@given(shape=shapes, seed=seeds, batch=st.sampled_from([None, 1, 3, kernels.BATCH_MIN]),
+@given(shape=shapes, seed=seeds, batch=st.sampled_from([None, 1, 3, dispatch.BATCH_MIN]),
        kind=st.sampled_from(["exact", "int8"]), lut=st.booleans())
 def test_matvec_api(shape, seed, batch, kind, lut):
     w, alpha, beta, x = make_case(seed, *shape, batch=batch)
     ref = fbi_linear_v1(bitpack.pack_canonical(w), shape[1], alpha, beta, x)
-    y = kernels.matvec(kernels.pack_signs(w, lut=lut), alpha, beta, x, kind=kind)
+    y = dispatch.matvec(bitpack.pack_signs(w, lut=lut), alpha, beta, x, kind=kind)
     assert y.shape == ref.shape and y.dtype == np.float32
     slack = 0.0 if kind == "exact" else np.abs(alpha * x).max() / 254 * shape[1]  # int8 bound, any token
     assert_within(y, ref, float_bound(alpha, beta, x) + U * 4 * np.abs(ref) + slack)
 
 
 def test_matvec_rejects_bad_input():
-    packed = kernels.pack_signs(np.ones((4, 10), np.float32))
+    packed = bitpack.pack_signs(np.ones((4, 10), np.float32))
     a = np.ones(10, np.float32)
     with pytest.raises(ValueError, match="kind"):
-        kernels.matvec(packed, a, a, a, kind="fp8")
+        dispatch.matvec(packed, a, a, a, kind="fp8")
     with pytest.raises(ValueError, match="x must be"):
-        kernels.matvec(packed, a, a, np.ones(11, np.float32))
+        dispatch.matvec(packed, a, a, np.ones(11, np.float32))
     with pytest.raises(ValueError, match="alpha and beta"):
-        kernels.matvec(packed, np.ones(9), a, a)
+        dispatch.matvec(packed, np.ones(9), a, a)
     with pytest.raises(ValueError, match="lut3"):
         matvec_lut3_f32(packed, a, a, a)

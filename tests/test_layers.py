@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from tinyfbi import layers as L
-from tinyfbi.torch_model import SignSTE, rope_cos_sin, rotate_half, ternary_ste
-
 from gradcheck import assert_close, numerical_grad
+
+from tinyfbi.core import layers as L
+from tinyfbi.torch_backend.model import SignSTE, rope_cos_sin, rotate_half, ternary_ste
 
 FD = dict(rtol=1e-5, atol=1e-7)
 TORCH = dict(rtol=1e-9, atol=1e-11)

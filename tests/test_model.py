@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from gradcheck import assert_close
 
 from tinyfbi import Model, ModelConfig
-from tinyfbi import layers as L
-from tinyfbi.torch_model import TorchModel
-
-from gradcheck import assert_close
+from tinyfbi.core import layers as L
+from tinyfbi.torch_backend.model import TorchModel
 
 # grouped-query attention (4 heads, 2 kv heads) and odd sizes, small enough for float64
 SMALL = ModelConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -108,7 +107,7 @@ def test_same_seed_same_model_and_different_seed_different():
 def test_tiny_model_overfits_one_batch(binarized):
     # 4 x 16 random tokens over 64 ids: a uniform guess scores ln 64 = 4.16; memorising the batch
     # drives CE below 0.01 within 60 AdamW steps (measured at step 60: 6e-5 FP, 1e-4 binarized)
-    from tinyfbi.optim import AdamW, OptimConfig
+    from tinyfbi.core.optim import AdamW, OptimConfig
     config = ModelConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=4, intermediate_size=128, max_position_embeddings=16,
                          binarized=binarized)

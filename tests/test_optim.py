@@ -5,10 +5,9 @@ One AdamW step is elementwise float32 maths in the same order as torch's, so rto
 import numpy as np
 import pytest
 import torch
-
-from tinyfbi.optim import AdamW, OptimConfig, clip_grads, lr_at
-
 from gradcheck import assert_close
+
+from tinyfbi.core.optim import AdamW, OptimConfig, clip_grads, lr_at
 
 
 def params_and_grads(seed):

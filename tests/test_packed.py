@@ -4,12 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from tinyfbi import Model, ModelConfig, TinyFBIError
-from tinyfbi.inference import FloatRunner, generate
+from tinyfbi import Model, ModelConfig, TinyFBIError, save_model
+from tinyfbi.corpus.tokenizers import ByteTokenizer
+from tinyfbi.formats.fbipack import read_packed
 from tinyfbi.pack import main as pack_main
-from tinyfbi.pack import pack_checkpoint, read_packed
-from tinyfbi.packed import PackedRunner, load_packed
-from tinyfbi.tokenizers import ByteTokenizer
+from tinyfbi.runtime.inference import FloatRunner, generate
+from tinyfbi.runtime.packed import PackedRunner, load_packed
+from tinyfbi.runtime.packing import pack_checkpoint
 
 # odd sizes: in-features not a multiple of 64 or 256, out-features odd, grouped-query attention
 CFG = ModelConfig(vocab_size=256, hidden_size=72, num_hidden_layers=2, num_attention_heads=4,
@@ -24,7 +25,7 @@ def checkpoint(tmp_path):
     for k, v in model.params.items():
         if not model.config.binarized or k not in model.binarized_names:
             v[...] = v.astype(np.float16).astype(np.float32)
-    model.save(tmp_path / "ckpt", tokenizer=ByteTokenizer())
+    save_model(model, tmp_path / "ckpt", tokenizer=ByteTokenizer())
     return model, tmp_path
 
 
@@ -33,7 +34,7 @@ def test_pack_round_trips_signs_and_scales(checkpoint):
     stats = pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
     header, arrays = read_packed(tmp / "m.fbipack")
     runner, tokenizer = load_packed(tmp / "m.fbipack")
-    from kernels import unpack_signs
+    from kernels.bitpack import unpack_signs
     for name in model.binarized_names:
         prefix = name.removesuffix(".weight")
         packed, alpha, beta = runner.linears[prefix]
@@ -93,7 +94,7 @@ def test_pack_cli_reports_bits_and_refuses_bad_files(checkpoint, capsys):
 
 
 def test_full_precision_checkpoint_is_refused(tmp_path):
-    Model(CFG.replace(binarized=False)).save(tmp_path / "fp")
+    save_model(Model(CFG.replace(binarized=False)), tmp_path / "fp")
     with pytest.raises(TinyFBIError, match="nothing to pack"):
         pack_checkpoint(tmp_path / "fp", tmp_path / "x.fbipack")
 

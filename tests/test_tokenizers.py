@@ -1,13 +1,20 @@
 """Every tokenizer kind round-trips text, trains deterministically, is cached, saves and reloads,
 and every bad choice ends in a one-line TinyFBIError. Corpus: pydoc_data.topics (stdlib, 0.47 MB)."""
 import json
-
-import pytest
 from pydoc_data.topics import topics
 
-from tinyfbi.errors import TinyFBIError
-from tinyfbi.tokenizers import (CL100K_PATTERN, ByteTokenizer, SentencePieceTokenizer, TiktokenTokenizer,
-                                build_tokenizer, load_tokenizer, train_bpe_ranks)
+import pytest
+
+from tinyfbi.core.errors import TinyFBIError
+from tinyfbi.corpus.tokenizers import (
+    CL100K_PATTERN,
+    ByteTokenizer,
+    SentencePieceTokenizer,
+    TiktokenTokenizer,
+    build_tokenizer,
+    load_tokenizer,
+    train_bpe_ranks,
+)
 
 TEXT = "\n\n".join(topics[k] for k in sorted(topics))
 SAMPLES = [
@@ -92,7 +99,7 @@ def test_bpe_merges_most_frequent_pair_first():
 
 
 def test_large_texts_train_on_evenly_spaced_slices(monkeypatch):
-    from tinyfbi import tokenizers
+    from tinyfbi.corpus import tokenizers
     monkeypatch.setattr(tokenizers, "TRAIN_MAX_CHARS", 1600)
     text = "".join(f"line {i:05d}\n" for i in range(10_000))
     sample = tokenizers._training_sample(text)

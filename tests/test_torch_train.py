@@ -1,4 +1,4 @@
-"""The torch backend (tinyfbi.torch_train) against the NumPy one: same batches, same loss curves,
+"""The torch backend (tinyfbi.torch_backend) against the NumPy one: same batches, same loss curves,
 checkpoints that move between them, a Hugging Face LLaMA folder as teacher, and the --dry-run plan.
 
 Tolerances, float32 on a CPU (measured):
@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import metrics
 import torch
-
-from tinyfbi import Model, ModelConfig
-from tinyfbi import layers as L
-from tinyfbi import run_state, trainer
-from tinyfbi.train import main
-
+from conftest import metrics
 from gradcheck import assert_close
+
+from tinyfbi import Model, ModelConfig, load_model, save_model
+from tinyfbi.core import layers as L
+from tinyfbi.formats import run_checkpoint
+from tinyfbi.torch_backend import learner as torch_learner
+from tinyfbi.train import main
+from tinyfbi.training import numpy_learner
 
 SMALL_RUN = ["--tokenizer", "byte", "--batch-size", "4", "--seq-len", "64", "--eval-every", "10",
              "--eval-batches", "2", "--sample-tokens", "4", "--lr", "1e-3", "--save-every", "10"]
@@ -56,11 +56,11 @@ def corpus(tmp_path_factory):
 def teacher(tmp_path_factory):
     """A small full-precision byte-level teacher checkpoint (random weights: the curves, not the
     quality, are under test)."""
-    from tinyfbi.tokenizers import ByteTokenizer
+    from tinyfbi.corpus.tokenizers import ByteTokenizer
     path = tmp_path_factory.mktemp("teacher") / "t"
     config = ModelConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=4, intermediate_size=128, max_position_embeddings=128, binarized=False)
-    Model(config, seed=5).save(path, tokenizer=ByteTokenizer())
+    save_model(Model(config, seed=5), path, tokenizer=ByteTokenizer())
     return path
 
 
@@ -68,7 +68,7 @@ def teacher(tmp_path_factory):
 def runs(corpus, teacher, tmp_path_factory):
     """20 steps in each backend, same flags; each run's step-10 checkpoint is kept aside."""
     out = tmp_path_factory.mktemp("runs")
-    real = run_state.save_run_checkpoint
+    real = run_checkpoint.save_run_checkpoint
 
     def save_and_keep_step_10(run_dir, *args):
         final = real(run_dir, *args)
@@ -78,8 +78,8 @@ def runs(corpus, teacher, tmp_path_factory):
 
     summaries = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(run_state, "save_run_checkpoint", save_and_keep_step_10)
-        mp.setattr(trainer, "save_run_checkpoint", save_and_keep_step_10)
+        mp.setattr(numpy_learner, "save_run_checkpoint", save_and_keep_step_10)
+        mp.setattr(torch_learner, "save_run_checkpoint", save_and_keep_step_10)
         for backend in ("numpy", "torch"):
             summaries[backend] = run("--backend", backend, "--name", backend, "--data", corpus, "--data-dir",
                                      out / "data", "--out", out, "--steps", 20, "--loss", "mix", "--teacher",
@@ -121,10 +121,10 @@ def test_checkpoint_resumes_in_the_other_backend(runs, teacher, corpus, src, dst
 
 
 def test_trained_checkpoint_gives_the_same_logits_and_gradients_in_both_backends(runs):
-    from tinyfbi.checkpoint import load_checkpoint
-    from tinyfbi.torch_model import TorchModel
+    from tinyfbi.formats.loading import load_checkpoint
+    from tinyfbi.torch_backend.model import TorchModel
     out, _ = runs
-    model = Model.load(out / "torch")                 # a checkpoint the torch backend wrote
+    model = load_model(out / "torch")                 # a checkpoint the torch backend wrote
     config, params, _ = load_checkpoint(out / "torch" / "checkpoint")
     t_model = TorchModel(config).load_numpy_params(params)
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (2, 16))
@@ -140,14 +140,15 @@ def test_trained_checkpoint_gives_the_same_logits_and_gradients_in_both_backends
 
 
 def test_nan_loss_rolls_back_and_skips_the_batch(corpus, tmp_path, monkeypatch, capsys):
-    from tinyfbi.torch_train import TorchTrainer
-    original = TorchTrainer.forward_backward
+    from tinyfbi.torch_backend.learner import TorchLearner
+    original, calls = TorchLearner.forward_backward, []
 
-    def poisoned(self, x, y, probs):
-        loss = original(self, x, y, probs)
-        return loss * float("nan") if self.data_step == 7 else loss
+    def poisoned(self, x, y, windows):  # the 8th batch drawn is data step 7
+        calls.append(1)
+        loss = original(self, x, y, windows)
+        return float("nan") if len(calls) == 8 else loss
 
-    monkeypatch.setattr(TorchTrainer, "forward_backward", poisoned)
+    monkeypatch.setattr(TorchLearner, "forward_backward", poisoned)
     summary = run("--backend", "torch", "--data", corpus, "--data-dir", tmp_path / "data", "--out", tmp_path,
                   "--steps", 12, "--loss", "ce", "--teacher", "none", *SMALL_RUN, "--save-every", 5,
                   "--batch-size", 4, "--seq-len", 32)
@@ -187,7 +188,7 @@ def write_hf_llama(folder, config: ModelConfig, params: dict, tokenizer):
 
 @pytest.fixture(scope="module")
 def hf_teacher(corpus, tmp_path_factory):
-    from tinyfbi.tokenizers import SentencePieceTokenizer
+    from tinyfbi.corpus.tokenizers import SentencePieceTokenizer
     tok = SentencePieceTokenizer.train(corpus.read_text(), 400)
     config = ModelConfig(vocab_size=400, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=96, max_position_embeddings=256, binarized=False)
@@ -198,13 +199,15 @@ def hf_teacher(corpus, tmp_path_factory):
 
 
 def test_hf_llama_folder_teaches_the_student_with_its_own_tokenizer(hf_teacher, corpus, tmp_path):
-    from tinyfbi.data import BatchSampler, load_corpus, prepare_tokens
-    from tinyfbi.tokenizers import load_tokenizer
-    from tinyfbi.torch_train import load_teacher_torch
-    from tinyfbi.distributed import Dist
+    from tinyfbi.corpus.batches import BatchSampler
+    from tinyfbi.corpus.sources import load_corpus
+    from tinyfbi.corpus.token_files import prepare_tokens
+    from tinyfbi.corpus.tokenizers import load_tokenizer
+    from tinyfbi.torch_backend.backend import load_teacher_torch
+    from tinyfbi.torch_backend.distributed import Dist
     folder, config, params = hf_teacher
     reference = Model(config, params=params)           # the fp16 weights, widened, in NumPy
-    teacher = load_teacher_torch(folder, 400, Dist(), sharded=False)
+    teacher = load_teacher_torch(folder, Dist(), sharded=False)
     x = np.random.default_rng(1).integers(0, 400, (2, 24))
     assert_close(teacher(torch.from_numpy(x)).numpy(), reference.forward(x), rtol=1e-3, atol=1e-4, name="logits")
 
@@ -288,8 +291,8 @@ def test_dry_run_text_and_cpu_offload(capsys):
 def test_activation_estimate_matches_what_autograd_saves(fsdp):
     """The plan's bytes per layer against the tensors autograd really keeps for the backward
     (CPU bf16 autocast; float32 master weights for DDP, bf16 weights as FSDP's mixed precision gives)."""
-    from tinyfbi.plan import count_params, memory_per_gpu
-    from tinyfbi.torch_model import TorchModel
+    from tinyfbi.torch_backend.model import TorchModel
+    from tinyfbi.torch_backend.planner import count_params, memory_per_gpu
 
     def saved_bytes(config):
         model = TorchModel(config).to(torch.bfloat16 if fsdp else torch.float32)

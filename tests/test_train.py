@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import metrics
+
+from tinyfbi import Model, ModelConfig, save_model
 from tinyfbi.train import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,15 +96,15 @@ def test_teacher_cache_sparse_distillation(trained, corpus, tmp_path):
 
 
 def test_nan_loss_rolls_back_and_skips_the_batch(corpus, tmp_path, monkeypatch, capsys):
-    from tinyfbi.trainer import Trainer
-    original = Trainer.loss_and_grad
-    poisoned = {"data_step": 7}
+    from tinyfbi.training.numpy_learner import NumpyLearner
+    original, calls = NumpyLearner.forward_backward, []
 
-    def loss_and_grad(self, x, y, probs):
-        loss, dlogits = original(self, x, y, probs)
-        return (float("nan"), dlogits) if self.data_step == poisoned["data_step"] else (loss, dlogits)
+    def poisoned(self, x, y, windows):  # the 8th batch drawn is data step 7
+        calls.append(1)
+        loss = original(self, x, y, windows)
+        return float("nan") if len(calls) == 8 else loss
 
-    monkeypatch.setattr(Trainer, "loss_and_grad", loss_and_grad)
+    monkeypatch.setattr(NumpyLearner, "forward_backward", poisoned)
     summary = run("--data", corpus, "--data-dir", tmp_path / "data", "--out", tmp_path, "--steps", 12,
                   "--loss", "ce", "--teacher", "none", "--save-every", 5, *SMALL_RUN)
     assert summary["rollbacks"] == 1 and np.isfinite(summary["val_loss"])
@@ -203,8 +204,7 @@ def test_existing_run_is_not_overwritten_and_corrupt_checkpoint_refused(trained,
 
 
 def test_teacher_with_another_vocabulary_is_refused(trained, corpus, tmp_path, capsys):
-    from tinyfbi import Model, ModelConfig
-    Model(ModelConfig(vocab_size=300)).save(tmp_path / "t")
+    save_model(Model(ModelConfig(vocab_size=300)), tmp_path / "t")
     (tmp_path / "t" / "config.json").write_text(
         (tmp_path / "t" / "config.json").read_text().replace('"tokenizer": null', '"tokenizer": {"kind": "byte"}'))
     expect_error(capsys, "--data", corpus, "--data-dir", tmp_path / "data", "--out", tmp_path,

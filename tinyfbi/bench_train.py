@@ -17,21 +17,22 @@ import subprocess
 import sys
 import time
 
-from .errors import CLIParser, TinyFBIError
+import numpy as np
+
+from .cli import CLIParser, run_cli
+from .core import layers as L
+from .core.config import ModelConfig
+from .core.errors import TinyFBIError
+from .core.model import Model
+from .core.optim import AdamW
 
 
 def worker(backend, size, batch, seq_len, steps, binarized):
-    import numpy as np
-
-    from .config import ModelConfig
     cfg = ModelConfig.from_name(size, binarized=binarized, max_position_embeddings=max(seq_len, 16))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (batch, seq_len + 1))
     x, y = tokens[:, :-1], tokens[:, 1:]
     if backend == "numpy":
-        from . import layers as L
-        from .model import Model
-        from .optim import AdamW
         model = Model(cfg, seed=0)
         opt = AdamW(model.params)
 
@@ -39,9 +40,9 @@ def worker(backend, size, batch, seq_len, steps, binarized):
             loss, cache = L.cross_entropy_forward(model.forward(x), y)
             opt.step(model.params, model.backward(L.cross_entropy_backward(cache)))
     else:
-        import torch
+        import torch  # the torch worker only: the NumPy worker runs without it
 
-        from .torch_model import TorchModel
+        from .torch_backend.model import TorchModel
         model = TorchModel(cfg)
         model.init_weights(0)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
@@ -75,7 +76,7 @@ def run_backend(backend, args, size, threads):
 
 
 def main(argv=None):
-    ap = CLIParser(prog="python -m tinyfbi.bench_train", description=__doc__.split("\n\n")[0])
+    ap = CLIParser("python -m tinyfbi.bench_train", __doc__.split("\n\n")[0])
     ap.add_argument("--size", action="append", help="preset name; repeat for several (default: tiny, 20m)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -93,28 +94,29 @@ def main(argv=None):
         print(json.dumps(worker(args.worker, args.size[0], args.batch_size, args.seq_len, args.steps,
                                 not args.full_precision)))
         return
-    try:
-        for size in args.size or ["tiny", "20m"]:
-            times = {"numpy": [], "torch": []}
-            for _ in range(args.rounds):
-                for backend in times:
-                    times[backend] += run_backend(backend, args, size, args.threads)
-            tokens = args.batch_size * args.seq_len
-            row = {"size": size, "binarized": not args.full_precision, "batch": args.batch_size,
-                   "seq_len": args.seq_len, "threads": args.threads}
-            for backend, ts in times.items():
-                row[f"{backend}_ms"] = round(1000 * statistics.median(ts), 1)
-                row[f"{backend}_tok_s"] = round(tokens / statistics.median(ts))
-            row["numpy_vs_torch"] = round(row["numpy_tok_s"] / row["torch_tok_s"], 2)
-            if args.json:
-                print(json.dumps(row))
-            else:
-                print(f"{size:>5} ({'FBI' if row['binarized'] else 'FP'}) B={args.batch_size} T={args.seq_len} "
-                      f"threads={args.threads}: numpy {row['numpy_tok_s']} tok/s ({row['numpy_ms']} ms/step), "
-                      f"torch eager {row['torch_tok_s']} tok/s ({row['torch_ms']} ms/step), "
-                      f"ratio {row['numpy_vs_torch']}x")
-    except TinyFBIError as e:
-        sys.exit(f"error: {e}")
+    run_cli(compare, args)
+
+
+def compare(args):
+    for size in args.size or ["tiny", "20m"]:
+        times = {"numpy": [], "torch": []}
+        for _ in range(args.rounds):
+            for backend in times:
+                times[backend] += run_backend(backend, args, size, args.threads)
+        tokens = args.batch_size * args.seq_len
+        row = {"size": size, "binarized": not args.full_precision, "batch": args.batch_size,
+               "seq_len": args.seq_len, "threads": args.threads}
+        for backend, ts in times.items():
+            row[f"{backend}_ms"] = round(1000 * statistics.median(ts), 1)
+            row[f"{backend}_tok_s"] = round(tokens / statistics.median(ts))
+        row["numpy_vs_torch"] = round(row["numpy_tok_s"] / row["torch_tok_s"], 2)
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{size:>5} ({'FBI' if row['binarized'] else 'FP'}) B={args.batch_size} T={args.seq_len} "
+                  f"threads={args.threads}: numpy {row['numpy_tok_s']} tok/s ({row['numpy_ms']} ms/step), "
+                  f"torch eager {row['torch_tok_s']} tok/s ({row['torch_ms']} ms/step), "
+                  f"ratio {row['numpy_vs_torch']}x")
 
 
 if __name__ == "__main__":

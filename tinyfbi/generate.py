@@ -6,15 +6,26 @@
 """
 from __future__ import annotations
 
-import argparse
+import json
+import resource
 import sys
+import time
+from pathlib import Path
 
-from .errors import CLIParser, TinyFBIError
+import numpy as np
+
+from .cli import CLIParser, run_cli
+from .core.config import ModelConfig
+from .core.errors import TinyFBIError
+from .core.model import Model
+from .corpus.tokenizers import load_tokenizer
+from .formats.loading import load_model
+from .formats.run_checkpoint import resolve_checkpoint
+from .runtime.inference import FloatRunner, generate
 
 
 def build_parser():
-    ap = CLIParser(prog="python -m tinyfbi.generate", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    ap = CLIParser("python -m tinyfbi.generate", __doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", help="a checkpoint folder, a run folder (runs/NAME), or a packed file")
     ap.add_argument("--prompt", default="", help="text to continue")
     ap.add_argument("--max-new-tokens", type=int, default=100)
@@ -34,37 +45,27 @@ def build_parser():
 
 def load_runner(path, kind="exact"):
     """(runner, tokenizer) for a packed file, a checkpoint folder or a run folder."""
-    from pathlib import Path
-
-    from .inference import FloatRunner
-    from .model import Model
-    from .run_state import resolve_checkpoint
-    from .tokenizers import load_tokenizer
     if Path(path).is_file():
-        from .packed import load_packed
+        from .runtime.packed import (
+            load_packed,  # compiles the Numba kernels: only for packed files
+        )
         return load_packed(path, kind)
     ckpt = resolve_checkpoint(path)
-    return FloatRunner(Model.load(ckpt)), load_tokenizer(ckpt)
+    return FloatRunner(load_model(ckpt, dtype=np.float32)), load_tokenizer(ckpt)
 
 
 def random_runner(size, packed, kind, seed):
-    from .config import ModelConfig
     config = ModelConfig.from_name(size)
     if packed:
-        from .packed import PackedRunner
+        from .runtime.packed import (
+            PackedRunner,  # compiles the Numba kernels: only for --packed
+        )
         return PackedRunner.random(config, seed, kind)
-    from .inference import FloatRunner
-    from .model import Model
     return FloatRunner(Model(config, seed=seed))
 
 
 def bench(runner, prompt_len, new_tokens, seed):
     """Prefill a random prompt, decode greedily; one JSON line with speed and peak RSS."""
-    import json
-    import resource
-    import time
-
-    import numpy as np
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, runner.config.vocab_size, (1, prompt_len))
     cache = runner.new_cache(1, prompt_len + new_tokens + 1)
@@ -87,36 +88,34 @@ def bench(runner, prompt_len, new_tokens, seed):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        if bool(args.ckpt) == bool(args.random_init):
-            raise TinyFBIError("give --ckpt (a checkpoint folder, runs/NAME or a .fbipack file) or --random-init SIZE")
-        if args.max_new_tokens < 0 or args.top_k < 0 or args.temperature < 0:
-            raise TinyFBIError("--max-new-tokens, --top-k and --temperature must be >= 0")
-        if args.threads is not None:
-            import numba
-            numba.set_num_threads(args.threads)
-        from .inference import generate
-        if args.random_init:
-            runner, tokenizer = random_runner(args.random_init, args.packed, args.kind, args.seed), None
-        else:
-            runner, tokenizer = load_runner(args.ckpt, args.kind)
-        if args.bench:
-            bench(runner, 16, min(args.max_new_tokens, 16), args.seed)
-            return
-        if tokenizer is None:
-            raise TinyFBIError("this model has no tokenizer: use --bench, or a checkpoint with one")
-        prompt = tokenizer.encode(args.prompt) if args.prompt else []
-        if not prompt:  # nothing to condition on: start from BOS, or a newline for byte-level models
-            prompt = [tokenizer.bos_id] if tokenizer.bos_id is not None else tokenizer.encode("\n")
-        sys.stdout.write(args.prompt)
-        ids = generate(runner, prompt, args.max_new_tokens, args.temperature, args.top_k or None,
-                       args.greedy, args.seed, eos_id=tokenizer.eos_id)
-        # decode the whole continuation at once: a multi-byte character may span tokens
-        print(tokenizer.decode(ids[len(prompt):]))
-    except TinyFBIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(sample, build_parser().parse_args(argv))
+
+
+def sample(args):
+    if bool(args.ckpt) == bool(args.random_init):
+        raise TinyFBIError("give --ckpt (a checkpoint folder, runs/NAME or a .fbipack file) or --random-init SIZE")
+    if args.max_new_tokens < 0 or args.top_k < 0 or args.temperature < 0:
+        raise TinyFBIError("--max-new-tokens, --top-k and --temperature must be >= 0")
+    if args.threads is not None:
+        import numba
+        numba.set_num_threads(args.threads)
+    if args.random_init:
+        runner, tokenizer = random_runner(args.random_init, args.packed, args.kind, args.seed), None
+    else:
+        runner, tokenizer = load_runner(args.ckpt, args.kind)
+    if args.bench:
+        bench(runner, 16, min(args.max_new_tokens, 16), args.seed)
+        return
+    if tokenizer is None:
+        raise TinyFBIError("this model has no tokenizer: use --bench, or a checkpoint with one")
+    prompt = tokenizer.encode(args.prompt) if args.prompt else []
+    if not prompt:  # nothing to condition on: start from BOS, or a newline for byte-level models
+        prompt = [tokenizer.bos_id] if tokenizer.bos_id is not None else tokenizer.encode("\n")
+    sys.stdout.write(args.prompt)
+    ids = generate(runner, prompt, args.max_new_tokens, args.temperature, args.top_k or None,
+                   args.greedy, args.seed, eos_id=tokenizer.eos_id)
+    # decode the whole continuation at once: a multi-byte character may span tokens
+    print(tokenizer.decode(ids[len(prompt):]))
 
 
 if __name__ == "__main__":

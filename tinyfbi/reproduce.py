@@ -15,10 +15,13 @@ reused on a rerun (delete runs/reproduce/<arm> to redo one).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from .errors import CLIParser, TinyFBIError
+from .cli import CLIParser, run_cli
+from .core.errors import TinyFBIError
+from .train import build_parser as train_parser
+from .train import train
+from .training.loop import read_metrics
 
 # arm name -> (question, extra train flags); the teacher arm is trained by --teacher auto
 ARMS = {
@@ -33,7 +36,7 @@ ARMS = {
 
 
 def build_parser():
-    ap = CLIParser(prog="python -m tinyfbi.reproduce", description=__doc__.split("\n\n")[0])
+    ap = CLIParser("python -m tinyfbi.reproduce", __doc__.split("\n\n")[0])
     ap.add_argument("--fast", action="store_true", help="short arms (CI, a first look)")
     ap.add_argument("--steps", type=int, default=None, help="steps per arm (default 150, --fast 50)")
     ap.add_argument("--out", default="runs/reproduce", help="where arms, table and plots go")
@@ -56,17 +59,15 @@ def common_flags(args, steps):
 
 
 def run_arm(name, flags, out):
-    from .train import main as train_main
     summary_path = Path(out) / name / "summary.json"
     if summary_path.is_file():
         print(f"== {name}: reusing {summary_path}")
         return json.loads(summary_path.read_text())
     print(f"\n== {name}: {ARMS[name][0] if name in ARMS else 'full-precision reference'}")
-    return train_main(flags + ["--name", name])
+    return train(train_parser().parse_args(flags + ["--name", name]))
 
 
 def flip_curve(run_dir):
-    from .trainer import read_metrics
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
     return [r["step"] for r in rows if "flips" in r], [r["flips"]["all"] for r in rows if "flips" in r]
 
@@ -75,8 +76,6 @@ def plots(out, results):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .trainer import read_metrics
     names = list(results)
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.bar(names, [results[n]["val_ppl"] for n in names],
@@ -140,52 +139,51 @@ def verdicts(r):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        steps = args.steps or (50 if args.fast else 150)
-        if steps <= 0:
-            raise TinyFBIError(f"--steps must be positive, got {steps}")
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        flags = common_flags(args, steps)
-        results = {}
-        results["fbi-ad"] = run_arm("fbi-ad", flags + ["--track-flips"], out)
-        teacher = results["fbi-ad"]["teacher"]
-        results["fp-reference"] = {"run": str(Path(teacher).parent), "val_ppl": results["fbi-ad"]["teacher_val_ppl"],
-                                   "val_loss": results["fbi-ad"]["teacher_val_loss"]}
-        for name, (_, extra) in ARMS.items():
-            if name == "fbi-ad":
-                continue
-            extra = [teacher if f == "TEACHER" else f for f in extra]
-            results[name] = run_arm(name, flags + extra + (["--track-flips"] if "init" in name else []), out)
-        tokens = results["fbi-ad"]["tokens_seen"]
-        table = ["| arm | question | val loss | val ppl |", "|---|---|---|---|"]
-        for name, r in results.items():
-            question = ARMS[name][0] if name in ARMS else "(d) full precision, same shape (the teacher)"
-            table.append(f"| {name} | {question} | {r['val_loss']:.3f} | {r['val_ppl']:.1f} |")
-        s_flips, i_flips = flip_curve(out / "fbi-ad")[1], flip_curve(out / "fbi-init-ad")[1]
-        tail = max(1, len(s_flips) // 5)
-        flips_line = (f"Mean flip-flop ratio over the last 20% of steps: from scratch "
-                      f"{100 * sum(s_flips[-tail:]) / tail:.3f}%, from the teacher's weights "
-                      f"{100 * sum(i_flips[-tail:]) / tail:.3f}%.")
-        report = "\n".join([
-            f"# tinyfbi reproduction ({'fast' if args.fast else 'full'})", "",
-            f"`python -m tinyfbi.reproduce{' --fast' if args.fast else ''}`: `tiny` shape "
-            f"({results['fbi-ad']['params'] / 1e6:.2f}M parameters), {steps} steps x "
-            f"{tokens // steps} tokens = {tokens:,} tokens per arm, seed {args.seed}, "
-            f"data {results['fbi-ad']['data']}, tokenizer {results['fbi-ad']['tokenizer']}.", "",
-            *table, "", flips_line, "", "What the numbers say about the paper's claims:", *verdicts(results), "",
-            "![perplexity](ppl.png) ![flip-flop](flips.png) ![validation loss](loss.png)", ""])
-        (out / "results.md").write_text(report)
-        (out / "results.json").write_text(json.dumps({"steps": steps, "tokens_per_arm": tokens,
-                                                      "fast": args.fast, "arms": results}, indent=2))
-        plots(out, results)
-        print("\n" + report)
-        print(f"wrote {out}/results.md, results.json, ppl.png, flips.png, loss.png")
-        return results
-    except TinyFBIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return run_cli(reproduce, build_parser().parse_args(argv))
+
+
+def reproduce(args):
+    steps = args.steps or (50 if args.fast else 150)
+    if steps <= 0:
+        raise TinyFBIError(f"--steps must be positive, got {steps}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    flags = common_flags(args, steps)
+    results = {}
+    results["fbi-ad"] = run_arm("fbi-ad", flags + ["--track-flips"], out)
+    teacher = results["fbi-ad"]["teacher"]
+    results["fp-reference"] = {"run": str(Path(teacher).parent), "val_ppl": results["fbi-ad"]["teacher_val_ppl"],
+                               "val_loss": results["fbi-ad"]["teacher_val_loss"]}
+    for name, (_, extra) in ARMS.items():
+        if name == "fbi-ad":
+            continue
+        extra = [teacher if f == "TEACHER" else f for f in extra]
+        results[name] = run_arm(name, flags + extra + (["--track-flips"] if "init" in name else []), out)
+    tokens = results["fbi-ad"]["tokens_seen"]
+    table = ["| arm | question | val loss | val ppl |", "|---|---|---|---|"]
+    for name, r in results.items():
+        question = ARMS[name][0] if name in ARMS else "(d) full precision, same shape (the teacher)"
+        table.append(f"| {name} | {question} | {r['val_loss']:.3f} | {r['val_ppl']:.1f} |")
+    s_flips, i_flips = flip_curve(out / "fbi-ad")[1], flip_curve(out / "fbi-init-ad")[1]
+    tail = max(1, len(s_flips) // 5)
+    flips_line = (f"Mean flip-flop ratio over the last 20% of steps: from scratch "
+                  f"{100 * sum(s_flips[-tail:]) / tail:.3f}%, from the teacher's weights "
+                  f"{100 * sum(i_flips[-tail:]) / tail:.3f}%.")
+    report = "\n".join([
+        f"# tinyfbi reproduction ({'fast' if args.fast else 'full'})", "",
+        f"`python -m tinyfbi.reproduce{' --fast' if args.fast else ''}`: `tiny` shape "
+        f"({results['fbi-ad']['params'] / 1e6:.2f}M parameters), {steps} steps x "
+        f"{tokens // steps} tokens = {tokens:,} tokens per arm, seed {args.seed}, "
+        f"data {results['fbi-ad']['data']}, tokenizer {results['fbi-ad']['tokenizer']}.", "",
+        *table, "", flips_line, "", "What the numbers say about the paper's claims:", *verdicts(results), "",
+        "![perplexity](ppl.png) ![flip-flop](flips.png) ![validation loss](loss.png)", ""])
+    (out / "results.md").write_text(report)
+    (out / "results.json").write_text(json.dumps({"steps": steps, "tokens_per_arm": tokens,
+                                                  "fast": args.fast, "arms": results}, indent=2))
+    plots(out, results)
+    print("\n" + report)
+    print(f"wrote {out}/results.md, results.json, ppl.png, flips.png, loss.png")
+    return results
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Hugging Face LLaMA folders in, tinyfbi models out: the released FBI-LLM checkpoints and teachers.
+"""Hugging Face LLaMA folders in: the released FBI-LLM checkpoints, LLaMA teachers, tinyfbi's own.
 
 The released FBI-LLM checkpoints (arXiv 2407.07093, huggingface.co/LiqunMa) are HF LLaMA folders:
 config.json is a plain LlamaConfig (no `fbi` block), the weights are FP32 latent weights plus
@@ -9,9 +9,8 @@ recomputed). The weights come as `model.safetensors`, sharded `model-0000x-of-00
 folder (Llama-2-7b-hf, fp16) loads the same way as a full-precision teacher: a folder is binarized
 exactly when it holds wscale tensors (or its `fbi` block says so, for tinyfbi's own checkpoints).
 
-    from tinyfbi.interop import load_model, load_torch_model
-    model = load_model("FBI-LLM_130M")                 # tinyfbi.Model (NumPy), float32
-    teacher = load_torch_model("Llama-2-7b-hf")        # tinyfbi.torch_model.TorchModel
+    from tinyfbi import load_model                      # formats.loading reads every layout here
+    model = load_model("FBI-LLM_130M")                 # tinyfbi.Model (NumPy)
 
 The NumPy side imports no torch: only `.bin` files (PyTorch pickles) need it, imported on use.
 """
@@ -23,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.config import ModelConfig
+from ..core.errors import TinyFBIError
 from .checkpoint import CONFIG_FILE, config_from_json, read_config
-from .config import ModelConfig
-from .errors import TinyFBIError
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -160,11 +159,10 @@ def load_hf_state_dict(folder) -> dict[str, np.ndarray]:
 
 
 def config_from_hf(folder, tensors=None) -> ModelConfig:
-    """ModelConfig of an HF LLaMA folder (or a tinyfbi checkpoint). Without an `fbi` block the model
+    """ModelConfig of a checkpoint folder (HF LLaMA or tinyfbi). Without an `fbi` block the model
     is binarized when its weights hold wscale tensors, whose shape tells column (1, in) from row (out, 1)
     scaling. Settings that change the maths but ModelConfig cannot express are refused."""
-    from .run_state import resolve_checkpoint
-    folder = resolve_checkpoint(folder)
+    folder = Path(folder)
     obj = read_config(folder)
     source = str(folder / CONFIG_FILE)
     _check_llama(obj, source)
@@ -207,50 +205,3 @@ def _tensor_shapes(folder) -> dict[str, tuple]:
         else:
             shapes.update({k: tuple(v.shape) for k, v in _torch_load(path).items()})
     return shapes
-
-
-# ----------------------------------------------------------------------------- models
-
-
-def load_hf_checkpoint(folder):
-    """-> (ModelConfig, params in canonical order, raw config.json dict), like checkpoint.load_checkpoint,
-    for any weights layout above. Every expected tensor must be there with its shape, and nothing else."""
-    from .run_state import resolve_checkpoint
-    folder = resolve_checkpoint(folder)
-    tensors = load_hf_state_dict(folder)
-    config = config_from_hf(folder, tensors)
-    expected = config.param_shapes()
-    for name, shape in expected.items():
-        if name not in tensors:
-            hint = " (a binarized model: is a wscale missing?)" if name.endswith((".wscale", ".wbias")) else ""
-            raise TinyFBIError(f"{folder} lacks tensor {name!r}{hint}")
-        if tuple(tensors[name].shape) != shape:
-            raise TinyFBIError(f"{folder}: {name} has shape {tuple(tensors[name].shape)}, config says {shape}")
-    extra = [k for k in tensors if k not in expected]
-    if extra:
-        raise TinyFBIError(f"{folder} has tensors the config does not describe, e.g. {extra[0]!r}")
-    return config, {name: tensors[name] for name in expected}, read_config(folder)
-
-
-def load_model(folder, dtype=np.float32):
-    """A tinyfbi.Model (NumPy) from an HF LLaMA folder, a tinyfbi checkpoint or a run folder.
-    float32 by default (a teacher stored in fp16 is widened); dtype=None keeps the stored dtype."""
-    from .model import Model
-    config, params, _ = load_hf_checkpoint(folder)
-    if dtype is not None:
-        params = {k: v.astype(dtype, copy=False) for k, v in params.items()}
-    return Model(config, dtype=next(iter(params.values())).dtype, params=params)
-
-
-def load_torch_model(folder, dtype=None, device="cpu"):
-    """A TorchModel from the same folders, built on the meta device and filled in place (no random
-    init of a 7B model first). dtype defaults to torch.float32."""
-    import torch
-
-    from .torch_model import TorchModel
-    config, params, _ = load_hf_checkpoint(folder)
-    with torch.device("meta"):
-        model = TorchModel(config)
-    state = {k: torch.from_numpy(v) for k, v in params.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype or torch.float32)

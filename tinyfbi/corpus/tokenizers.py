@@ -5,7 +5,7 @@ default is a 4096-token BPE trained here, with LLaMA's options, on the corpus's 
 `byte` needs no dependency; `tiktoken` is GPT-4's cl100k or a byte-level BPE trained here; a path
 to a `tokenizer.model` loads an existing sentencepiece model (LLaMA-2's for the paper's configs).
 
-    >>> from tinyfbi.tokenizers import build_tokenizer, load_tokenizer
+    >>> from tinyfbi.corpus.tokenizers import build_tokenizer, load_tokenizer
     >>> tok = build_tokenizer("sentencepiece", corpus.train_text, 4096, "data/shakespeare")
     >>> tok.save("runs/x"); load_tokenizer(tok.spec, "runs/x").encode("To be")   # [..]
 
@@ -19,15 +19,13 @@ import hashlib
 import heapq
 import io
 import json
-import os
-import re
 from collections import Counter, defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from .errors import TinyFBIError
+from ..core.errors import TinyFBIError, first_line
+from ..formats.atomic import atomic_write_bytes
 
 KINDS = ("byte", "sentencepiece", "tiktoken")
 DEFAULT_SP_VOCAB = 4096              # small enough for a CPU model's embedding, big enough to beat bytes
@@ -48,26 +46,6 @@ SP_OPTIONS = dict(model_type="bpe", byte_fallback=True, split_digits=True,
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@contextmanager
-def atomic_open(path):
-    """Write a file under a temp name in its folder, rename it into place only on success:
-    a reader (or a rerun after a kill) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path, data: bytes) -> None:
-    with atomic_open(path) as f:
-        f.write(data)
 
 
 class Tokenizer:
@@ -139,7 +117,7 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             self.sp.LoadFromSerializedProto(self.model_proto)
         except (RuntimeError, OSError) as e:
-            raise TinyFBIError(f"{origin} is not a sentencepiece model ({_first_line(e)})") from None
+            raise TinyFBIError(f"{origin} is not a sentencepiece model ({first_line(e)})") from None
         self.vocab_size = self.sp.get_piece_size()
         self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
         self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
@@ -165,7 +143,7 @@ class SentencePieceTokenizer(Tokenizer):
                                            vocab_size=vocab_size, **SP_OPTIONS)
         except RuntimeError as e:
             raise TinyFBIError(f"sentencepiece could not train a {vocab_size}-token BPE on this "
-                               f"corpus: {_first_line(e)}") from None
+                               f"corpus: {first_line(e)}") from None
         return cls(model.getvalue())
 
     def encode(self, text: str) -> list[int]:
@@ -184,7 +162,7 @@ class SentencePieceTokenizer(Tokenizer):
         return f"sp{self.vocab_size}-{self.fingerprint[:8]}"
 
     def save(self, folder) -> None:
-        write_atomic(Path(folder) / self.FILE, self.model_proto)
+        atomic_write_bytes(Path(folder) / self.FILE, self.model_proto)
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -228,7 +206,7 @@ class TiktokenTokenizer(Tokenizer):
             ranks = {base64.b64decode(token): int(rank) for token, rank in
                      (line.split() for line in path.read_text("ascii").splitlines() if line)}
         except ValueError as e:
-            raise TinyFBIError(f"{path} is not a tiktoken ranks file ({_first_line(e)})") from None
+            raise TinyFBIError(f"{path} is not a tiktoken ranks file ({first_line(e)})") from None
         if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) < 256:
             raise TinyFBIError(f"{path} is not a tiktoken ranks file (ranks must be 0..n-1, n >= 256)")
         return cls.from_ranks(ranks)
@@ -260,7 +238,7 @@ class TiktokenTokenizer(Tokenizer):
 
     def save(self, folder) -> None:
         if self.ranks is not None:
-            write_atomic(Path(folder) / self.FILE, _dump_ranks(self.ranks))
+            atomic_write_bytes(Path(folder) / self.FILE, _dump_ranks(self.ranks))
 
 
 def train_bpe_ranks(text: str, num_ranks: int, pat_str: str = CL100K_PATTERN) -> dict[bytes, int]:
@@ -340,12 +318,6 @@ def _training_sample(text: str) -> str:
     return "".join(parts)
 
 
-def _first_line(e: BaseException) -> str:
-    """An exception's message on one line, minus sentencepiece's 'INTERNAL: x.cc(12) [check]' prefix."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return re.sub(r"^[A-Za-z_ ]+: \S+\(\d+\) \[.*?\] ", "", lines[0]) if lines else type(e).__name__
-
-
 def _text_hash(text: str) -> str:
     return _sha(text.encode("utf-8", errors="surrogatepass"))[:12]
 
@@ -401,7 +373,7 @@ def load_tokenizer(source, base_dir=None) -> Tokenizer:
             try:
                 spec = json.loads(config.read_text("utf-8")).get("fbi", {}).get("tokenizer")
             except (ValueError, AttributeError) as e:
-                raise TinyFBIError(f"{config} is not valid JSON ({_first_line(e)})") from None
+                raise TinyFBIError(f"{config} is not valid JSON ({first_line(e)})") from None
             if spec is not None:
                 return _from_spec(spec, path)
         for cls in (SentencePieceTokenizer, TiktokenTokenizer):

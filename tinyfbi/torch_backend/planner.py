@@ -32,8 +32,13 @@ import os
 
 import torch
 
-from .config import PRESETS, ModelConfig
-from .errors import TinyFBIError
+from ..core.config import PRESETS, ModelConfig
+from ..core.errors import TinyFBIError
+from ..formats.hf_folder import config_from_hf
+from ..formats.run_checkpoint import resolve_checkpoint
+from ..training.setup import PAPER_SIZES, model_config
+from .distributed import use_fsdp
+from .model import TorchModel
 
 GiB = 1 << 30
 GPU_GIB = 80                    # an H100/A100 80GB: the "fits" column
@@ -43,7 +48,6 @@ TARGET_MFU = 0.40
 
 def count_params(config: ModelConfig) -> dict:
     """Parameter counts by kind, from the torch model built on the meta device."""
-    from .torch_model import TorchModel
     with torch.device("meta"):
         model = TorchModel(config)
     binarized = set(config.binarized_weight_names())
@@ -128,20 +132,16 @@ def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | Non
 def teacher_for_plan(args, vocab_size):
     """The teacher a run would load: --teacher PATH's config (read, not its weights); for --teacher
     auto the paper's LLaMA-2-7B shape at paper sizes, else the same-size model auto would train."""
-    from .train import PAPER_SIZES
     if args.teacher == "none" or (args.teacher == "auto" and args.full_precision):
         return None, "none"
     if args.teacher != "auto":
-        from .interop import config_from_hf
-        return config_from_hf(args.teacher), str(args.teacher)
+        return config_from_hf(resolve_checkpoint(args.teacher)), str(args.teacher)
     if args.size in PAPER_SIZES:
         return ModelConfig.from_name("7b", binarized=False), "LLaMA-2-7B shape (the paper's teacher)"
     return ModelConfig.from_name(args.size, vocab_size=vocab_size, binarized=False), f"full-precision {args.size}"
 
 
 def plan(args) -> dict:
-    from .distributed import use_fsdp
-    from .train import PAPER_SIZES, model_config
     world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
     per_rank = world * args.grad_accum
     if args.batch_size % per_rank:

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from .errors import TinyFBIError
+from ..core.errors import TinyFBIError
 
 FSDP_AUTO_PARAMS = 1_000_000_000  # --fsdp auto shards models of 1B parameters and up (1.3b, 7b, 13b)
 TIMEOUT = timedelta(minutes=60)    # rank 0 alone initializes or reads a 13B checkpoint: others wait
@@ -123,7 +123,12 @@ def shard(model, d: Dist, cpu_offload=False, param_dtype=None):
     param_dtype (bf16 on GPUs) is what the all-gathered weights and the compute use; gradients are
     reduced in float32 and the sharded master weights stay float32."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+    )
     mesh = init_device_mesh(d.device.type, (d.world_size,))
     kw = {"mesh": mesh, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
     if param_dtype is not None:

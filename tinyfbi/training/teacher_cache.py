@@ -4,40 +4,44 @@ Distillation's extra cost is a teacher forward every step. With `--teacher-cache
 runs once over fixed windows of the training tokens (window i = tokens[i*T : i*T + T + 1]), its
 K most likely tokens and their probabilities per position are stored (uint16/uint32 ids, float16
 probabilities), and the student samples whole windows, reading its targets from the cache. The
-tail mass (1 - sum of the top K) is spread evenly over the other tokens (trainer.TeacherTopK).
+tail mass (1 - sum of the top K) is spread evenly over the other tokens (TeacherTopK).
+The student's batches are corpus.batches.AlignedSampler's: whole windows of the cache.
 """
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from . import layers as L
-from .errors import TinyFBIError
-from .trainer import TeacherTopK
+from ..core import layers as L
+from ..core.errors import TinyFBIError
+from ..formats.atomic import (
+    atomic_write_json,
+    complete_folder,
+    replace_folder,
+    temp_folder,
+)
 
 CACHE_FORMAT = 1
 
 
-class AlignedSampler:
-    """Batches of whole fixed windows (the ones the teacher cache covers), drawn per step."""
+class TeacherTopK:
+    """Sparse distillation targets: the teacher's top-K probabilities per position, from disk."""
 
-    def __init__(self, tokens, batch_size, seq_len, seed):
-        self.tokens, self.batch_size, self.seq_len, self.seed = tokens, batch_size, seq_len, seed
-        self.num_windows = (len(tokens) - 1) // seq_len
-        if self.num_windows < 1:
-            raise TinyFBIError(f"corpus shorter than one sequence: {len(tokens)} tokens < {seq_len + 1}")
+    def __init__(self, idx, prob, vocab_size):
+        self.idx, self.prob, self.vocab_size = idx, prob, vocab_size  # (N_windows, T, K) each
 
-    def windows(self, step):
-        return np.random.default_rng((self.seed, step)).integers(0, self.num_windows, self.batch_size)
-
-    def batch(self, step):
-        starts = self.windows(step) * self.seq_len
-        window = np.asarray(self.tokens[starts[:, None] + np.arange(self.seq_len + 1)], dtype=np.int64)
-        return np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:])
+    def probs(self, windows):
+        idx, prob = self.idx[windows], self.prob[windows].astype(np.float32)        # (B, T, K)
+        K, V = idx.shape[-1], self.vocab_size
+        # the mass outside the top K is spread evenly over the other V - K tokens: without it the
+        # student learns to give every token outside the teacher's top K zero probability
+        tail = np.clip(1.0 - prob.sum(-1, keepdims=True), 0.0, 1.0) / max(V - K, 1)  # (B, T, 1)
+        dense = np.broadcast_to(tail, idx.shape[:2] + (V,)).copy()                    # (B, T, V)
+        np.put_along_axis(dense, idx.astype(np.int64), prob, axis=-1)
+        return dense
 
 
 def build_teacher_cache(teacher, tokens, seq_len, k, folder, batch_size=16, log=print) -> TeacherTopK:
@@ -45,17 +49,14 @@ def build_teacher_cache(teacher, tokens, seq_len, k, folder, batch_size=16, log=
     folder = Path(folder)
     meta = {"format": CACHE_FORMAT, "k": k, "seq_len": seq_len, "num_tokens": len(tokens),
             "vocab_size": teacher.config.vocab_size}
-    meta_path = folder / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
-        return _load(folder, teacher.config.vocab_size)
+    found = complete_folder(folder)
+    if found is not None and (found / "meta.json").is_file() and json.loads((found / "meta.json").read_text()) == meta:
+        return _load(found, teacher.config.vocab_size)
     V = teacher.config.vocab_size
     if not 0 < k <= V:
         raise TinyFBIError(f"--teacher-cache K must lie in 1..{V} (the vocabulary), got {k}")
     num_windows = (len(tokens) - 1) // seq_len
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = temp_folder(folder)
     id_dtype = np.uint16 if V <= 65535 else np.uint32
     idx = np.lib.format.open_memmap(tmp / "idx.npy", "w+", id_dtype, (num_windows, seq_len, k))
     prob = np.lib.format.open_memmap(tmp / "prob.npy", "w+", np.float16, (num_windows, seq_len, k))
@@ -72,11 +73,8 @@ def build_teacher_cache(teacher, tokens, seq_len, k, folder, batch_size=16, log=
     idx.flush()
     prob.flush()
     del idx, prob
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return _load(folder, V)
+    atomic_write_json(tmp / "meta.json", meta)
+    return _load(replace_folder(tmp, folder), V)
 
 
 def _load(folder, vocab_size) -> TeacherTopK:

@@ -1,21 +1,20 @@
-"""Checkpoint folders: `model.safetensors` + `config.json` (a transformers LlamaConfig plus `fbi`).
+"""tinyfbi checkpoint folders: `model.safetensors` + `config.json` (a transformers LlamaConfig + `fbi`).
 
-Writes are atomic (temp file + os.replace), so a crash never leaves half a checkpoint where a good
-one was. Loading checks every field and tensor and names what is wrong in one line.
+Writes are atomic (formats.atomic), so a crash never leaves half a checkpoint where a good one
+was. Reading any checkpoint folder (this layout, released FBI-LLM and HF LLaMA folders, run
+folders) is formats.loading's job; this file owns the layout and its config.json.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from .config import ModelConfig
-from .errors import TinyFBIError
+from ..core.config import ModelConfig
+from ..core.errors import TinyFBIError
+from .atomic import atomic_path, atomic_write_json
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -23,26 +22,6 @@ CONFIG_FILE = "config.json"
 # ModelConfig fields that config.json must carry (LlamaConfig names)
 REQUIRED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                    "intermediate_size", "max_position_embeddings", "rms_norm_eps")
-
-
-def atomic_write_bytes(path, data: bytes):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def config_to_json(config: ModelConfig, tokenizer_spec=None, extra_fbi=None, bos_id=None, eos_id=None) -> dict:
@@ -82,26 +61,21 @@ def config_from_json(obj: dict, source="config.json", binarized_default=None) ->
         rope_theta=float(rope_theta), binarized=bool(binarized), scaling=fbi.get("scaling", "column"))
 
 
-def _umask_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def save_model(model, directory, tokenizer=None, extra_fbi=None):
+    """A tinyfbi.Model (or anything with .config and .params) as a checkpoint folder."""
+    save_checkpoint(directory, model.config, model.params, tokenizer, extra_fbi)
 
 
 def save_checkpoint(directory, config: ModelConfig, params: dict, tokenizer=None, extra_fbi=None):
-    """Write model.safetensors and config.json; `tokenizer` (optional) supplies spec and bos/eos ids."""
+    """Write model.safetensors and config.json, and the tokenizer's files (its spec and bos/eos ids
+    go into config.json)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        tokenizer.save(directory)
     tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})  # "pt" so transformers accepts it
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; a checkpoint is an ordinary file
-        os.replace(tmp, directory / WEIGHTS_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     spec = tokenizer.spec if tokenizer is not None else None
     bos, eos = getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)
     atomic_write_json(directory / CONFIG_FILE, config_to_json(config, spec, extra_fbi, bos, eos))
@@ -118,30 +92,3 @@ def read_config(directory) -> dict:
     if not isinstance(obj, dict):
         raise TinyFBIError(f"{path} must hold a JSON object")
     return obj
-
-
-def load_checkpoint(directory):
-    """-> (ModelConfig, params dict in canonical order, raw config.json dict)."""
-    directory = Path(directory)
-    obj = read_config(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():  # .bin or sharded weights (released FBI-LLM, HF LLaMA folders)
-        from .interop import load_hf_checkpoint
-        return load_hf_checkpoint(directory)
-    try:
-        tensors = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise TinyFBIError(f"{weights} is truncated or corrupted ({e})") from None
-    has_scales = any(k.endswith(".wscale") for k in tensors)
-    config = config_from_json(obj, str(directory / CONFIG_FILE), binarized_default=has_scales)
-    expected = config.param_shapes()
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise TinyFBIError(f"{weights} lacks tensor {name!r}")
-        if tuple(tensors[name].shape) != shape:
-            raise TinyFBIError(f"{weights}: {name} has shape {tuple(tensors[name].shape)}, "
-                               f"config says {shape}")
-    extra = [k for k in tensors if k not in expected and not k.endswith("rotary_emb.inv_freq")]
-    if extra:
-        raise TinyFBIError(f"{weights} has tensors the config does not describe, e.g. {extra[0]!r}")
-    return config, {name: tensors[name] for name in expected}, obj

@@ -7,15 +7,13 @@
 Parameters live in `model.params` under Hugging Face LLaMA names, plus `.wscale`/`.wbias` (1, in)
 per binarized linear: the layout of the released FBI-LLM checkpoints (arXiv 2407.07093).
 The backward is the forward in reverse, op by op, using the caches the forward kept.
+File I/O lives in tinyfbi.formats: `tinyfbi.save_model(model, dir)`, `tinyfbi.load_model(dir)`.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
 from . import layers as L
-from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig
 from .errors import TinyFBIError
 
@@ -170,7 +168,7 @@ class Model:
         self._caches = None  # free activations
         return {name: grads[name].astype(self.dtype, copy=False) for name in self.params}
 
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ export
 
     def effective_weights(self):
         """Params with every binarized linear materialized as W~ (what a float runtime multiplies by)."""
@@ -184,21 +182,3 @@ class Model:
                                            self.params.get(prefix + ".wbias"), self.config.scaling)
             out[name] = value
         return out
-
-    def save(self, directory, tokenizer=None, extra_fbi=None):
-        """Write `directory/model.safetensors` + `config.json` (and the tokenizer's file, if given)."""
-        if tokenizer is not None:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-            tokenizer.save(directory)
-        save_checkpoint(directory, self.config, self.params, tokenizer, extra_fbi)
-
-    @classmethod
-    def load(cls, directory, dtype=None):
-        """From a checkpoint folder or a run folder (its `checkpoint/`)."""
-        from .run_state import resolve_checkpoint
-        config, params, _ = load_checkpoint(resolve_checkpoint(directory))
-        if dtype is not None:
-            params = {k: v.astype(dtype) for k, v in params.items()}
-        model_dtype = dtype or next(iter(params.values())).dtype
-        return cls(config, dtype=model_dtype, params=params)
-

@@ -1,8 +1,8 @@
 """The packed 1-bit runtime: inference straight from sign bits with the Numba kernels.
 
-Each binarized linear is held as packed sign bits + alpha/beta (kernels.PackedSigns) and computed
-as y = sign(W) @ (alpha * x) + (beta . x) by kernels.matvec; embeddings, norms and lm_head stay
-dense. The KV-cache loop is tinyfbi.inference's, shared with the float runtime.
+Each binarized linear is held as packed sign bits + alpha/beta (kernels.bitpack.PackedSigns) and computed
+as y = sign(W) @ (alpha * x) + (beta . x) by kernels.dispatch.matvec; embeddings, norms and lm_head stay
+dense. The KV-cache loop is runtime.inference's, shared with the float runtime.
 
     runner, tokenizer = load_packed("tiny.fbipack")            # kind="exact" | "int8"
     python -m tinyfbi.generate --ckpt tiny.fbipack --prompt "ROMEO:" --greedy
@@ -15,12 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels import PackedSigns, matvec
+from kernels.bitpack import BLOCK, PackedSigns, pack_blocked_mask, unpack_blocked_mask
+from kernels.dispatch import matvec
 
-from .checkpoint import config_from_json
-from .config import ModelConfig
+from ..core.config import ModelConfig
+from ..corpus.tokenizers import load_tokenizer
+from ..formats.checkpoint import config_from_json
+from ..formats.fbipack import read_packed
 from .inference import Runner
-from .pack import read_packed
 
 
 class PackedRunner(Runner):
@@ -64,7 +66,6 @@ class PackedRunner(Runner):
     @classmethod
     def random(cls, config: ModelConfig, seed=0, kind="int8"):
         """A randomly initialized FBI model built directly in packed form (no float32 weights)."""
-        from kernels.bitpack import BLOCK
         rng = np.random.default_rng(seed)
         arrays = {}
         for name in config.binarized_weight_names():
@@ -73,7 +74,6 @@ class PackedRunner(Runner):
             nbytes = 32 * -(-in_f // BLOCK)
             bits = rng.integers(0, 256, (out_f, nbytes), dtype=np.uint8)
             if in_f % BLOCK:  # padding bits past in_features are zero, like pack_blocked_mask's
-                from kernels.bitpack import pack_blocked_mask, unpack_blocked_mask
                 bits = pack_blocked_mask(unpack_blocked_mask(bits, in_f))
             arrays[name] = bits
             # |N(0, 0.02)| has mean 0.016: the FBI init's alpha for std-0.02 weights; beta near 0
@@ -91,7 +91,6 @@ class PackedRunner(Runner):
 
 def load_packed(path, kind="exact"):
     """(PackedRunner, tokenizer or None) from a .fbipack file."""
-    from .tokenizers import load_tokenizer
     header, arrays = read_packed(path)
     config = config_from_json(header["config"], str(path), binarized_default=True)
     runner = PackedRunner.from_arrays(config, arrays, kind)

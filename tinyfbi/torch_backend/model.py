@@ -3,7 +3,7 @@
 Same ModelConfig, same parameter names (`model.layers.0.self_attn.q_proj.wscale`, ...), same
 binarize (tinyfbi.binarize.positive_mask), same identity straight-through estimator.
 
-    from tinyfbi.torch_model import TorchModel
+    from tinyfbi.torch_backend.model import TorchModel
     model = TorchModel(config)                      # or TorchModel.from_numpy(numpy_model)
     logits = model(tokens)                          # (B, T) long -> (B, T, V)
 """
@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .binarize import positive_mask
-from .config import ModelConfig
+from ..core.binarize import positive_mask
+from ..core.config import ModelConfig
 
 
 class SignSTE(torch.autograd.Function):
@@ -188,9 +188,6 @@ class TorchModel(nn.Module):
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
         self.load_state_dict(state, strict=True)
         return self
-
-    def numpy_params(self) -> dict:
-        return {k: v.detach().cpu().float().numpy() for k, v in self.state_dict().items()}
 
     @classmethod
     def from_numpy(cls, numpy_model, dtype=torch.float32):

@@ -1,0 +1,1 @@
+"""Text to batches: sources -> tokenizers -> token files -> batches."""

@@ -1,0 +1,206 @@
+"""`python -m tinyfbi.train --backend torch`: the one training run (training.run) on PyTorch, up to 13B.
+
+    python -m tinyfbi.train --backend torch --size tiny --data corpus.txt --tokenizer byte
+    torchrun --nproc-per-node=8 -m tinyfbi.train --backend torch --size 1.3b --teacher Llama-2-7b-hf \\
+        --data hf:roneneldan/TinyStories --batch-size 64 --steps 20000
+
+`TorchBackend` is what training.run asks of a backend: teachers (a tinyfbi checkpoint or a local
+Hugging Face LLaMA folder, bf16 on GPUs), learners (torch_backend.learner) built on the meta device
+and sharded or replicated (torch_backend.distributed), evaluation and sampling split over ranks,
+and the throughput report (tokens/s, MFU). `--dry-run` plans memory instead (torch_backend.planner).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.errors import TinyFBIError
+from ..formats.hf_folder import config_from_hf
+from ..formats.loading import load_checkpoint
+from ..formats.run_checkpoint import resolve_checkpoint
+from ..runtime.inference import sample_next
+from ..training.run import run
+from ..training.setup import PAPER_SIZES, model_config
+from .distributed import Dist, put_full, replicate, setup, shard, teardown, use_fsdp
+from .learner import TorchLearner, autocast
+from .model import TorchModel
+from .planner import flops_per_token, main_plan
+
+# bf16 dense peak of the GPUs MFU is reported against (FLOP/s); others report no MFU
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def run_torch(args):
+    if args.dry_run:
+        return main_plan(args)
+    if args.cpu_offload and not torch.cuda.is_available():
+        raise TinyFBIError("--cpu-offload moves FSDP's weights and AdamW state off the GPU: it needs CUDA")
+    d = setup(force_group=args.fsdp == "on" or args.cpu_offload)
+    try:
+        with contextlib.ExitStack() as stack:
+            if not d.is_main:  # one rank speaks: the others' prints (data, samples) would repeat it
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            return run(args, TorchBackend(args, d))
+    finally:
+        teardown(d)
+
+
+def build_model(config, d: Dist, read_params, sharded=False, cpu_offload=False, storage_dtype=torch.float32,
+                compute_dtype=None, checkpoint_layers=False) -> TorchModel:
+    """A TorchModel on this rank's device, filled from `read_params()` (called on rank 0 only: a dict
+    name -> array; None leaves the memory unset for a checkpoint to fill). Built on the meta device,
+    sharded if asked, then materialized: no rank ever holds a random copy of a 13B model."""
+    with torch.device("meta"):
+        model = TorchModel(config).to(storage_dtype)
+    model.checkpoint_layers = checkpoint_layers
+    if sharded:
+        shard(model, d, cpu_offload, param_dtype=compute_dtype)
+    model.to_empty(device="cpu" if cpu_offload else d.device)
+    if read_params is None:
+        return model
+    params = d.on_main(read_params)
+    for name, p in model.named_parameters():
+        put_full(p, params[name] if d.is_main else None, d)
+    return model
+
+
+def load_torch_model(path, dtype=torch.float32, device="cpu") -> TorchModel:
+    """A TorchModel from any checkpoint folder (formats.loading), in one process."""
+    config = config_from_hf(resolve_checkpoint(path))
+    return build_model(config, Dist(device=torch.device(device)), lambda: load_checkpoint(path)[1],
+                       storage_dtype=dtype)
+
+
+def load_teacher_torch(path, d: Dist, sharded: bool) -> TorchModel:
+    """A frozen teacher: bf16 on GPUs, float32 on a CPU; sharded like the student under FSDP."""
+    config = config_from_hf(resolve_checkpoint(path))   # config.json and the weights' headers: cheap on every rank
+    dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
+    teacher = build_model(config, d, lambda: load_checkpoint(path)[1], sharded=sharded, storage_dtype=dtype)
+    return teacher.eval().requires_grad_(False)
+
+
+class NumpyForward:
+    """A torch model behind the NumPy forward (x -> logits array) that the teacher cache calls."""
+
+    def __init__(self, model, d):
+        self.model, self.d, self.config, self._caches = model, d, model.config, None
+
+    @torch.no_grad()
+    def forward(self, x):
+        with autocast(self.d):
+            return self.model(torch.from_numpy(x).to(self.d.device)).float().cpu().numpy()
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, args, d: Dist):
+        self.args, self.d, self.is_main = args, d, d.is_main
+        self.sharded = None   # FSDP or not, decided with the student's size
+
+    def describe(self) -> str:
+        d = self.d
+        parallel = " (FSDP)" if self.sharded else " (DDP)" if d.world_size > 1 else ""
+        return f" on {d.world_size} x {device_name(d)}{parallel}"
+
+    def check_args(self, args):
+        per_step = self.d.world_size * args.grad_accum
+        if args.batch_size % per_step:
+            raise TinyFBIError(f"--batch-size {args.batch_size} must be divisible by world size "
+                               f"{self.d.world_size} x --grad-accum {args.grad_accum}: every rank takes "
+                               "equal micro-batches")
+        if args.teacher == "auto" and args.size in PAPER_SIZES and not args.full_precision:
+            raise TinyFBIError(f"--size {args.size} distills a full-precision teacher: give --teacher PATH "
+                               "(e.g. a Llama-2-7b-hf folder, as the paper does), or --teacher none --loss ce")
+
+    def on_main(self, fn):
+        return self.d.on_main(fn)
+
+    def on_main_first(self, fn):
+        """fn() on rank 0 first (it writes caches: tokenizers, token files, teacher cache), then on
+        the others, which find them."""
+        out = self.d.on_main(fn)
+        return out if self.d.is_main else fn()
+
+    def sync(self):
+        if self.d.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def load_teacher(self, path, vocab_size):
+        # sharded when the student is; a teacher cache is built by rank 0 alone, so then replicated
+        student = model_config(self.args, vocab_size, binarized=not self.args.full_precision)
+        sharded = use_fsdp(self.args.fsdp, student.num_params(), self.d.world_size,
+                           self.args.cpu_offload) and not self.args.teacher_cache
+        return load_teacher_torch(path, self.d, sharded)
+
+    def numpy_forward(self, model):
+        return NumpyForward(model, self.d)
+
+    def learner(self, config, init_params, cfg, optim, run_dir, tokenizer, teacher, teacher_cache, extra_fbi):
+        args, d = self.args, self.d
+        self.sharded = use_fsdp(args.fsdp, config.num_params(), d.world_size, args.cpu_offload)
+        cuda = d.device.type == "cuda"
+        checkpointing = (args.size in PAPER_SIZES and cuda if args.activation_checkpointing == "auto"
+                         else args.activation_checkpointing == "on")
+        module = build_model(config, d, init_params, sharded=self.sharded, cpu_offload=args.cpu_offload,
+                             compute_dtype=torch.bfloat16 if cuda else None, checkpoint_layers=checkpointing).train()
+        wrapped = replicate(module, d) if d.world_size > 1 and not self.sharded else module
+        d.barrier()
+        return TorchLearner(module, wrapped, cfg, optim, run_dir, tokenizer, d, teacher, teacher_cache,
+                            args.grad_accum, extra_fbi)
+
+    @torch.no_grad()
+    def evaluate(self, model, batches) -> float:
+        """Mean next-token cross-entropy (nats) over the global (x, y) batches, rows split over ranks."""
+        d, was_training = self.d, model.training
+        model.eval()
+        total, count = 0.0, 0
+        for x, y in batches:
+            mine = np.array_split(np.arange(len(x)), d.world_size)[d.rank]
+            rows = mine if len(mine) else np.arange(1)  # a rank without rows still joins FSDP's gathers
+            with autocast(d):
+                logits = model(torch.from_numpy(x[rows]).to(d.device))
+            nll = F.cross_entropy(logits.float().flatten(0, 1), torch.from_numpy(y[rows]).to(d.device).flatten(),
+                                  reduction="sum")
+            if len(mine):
+                total, count = total + nll.item(), count + y[rows].size
+        total, count = d.all_reduce_sum([total, count])
+        model.train(was_training)
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def sample(self, model, tokenizer, prompt_ids, n_tokens, seed) -> str:
+        """Temperature 0.8, top-k 40 with the NumPy backend's sampler, without a KV cache."""
+        d, rng = self.d, np.random.default_rng(seed)
+        ids, max_len = list(prompt_ids) or [0], model.config.max_position_embeddings
+        was_training = model.training
+        model.eval()
+        for _ in range(n_tokens):
+            with autocast(d):
+                logits = model(torch.tensor([ids[-max_len:]], device=d.device))[0, -1]
+            nxt = sample_next(logits.float().cpu().numpy(), rng, temperature=0.8, top_k=40)
+            ids.append(int(d.broadcast_object(nxt)))
+        model.train(was_training)
+        return tokenizer.decode(ids)
+
+    def report(self, learner, teacher_config, tok_s) -> dict:
+        flops = flops_per_token(learner.model.config, teacher_config, self.args.seq_len)["total"]
+        return {"device": device_name(self.d), "world_size": self.d.world_size, "fsdp": self.sharded,
+                "tok_s_per_device": tok_s and tok_s / self.d.world_size, "flops_per_token": flops,
+                "mfu": mfu(tok_s, self.d, flops)}
+
+
+def device_name(d: Dist) -> str:
+    return torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu"
+
+
+def mfu(tok_s, d: Dist, flops_per_token):
+    """Model FLOPs utilization per GPU against its bf16 dense peak (None on a CPU or an unknown GPU)."""
+    if not tok_s or d.device.type != "cuda":
+        return None
+    peak = next((f for key, f in PEAK_FLOPS.items() if key in device_name(d)), None)
+    return tok_s / d.world_size * flops_per_token / peak if peak else None

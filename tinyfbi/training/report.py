@@ -1,0 +1,27 @@
+"""The run's picture: training and validation loss curves of the student (and its teacher), loss.png."""
+from __future__ import annotations
+
+from ..formats.atomic import atomic_path
+
+
+def plot_losses(path, curves: dict, title: str):
+    """curves: label -> metrics.jsonl rows; written atomically (matplotlib is imported here, on use)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rows in curves.items():
+        steps = [r["step"] for r in rows]
+        line, = ax.plot(steps, [r["loss"] for r in rows], lw=1, alpha=0.6, label=f"{label} train")
+        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+        if val:
+            ax.plot(*zip(*val), "o-", color=line.get_color(), label=f"{label} validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)

@@ -1,0 +1,111 @@
+"""From the command line to the pieces of a run: its folder, data, model and optimizer configs,
+the student's initial weights. Shared by both backends; training.run puts the pieces together."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core import layers as L
+from ..core.config import PRESETS, ModelConfig
+from ..core.errors import TinyFBIError
+from ..core.model import Model
+from ..core.optim import OptimConfig
+from ..corpus.sources import corpus_dir, load_corpus
+from ..corpus.token_files import prepare_tokens
+from ..corpus.tokenizers import build_tokenizer, load_tokenizer
+from ..formats.loading import load_checkpoint, load_model
+from ..formats.run_checkpoint import (
+    has_checkpoint,
+    load_trainer_state,
+    resolve_checkpoint,
+)
+from .loop import TrainConfig
+
+PAPER_SIZES = ("130m", "1.3b", "7b", "13b")
+DEFAULT_STEPS = 400
+
+
+def choose_run_folder(args):
+    """(steps, loss, run folder) of this invocation; refuses to overwrite a run or resume nothing."""
+    steps = args.steps or DEFAULT_STEPS
+    loss = "ce" if args.full_precision else args.loss
+    name = args.name or (f"{args.size}-fp" if args.full_precision else f"{args.size}-{loss}")
+    run_dir = Path(args.out) / name
+    if has_checkpoint(run_dir) and not args.resume:
+        raise TinyFBIError(f"{run_dir} already holds a run: pass --resume to continue it, or --name for a new one")
+    if args.resume and not has_checkpoint(run_dir):
+        raise TinyFBIError(f"--resume: {run_dir} holds no checkpoint to resume")
+    return steps, loss, run_dir
+
+
+def check_resumable(run_dir):
+    """Refuse a truncated or corrupted checkpoint with one line, before any work is done."""
+    ckpt = resolve_checkpoint(run_dir)
+    load_trainer_state(ckpt)
+    load_checkpoint(ckpt)
+
+
+def default_lr(size):
+    return 3e-4 if size in PAPER_SIZES else 2e-3
+
+
+def optim_config(args, steps) -> OptimConfig:
+    lr = args.lr or default_lr(args.size)
+    warmup = args.warmup if args.warmup is not None else min(2000, steps // 10)
+    return OptimConfig(lr=lr, min_lr=lr / 10, warmup_steps=warmup, total_steps=steps)
+
+
+def train_config(args, steps, loss, binarized) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=args.batch_size, seq_len=args.seq_len, loss=loss,
+                       eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
+                       spike_factor=args.spike_factor, track_flips=args.track_flips and binarized, seed=args.seed)
+
+
+def model_config(args, vocab_size, binarized) -> ModelConfig:
+    preset = PRESETS[args.size]
+    return ModelConfig.from_name(args.size, vocab_size=vocab_size, binarized=binarized,
+                                 scaling=args.scaling if binarized else "column",
+                                 max_position_embeddings=max(preset.max_position_embeddings, args.seq_len))
+
+
+def prepare_data(args, teacher_dir=None):
+    """(corpus, tokenizer, train tokens, validation tokens); the student takes its teacher's tokenizer."""
+    corpus = load_corpus(args.data, cache_dir=args.data_dir)
+    if teacher_dir is not None:
+        tokenizer = load_tokenizer(teacher_dir)
+        if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
+            raise TinyFBIError(f"the teacher's tokenizer has {tokenizer.vocab_size} tokens; "
+                               f"--vocab-size {args.vocab_size} differs")
+    else:
+        tokenizer = build_tokenizer(args.tokenizer, corpus.train_text, args.vocab_size,
+                                    corpus_dir(corpus, args.data_dir))
+    train_tokens, val_tokens = prepare_tokens(corpus, tokenizer, cache_dir=args.data_dir)
+    for name, toks in (("training split", train_tokens), ("validation split", val_tokens)):
+        if len(toks) < args.seq_len + 1:
+            raise TinyFBIError(f"{name} of {corpus.source} is shorter than one sequence: "
+                               f"{len(toks)} tokens < --seq-len {args.seq_len} + 1")
+    print(f"data: {corpus!r}; tokenizer {tokenizer.key}: {len(train_tokens):,} train / "
+          f"{len(val_tokens):,} val tokens")
+    return corpus, tokenizer, train_tokens, val_tokens
+
+
+def init_student(args, config) -> dict:
+    """The student's initial parameters: from scratch (seeded), or --init's weights (FBI's alpha/beta
+    recomputed from them when they come from a full-precision model)."""
+    student = Model(config, seed=args.seed)
+    if args.init == "scratch":
+        return student.params
+    source = load_model(args.init)
+    if source.config.replace(binarized=config.binarized, scaling=config.scaling,
+                             max_position_embeddings=config.max_position_embeddings) != config:
+        raise TinyFBIError(f"--init {args.init} has a different shape from the student "
+                           f"({source.config} vs {config})")
+    for name in student.params:
+        if name in source.params and source.params[name].shape == student.params[name].shape:
+            student.params[name][...] = source.params[name]
+    if config.has_scales and not source.config.binarized:  # FBI init of scales from the new latents
+        for name in student.binarized_names:
+            prefix = name.removesuffix(".weight")
+            wscale, wbias = L.init_scales(student.params[name], config.scaling)
+            student.params[prefix + ".wscale"][...] = wscale
+            student.params[prefix + ".wbias"][...] = wbias
+    return student.params
