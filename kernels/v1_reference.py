@@ -8,7 +8,7 @@ bits to +-1 and multiplies in float64, so its own rounding is far below any kern
 """
 import numpy as np
 
-from kernels.bitpack import unpack_canonical
+from kernels.bitpack import pack_canonical, unpack_canonical
 
 
 def fbi_linear_v1(words: np.ndarray, in_features: int, alpha: np.ndarray, beta: np.ndarray,
@@ -23,7 +23,6 @@ def fbi_linear_v1(words: np.ndarray, in_features: int, alpha: np.ndarray, beta: 
 
 
 def _demo() -> None:
-    from kernels.bitpack import pack_canonical
     rng = np.random.default_rng(0)
     w = rng.standard_normal((5, 70))
     alpha, beta, x = rng.random((1, 70)), rng.standard_normal((1, 70)), rng.standard_normal(70)

@@ -17,15 +17,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from kernels.bitpack import BLOCK, PackedSigns
-from kernels.simd import (
-    V8xF32,
-    V8xI32,
-    counted_loop,
-    data_pointer,
-    hsum,
-    is_c_array,
-    splat,
-)
+from kernels.simd import V8xF32, V8xI32, counted_loop, data_pointer, hsum, is_c_array, splat
 
 
 @lru_cache(maxsize=None)

@@ -17,16 +17,7 @@ from numba.extending import intrinsic
 
 from kernels.act_int8 import quantize_int8
 from kernels.bitpack import PackedSigns
-from kernels.simd import (
-    V8xI32,
-    V16xI16,
-    V32xI8,
-    counted_loop,
-    data_pointer,
-    hsum,
-    is_c_array,
-    splat,
-)
+from kernels.simd import V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, hsum, is_c_array, splat
 
 
 @intrinsic

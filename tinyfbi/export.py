@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
+from .corpus.tokenizers import load_tokenizer
 from .formats.hf_export import DTYPES, SHARD_GB, export_hf
+from .formats.run_checkpoint import resolve_checkpoint
 
 
 def build_parser():
@@ -36,10 +38,20 @@ def build_parser():
     return ap
 
 
+def tokenizer_to_ship(args):
+    """--tokenizer, else the checkpoint's own; a released checkpoint may come without one."""
+    if args.tokenizer is not None:
+        return load_tokenizer(args.tokenizer)
+    try:
+        return load_tokenizer(resolve_checkpoint(args.ckpt))
+    except TinyFBIError:
+        return None
+
+
 def export(args):
     if not args.hf:
         raise TinyFBIError("choose the output format: --hf (a Hugging Face LLaMA folder)")
-    info = export_hf(args.ckpt, args.out, args.force, args.dtype, args.tokenizer, args.shard_gb)
+    info = export_hf(args.ckpt, args.out, args.force, args.dtype, tokenizer_to_ship(args), args.shard_gb)
     what = (f"{info['dequantized']} binarized linears dequantized" if info["binarized"]
             else "full-precision weights copied")
     tok = f"tokenizer: {info['tokenizer']}" if info["tokenizer"] else "no tokenizer (pass --tokenizer)"

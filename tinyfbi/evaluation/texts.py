@@ -10,6 +10,8 @@ The hub datasets need `datasets` and internet on first use; offline they fail in
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +55,6 @@ def _offline() -> bool:
 
 def _check_hub(name: str, timeout: float = 3.0):
     """Fail in seconds when the hub cannot be reached, instead of datasets' retries (about 25 s)."""
-    import urllib.error
-    import urllib.request
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
         urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()

@@ -18,7 +18,6 @@ from safetensors.numpy import save_file
 
 from ..core.errors import TinyFBIError
 from ..core.layers import effective_weight
-from ..corpus.tokenizers import load_tokenizer
 from .atomic import atomic_path, atomic_write_json, replace_folder, temp_folder
 from .checkpoint import config_to_json
 from .loading import load_checkpoint
@@ -60,8 +59,8 @@ def plan_shards(params, itemsize: int, shard_bytes: int) -> list[list[str]]:
     return shards
 
 
-def export_hf(ckpt, out, force=False, dtype="float32", tokenizer=None, shard_gb=SHARD_GB) -> dict:
-    """Write the dequantized HF folder OUT; -> a summary dict (files, sizes, tokenizer)."""
+def export_hf(ckpt, out, force=False, dtype="float32", tok=None, shard_gb=SHARD_GB) -> dict:
+    """Write the dequantized HF folder OUT with the tokenizer `tok` (if any); -> a summary dict."""
     if dtype not in DTYPES:
         raise TinyFBIError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if not shard_gb > 0:
@@ -72,7 +71,8 @@ def export_hf(ckpt, out, force=False, dtype="float32", tokenizer=None, shard_gb=
     if out.exists() and not force:
         raise TinyFBIError(f"{out} exists: pass --force to replace it")
     config, params, obj = load_checkpoint(src)
-    tok = _load_tokenizer(tokenizer, src, config.vocab_size)
+    if tok is not None and tok.vocab_size > config.vocab_size:
+        raise TinyFBIError(f"tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}")
 
     np_dtype = np.dtype(DTYPES[dtype])
     shards = plan_shards(params, np_dtype.itemsize, int(shard_gb * 1e9))
@@ -110,19 +110,6 @@ def export_hf(ckpt, out, force=False, dtype="float32", tokenizer=None, shard_gb=
     return {"out": str(out), "files": names, "bytes": total, "binarized": config.binarized,
             "dequantized": len(config.binarized_weight_names()),
             "tokenizer": tok.kind if tok is not None else None}
-
-
-def _load_tokenizer(path, src, vocab_size):
-    if path is not None:
-        tok = load_tokenizer(path)
-    else:
-        try:
-            tok = load_tokenizer(src)
-        except TinyFBIError:
-            return None  # a released checkpoint may come without one: the weights alone still load
-    if tok.vocab_size > vocab_size:
-        raise TinyFBIError(f"tokenizer has {tok.vocab_size} tokens but the model only {vocab_size}")
-    return tok
 
 
 def _llama_tokenizer_config(tok, config) -> dict:

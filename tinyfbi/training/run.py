@@ -19,11 +19,7 @@ from ..core.model import Model
 from ..corpus.batches import AlignedSampler, BatchSampler, iter_eval_batches
 from ..formats.atomic import atomic_write_json
 from ..formats.hf_folder import config_from_hf
-from ..formats.run_checkpoint import (
-    has_checkpoint,
-    load_trainer_state,
-    resolve_checkpoint,
-)
+from ..formats.run_checkpoint import has_checkpoint, load_trainer_state, resolve_checkpoint
 from .loop import read_metrics, train
 from .report import plot_losses
 from .setup import (

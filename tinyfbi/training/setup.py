@@ -13,11 +13,7 @@ from ..corpus.sources import corpus_dir, load_corpus
 from ..corpus.token_files import prepare_tokens
 from ..corpus.tokenizers import build_tokenizer, load_tokenizer
 from ..formats.loading import load_checkpoint, load_model
-from ..formats.run_checkpoint import (
-    has_checkpoint,
-    load_trainer_state,
-    resolve_checkpoint,
-)
+from ..formats.run_checkpoint import has_checkpoint, load_trainer_state, resolve_checkpoint
 from .loop import TrainConfig
 
 PAPER_SIZES = ("130m", "1.3b", "7b", "13b")

@@ -17,12 +17,7 @@ from tqdm import tqdm
 
 from ..core import layers as L
 from ..core.errors import TinyFBIError
-from ..formats.atomic import (
-    atomic_write_json,
-    complete_folder,
-    replace_folder,
-    temp_folder,
-)
+from ..formats.atomic import atomic_write_json, complete_folder, replace_folder, temp_folder
 
 CACHE_FORMAT = 1
 
