@@ -23,3 +23,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small real corpus without any download: Python's pydoc topics (0.47 MB of text)."""
+    import pydoc_data.topics
+    path = tmp_path_factory.mktemp("corpus") / "topics.txt"
+    path.write_text("\n".join(pydoc_data.topics.topics.values()))
+    return path
+
+
+def poison_batch(monkeypatch, learner_class, data_step):
+    """Make the learner's loss NaN on the given data step (the (data_step + 1)-th batch drawn)."""
+    original, calls = learner_class.forward_backward, []
+
+    def poisoned(self, x, y, windows):
+        calls.append(1)
+        loss = original(self, x, y, windows)
+        return float("nan") if len(calls) == data_step + 1 else loss
+
+    monkeypatch.setattr(learner_class, "forward_backward", poisoned)

@@ -30,14 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    import pydoc_data.topics
-    path = tmp_path_factory.mktemp("corpus") / "topics.txt"
-    path.write_text("\n".join(pydoc_data.topics.topics.values()))
-    return path
-
-
-@pytest.fixture(scope="module")
 def runs(corpus, tmp_path_factory):
     """The same 4-step run three ways: one process; 2 ranks with DDP, each rank's 4 rows in 2
     micro-batches (--grad-accum 2); 2 ranks with FSDP."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import metrics
+from conftest import metrics, poison_batch
 from gradcheck import assert_close
 
 from tinyfbi import Model, ModelConfig, load_model, save_model
@@ -42,14 +42,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def rel(a, b):
     return abs(a - b) / abs(b)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    import pydoc_data.topics
-    path = tmp_path_factory.mktemp("corpus") / "topics.txt"
-    path.write_text("\n".join(pydoc_data.topics.topics.values()))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +133,7 @@ def test_trained_checkpoint_gives_the_same_logits_and_gradients_in_both_backends
 
 def test_nan_loss_rolls_back_and_skips_the_batch(corpus, tmp_path, monkeypatch, capsys):
     from tinyfbi.torch_backend.learner import TorchLearner
-    original, calls = TorchLearner.forward_backward, []
-
-    def poisoned(self, x, y, windows):  # the 8th batch drawn is data step 7
-        calls.append(1)
-        loss = original(self, x, y, windows)
-        return float("nan") if len(calls) == 8 else loss
-
-    monkeypatch.setattr(TorchLearner, "forward_backward", poisoned)
+    poison_batch(monkeypatch, TorchLearner, data_step=7)
     summary = run("--backend", "torch", "--data", corpus, "--data-dir", tmp_path / "data", "--out", tmp_path,
                   "--steps", 12, "--loss", "ce", "--teacher", "none", *SMALL_RUN, "--save-every", 5,
                   "--batch-size", 4, "--seq-len", 32)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import metrics
+from conftest import metrics, poison_batch
 
 from tinyfbi import Model, ModelConfig, save_model
 from tinyfbi.train import main
@@ -21,14 +21,6 @@ from tinyfbi.train import main
 REPO = Path(__file__).resolve().parents[1]
 SMALL_RUN = ["--tokenizer", "byte", "--batch-size", "8", "--seq-len", "64", "--eval-every", "20",
              "--eval-batches", "4", "--sample-tokens", "8"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    import pydoc_data.topics
-    path = tmp_path_factory.mktemp("corpus") / "topics.txt"
-    path.write_text("\n".join(pydoc_data.topics.topics.values()))
-    return path
 
 
 def run(*argv, expect_exit=None):
@@ -97,14 +89,7 @@ def test_teacher_cache_sparse_distillation(trained, corpus, tmp_path):
 
 def test_nan_loss_rolls_back_and_skips_the_batch(corpus, tmp_path, monkeypatch, capsys):
     from tinyfbi.training.numpy_learner import NumpyLearner
-    original, calls = NumpyLearner.forward_backward, []
-
-    def poisoned(self, x, y, windows):  # the 8th batch drawn is data step 7
-        calls.append(1)
-        loss = original(self, x, y, windows)
-        return float("nan") if len(calls) == 8 else loss
-
-    monkeypatch.setattr(NumpyLearner, "forward_backward", poisoned)
+    poison_batch(monkeypatch, NumpyLearner, data_step=7)
     summary = run("--data", corpus, "--data-dir", tmp_path / "data", "--out", tmp_path, "--steps", 12,
                   "--loss", "ce", "--teacher", "none", "--save-every", 5, *SMALL_RUN)
     assert summary["rollbacks"] == 1 and np.isfinite(summary["val_loss"])
