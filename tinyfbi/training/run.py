@@ -16,17 +16,18 @@ import numpy as np
 
 from ..core.errors import TinyFBIError
 from ..core.model import Model
-from ..corpus.batches import AlignedSampler, BatchSampler, iter_eval_batches
 from ..formats.atomic import atomic_write_json
 from ..formats.hf_folder import config_from_hf
 from ..formats.run_checkpoint import has_checkpoint, load_trainer_state, resolve_checkpoint
 from .loop import read_metrics, train
 from .report import plot_losses
+from .run_lock import RunLock
 from .setup import (
     DEFAULT_STEPS,
     check_resumable,
     choose_run_folder,
     init_student,
+    make_batches,
     model_config,
     optim_config,
     prepare_data,
@@ -38,7 +39,17 @@ from .teacher_cache import build_teacher_cache
 def run(args, backend) -> dict:
     """The whole `python -m tinyfbi.train` after its flags are checked; -> summary.json's dict."""
     backend.check_args(args)
-    steps, loss, run_dir = choose_run_folder(args)
+    _, _, run_dir = choose_run_folder(args)
+    lock = backend.on_main(lambda: RunLock(run_dir).acquire())   # before anything is written
+    try:
+        return run_locked(args, backend)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_locked(args, backend) -> dict:
+    steps, loss, run_dir = choose_run_folder(args)   # again: another run may have ended meanwhile
     if args.resume:  # refuse a broken checkpoint now, before any teacher is trained
         backend.on_main(lambda: check_resumable(run_dir))
     teacher_dir = None if args.teacher in ("auto", "none") else resolve_checkpoint(args.teacher)
@@ -113,18 +124,13 @@ def train_model(args, backend, run_dir, config, init, data, steps, loss, teacher
     """Train one model into run_dir (the student, or a teacher of its own); init() gives its first
     weights on the main process (None when resuming). -> (loop result, learner, val_batches)."""
     tokenizer, train_tokens, val_tokens = data
+    sampler, val_batches = make_batches(args, backend, train_tokens, val_tokens)
     cache = None
     if args.teacher_cache and teacher is not None and loss != "ce":
-        sampler = AlignedSampler(train_tokens, args.batch_size, args.seq_len, args.seed)
         folder = run_dir.parent / f"{run_dir.name}.teacher-top{args.teacher_cache}"
-        # the main process runs the teacher over every window once; the others then load its files
+        # the main process runs the teacher over every sequence once; the others then load its files
         cache = backend.on_main_first(lambda: build_teacher_cache(
-            backend.numpy_forward(teacher), train_tokens, args.seq_len, args.teacher_cache, folder))
-    else:
-        sampler = BatchSampler(train_tokens, args.batch_size, args.seq_len, args.seed)
-
-    def val_batches():
-        return iter_eval_batches(val_tokens, args.batch_size, args.seq_len, args.eval_batches)
+            backend.numpy_forward(teacher), sampler.sequences, args.teacher_cache, folder))
 
     if backend.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +148,17 @@ def teacher_auto(args, backend, corpus, data) -> Path:
     steps = args.teacher_steps or args.steps or DEFAULT_STEPS
     run_dir = (Path(args.out) / f"teacher-{args.size}-{corpus.name}-{tokenizer.key}-T{args.seq_len}-"
                f"{steps}steps-seed{args.seed}")
-    config = model_config(args, tokenizer.vocab_size, binarized=False)
+    # two runs that need the same teacher: one builds it, the other waits, then reuses it
+    lock = backend.on_main(lambda: RunLock(run_dir, "teacher build").acquire(wait=True))
+    try:
+        return build_teacher(args, backend, run_dir, steps, data)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def build_teacher(args, backend, run_dir, steps, data) -> Path:
+    config = model_config(args, data[0].vocab_size, binarized=False)
     resume = has_checkpoint(run_dir)
     if resume:
         done = backend.on_main_first(lambda: load_trainer_state(resolve_checkpoint(run_dir))[0]["step"])

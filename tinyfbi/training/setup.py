@@ -2,6 +2,7 @@
 the student's initial weights. Shared by both backends; training.run puts the pieces together."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..core import layers as L
@@ -9,9 +10,11 @@ from ..core.config import PRESETS, ModelConfig
 from ..core.errors import TinyFBIError
 from ..core.model import Model
 from ..core.optim import OptimConfig
-from ..corpus.sources import corpus_dir, load_corpus
+from ..corpus.batches import BatchSampler, Sequences, iter_eval_batches
+from ..corpus.shards import is_prepared, open_prepared
+from ..corpus.sources import Corpus, corpus_dir, load_corpus
 from ..corpus.token_files import prepare_tokens
-from ..corpus.tokenizers import build_tokenizer, load_tokenizer
+from ..corpus.tokenizers import IdsTokenizer, build_tokenizer, load_tokenizer
 from ..formats.loading import load_checkpoint, load_model
 from ..formats.run_checkpoint import has_checkpoint, load_trainer_state, resolve_checkpoint
 from .loop import TrainConfig
@@ -64,7 +67,10 @@ def model_config(args, vocab_size, binarized) -> ModelConfig:
 
 
 def prepare_data(args, teacher_dir=None):
-    """(corpus, tokenizer, train tokens, validation tokens); the student takes its teacher's tokenizer."""
+    """(corpus, tokenizer, train tokens, validation tokens); the student takes its teacher's tokenizer.
+    --data DIR holding a manifest.json: a prepared folder (python -m tinyfbi.prepare), its shards memmapped."""
+    if args.data is not None and is_prepared(args.data):
+        return prepared_data(args, teacher_dir)
     corpus = load_corpus(args.data, cache_dir=args.data_dir)
     if teacher_dir is not None:
         tokenizer = load_tokenizer(teacher_dir)
@@ -82,6 +88,47 @@ def prepare_data(args, teacher_dir=None):
     print(f"data: {corpus!r}; tokenizer {tokenizer.key}: {len(train_tokens):,} train / "
           f"{len(val_tokens):,} val tokens")
     return corpus, tokenizer, train_tokens, val_tokens
+
+
+def prepared_data(args, teacher_dir=None):
+    """A prepared folder's splits (corpus.batches.TokenSplit) and tokenizer, checked against the
+    teacher's tokenizer, --vocab-size, --tokenizer PATH and --seq-len before any work is done."""
+    prepared = open_prepared(args.data)
+    tokenizer, folder = prepared.tokenizer, prepared.folder
+    if teacher_dir is not None:
+        teacher_tok = load_tokenizer(teacher_dir)
+        same = (teacher_tok.vocab_size == tokenizer.vocab_size if isinstance(tokenizer, IdsTokenizer)
+                else teacher_tok.spec.get("fingerprint") == tokenizer.spec.get("fingerprint")
+                and teacher_tok.kind == tokenizer.kind and teacher_tok.vocab_size == tokenizer.vocab_size)
+        if not same:
+            raise TinyFBIError(f"{folder} was prepared with tokenizer {tokenizer.key}, the teacher {teacher_dir} "
+                               f"uses {teacher_tok.key}: prepare the data with the teacher's tokenizer")
+        tokenizer = teacher_tok if isinstance(tokenizer, IdsTokenizer) else tokenizer  # samples print as text
+    if args.vocab_size is not None and args.vocab_size != tokenizer.vocab_size:
+        raise TinyFBIError(f"{folder} was prepared with a {tokenizer.vocab_size}-id vocabulary; "
+                           f"--vocab-size {args.vocab_size} differs")
+    if str(args.tokenizer).endswith(".model") and load_tokenizer(args.tokenizer).spec != tokenizer.spec:
+        raise TinyFBIError(f"{folder} was prepared with tokenizer {tokenizer.key}, not {args.tokenizer}")
+    for split in (prepared.train, prepared.val):
+        Sequences(split, args.seq_len)            # rows shorter than seq_len + 1 are refused here
+    name = f"prepared-{folder.resolve().name}-{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]}"
+    corpus = Corpus(name, "", "", f"prepared:{folder.resolve()}")
+    layout = f"rows of {prepared.train.row_len} ids" if prepared.train.row_len else "a token stream"
+    print(f"data: {folder} ({layout}, {len(prepared.train.shards)} + {len(prepared.val.shards)} shards); "
+          f"tokenizer {tokenizer.key}: {len(prepared.train):,} train / {len(prepared.val):,} val tokens")
+    return corpus, tokenizer, prepared.train, prepared.val
+
+
+def make_batches(args, backend, train_tokens, val_tokens):
+    """The one batch path of both backends: (sampler, val_batches). Global batch k is a function of
+    (--seed, k); under torchrun each rank reads only its rows (backend.d.rows) of it."""
+    d = getattr(backend, "d", None)                  # the torch backend's ranks; NumPy has one process
+    rows = d.rows(args.batch_size) if d is not None else slice(None)
+    sampler = BatchSampler(train_tokens, args.batch_size, args.seq_len, args.seed, "training split", rows)
+
+    def val_batches():
+        return iter_eval_batches(val_tokens, args.batch_size, args.seq_len, args.eval_batches)
+    return sampler, val_batches
 
 
 def init_student(args, config) -> dict:

@@ -1,11 +1,11 @@
 """Sparse distillation: the teacher's top-K next-token probabilities, computed once, kept on disk.
 
 Distillation's extra cost is a teacher forward every step. With `--teacher-cache K` the teacher
-runs once over fixed windows of the training tokens (window i = tokens[i*T : i*T + T + 1]), its
-K most likely tokens and their probabilities per position are stored (uint16/uint32 ids, float16
-probabilities), and the student samples whole windows, reading its targets from the cache. The
-tail mass (1 - sum of the top K) is spread evenly over the other tokens (TeacherTopK).
-The student's batches are corpus.batches.AlignedSampler's: whole windows of the cache.
+runs once over every training sequence (corpus.batches.Sequences: sequence i of a token stream is
+tokens[i*T : i*T + T + 1]), its K most likely tokens and their probabilities per position are
+stored (uint16/uint32 ids, float16 probabilities), and the student reads the targets of the
+sequences in its batch (BatchSampler.windows) from the cache. The tail mass (1 - sum of the top
+K) is spread evenly over the other tokens (TeacherTopK).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ..core import layers as L
 from ..core.errors import TinyFBIError
 from ..formats.atomic import atomic_write_json, complete_folder, replace_folder, temp_folder
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2          # 2: indexed by corpus.batches.Sequences
 
 
 class TeacherTopK:
@@ -39,18 +39,19 @@ class TeacherTopK:
         return dense
 
 
-def build_teacher_cache(teacher, tokens, seq_len, k, folder, batch_size=16, log=print) -> TeacherTopK:
+def build_teacher_cache(teacher, sequences, k, folder, batch_size=16, log=print) -> TeacherTopK:
     """Load the cache in `folder` if it matches, else compute it (atomically) and load it."""
     folder = Path(folder)
-    meta = {"format": CACHE_FORMAT, "k": k, "seq_len": seq_len, "num_tokens": len(tokens),
-            "vocab_size": teacher.config.vocab_size}
+    seq_len = sequences.seq_len
+    meta = {"format": CACHE_FORMAT, "k": k, "seq_len": seq_len, "num_sequences": len(sequences),
+            "num_tokens": len(sequences.split), "vocab_size": teacher.config.vocab_size}
     found = complete_folder(folder)
     if found is not None and (found / "meta.json").is_file() and json.loads((found / "meta.json").read_text()) == meta:
         return _load(found, teacher.config.vocab_size)
     V = teacher.config.vocab_size
     if not 0 < k <= V:
         raise TinyFBIError(f"--teacher-cache K must lie in 1..{V} (the vocabulary), got {k}")
-    num_windows = (len(tokens) - 1) // seq_len
+    num_windows = len(sequences)
     tmp = temp_folder(folder)
     id_dtype = np.uint16 if V <= 65535 else np.uint32
     idx = np.lib.format.open_memmap(tmp / "idx.npy", "w+", id_dtype, (num_windows, seq_len, k))
@@ -58,8 +59,7 @@ def build_teacher_cache(teacher, tokens, seq_len, k, folder, batch_size=16, log=
     log(f"teacher cache: top-{k} probabilities for {num_windows} windows of {seq_len} tokens -> {folder}")
     for s in tqdm(range(0, num_windows, batch_size), desc="teacher cache", unit="batch", mininterval=1.0):
         e = min(num_windows, s + batch_size)
-        starts = np.arange(s, e) * seq_len
-        x = np.asarray(tokens[starts[:, None] + np.arange(seq_len)], dtype=np.int64)   # (b, T)
+        x = sequences.read(np.arange(s, e))[:, :-1]                                     # (b, T)
         p = L.softmax(teacher.forward(x).astype(np.float32))                            # (b, T, V)
         top = np.argpartition(p, V - k, axis=-1)[..., V - k:]                          # (b, T, K)
         idx[s:e] = top
