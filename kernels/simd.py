@@ -7,6 +7,8 @@ writes its inner loop as LLVM IR in a `numba.extending.intrinsic`, which Numba i
 njit caller and caches with it (cache=True). This file holds what those intrinsics share: the
 host-feature check, typed data pointers into arrays, and horizontal sums of 256-bit vectors.
 """
+import os
+
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
@@ -19,15 +21,34 @@ V32xI8, V16xI16 = ir.VectorType(I8, 32), ir.VectorType(I16, 16)
 V8xI32, V8xF32 = ir.VectorType(I32, 8), ir.VectorType(F32, 8)
 
 
-def _host_has_avx2() -> bool:
-    if CPU_NAME or CPU_FEATURES:     # NUMBA_CPU_NAME/FEATURES: code may run on another machine
-        return "+avx2" in (CPU_FEATURES or "")
-    return bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+ISA_ENV = "TINYFBI_ISA"       # "avx2" forces the AVX2 kernels on an AVX-512 CPU, "portable" the IR-only ones
+AVX512_FEATURES = ("avx512f", "avx512bw", "avx512vl", "avx512vnni")   # what the VNNI kernels emit
 
 
-# The AVX2 kernels (v3_lut3_f32, v5_maddubs_int8) are used only when this is True; the portable
-# kernels (v2_masked_f32, v4_popcount_int8) are written in target-independent IR.
-HAS_AVX2 = _host_has_avx2()
+def _target_features() -> set:
+    """CPU features Numba compiles for: the host's, or NUMBA_CPU_FEATURES when code may run elsewhere."""
+    if CPU_NAME or CPU_FEATURES:
+        return {f[1:] for f in (CPU_FEATURES or "").split(",") if f.startswith("+")}
+    return {k for k, v in llvm_binding.get_host_cpu_features().items() if v}
+
+
+def select_isa(features: set, forced: str = "") -> str:
+    """'avx512' (VNNI vpdpbusd), 'avx2' (vpmaddubsw, vpermps) or 'portable' (target-independent IR).
+
+    forced (the TINYFBI_ISA environment variable) may only step down, never claim what the CPU lacks."""
+    order = ["portable", "avx2", "avx512"]
+    best = "avx512" if all(f in features for f in AVX512_FEATURES) else "avx2" if "avx2" in features else "portable"
+    if forced and forced not in order:
+        raise ValueError(f"{ISA_ENV} must be one of {order}, got {forced!r}")
+    return order[min(order.index(best), order.index(forced))] if forced else best
+
+
+# Chosen once, at import, from the CPU this process runs on (not at install). The AVX2 kernels
+# (v3, v5, v7) run when ISA is 'avx2' or 'avx512'; the VNNI ones (v8) only when it is 'avx512'; the
+# portable kernels (v2, v4, v6) everywhere.
+ISA = select_isa(_target_features(), os.environ.get(ISA_ENV, "").strip().lower())
+HAS_AVX2 = ISA in ("avx2", "avx512")
+HAS_AVX512_VNNI = ISA == "avx512"
 
 
 def is_c_array(ty, dtype, ndim: int) -> bool:

@@ -105,6 +105,7 @@ def test_random_packed_model_decodes(capsys):
     runner = PackedRunner.random(cfg, seed=0, kind="int8")
     logits = runner.forward(np.array([[1, 2, 3]]), runner.new_cache())
     assert logits.shape == (1, 3, 300) and np.all(np.isfinite(logits))
-    generate_main(["--random-init", "tiny", "--packed", "--bench", "--max-new-tokens", "2"])
+    generate_main(["--random-init", "tiny", "--packed", "--bench", "--json", "--prompt-tokens", "8",
+                   "--max-new-tokens", "2"])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["runtime"] == "PackedRunner" and row["decode_tok_s"] > 0 and row["peak_rss_mb"] > 0

@@ -1,78 +1,235 @@
 """The packed 1-bit runtime: inference straight from sign bits with the Numba kernels.
 
-Each binarized linear is held as packed sign bits + alpha/beta (kernels.bitpack.PackedSigns) and computed
-as y = sign(W) @ (alpha * x) + (beta . x) by kernels.dispatch.matvec; embeddings, norms and lm_head stay
-dense. The KV-cache loop is runtime.inference's, shared with the float runtime.
+Each block linear is held as packed sign bits + alpha/beta and computed as
+y = sign(W) @ (alpha * x) + (beta . x) (arXiv 2407.07093, eq. 2-3). Linears that read the same input
+are stacked (kernels/stacked.py): per layer, q/k/v are one kernel call after one RMSNorm, gate/up
+another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per row or float32
+(kernels/dense_head.py). Same sections as the float runtime (runtime.inference), two paths:
 
-    runner, tokenizer = load_packed("tiny.fbipack")            # kind="exact" | "int8"
+- decode (one new token): compiled calls on vectors per layer: norm, q/k/v, rope + cache append +
+  attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries;
+- prefill (many tokens): the batch kernels (v7 int8 / v6 exact) per linear and BLAS attention.
+
+`runner.times` accumulates seconds per part (the benchmark's breakdown).
+
+    runner, tokenizer = load_packed("tiny.fbipack", kind="int8", head="f16")
     python -m tinyfbi.generate --ckpt tiny.fbipack --prompt "ROMEO:" --greedy
-    python -m tinyfbi.generate --random-init 7b --packed --bench
+    python -m tinyfbi.generate --random-init 7b --packed --bench --kind int8
 """
 from __future__ import annotations
 
 import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from kernels.bitpack import BLOCK, PackedSigns, pack_blocked_mask, unpack_blocked_mask
-from kernels.dispatch import matvec
+from kernels.decode_ops import PARALLEL_MIN_POS, attend, attend_parallel, rmsnorm_into, swiglu_into
+from kernels.dense_head import DenseHead
+from kernels.dispatch import kernel_name, matvec
+from kernels.simd import ISA
+from kernels.stacked import StackedSigns, stack_linears, stacked_kernel_name, stacked_matvec
 
+from ..core import layers as L
 from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
 from ..formats.checkpoint import config_from_json
 from ..formats.fbipack import read_packed
-from .inference import Runner
+from .inference import KVCache, Runner
+
+GROUPS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
+          "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
+
+
+@dataclass
+class PackedLayer:
+    """One transformer block: its linears stacked by shared input, and its two RMSNorm weights."""
+    qkv: StackedSigns       # q (C), k (kv), v (kv) rows over the normed residual
+    o: StackedSigns         # (C) over the attention output
+    gate_up: StackedSigns   # gate (I), up (I) over the normed residual
+    down: StackedSigns      # (C) over silu(gate) * up
+    norm1: np.ndarray       # (C,) input_layernorm
+    norm2: np.ndarray       # (C,) post_attention_layernorm
 
 
 class PackedRunner(Runner):
-    def __init__(self, config: ModelConfig, dense: dict, linears: dict, kind: str = "exact"):
+    def __init__(self, config: ModelConfig, dense: dict, layers: list, kind: str = "exact", head: str = "f16"):
         super().__init__(config, dense)
-        self.linears = linears            # prefix -> (PackedSigns, alpha (in,), beta (in,))
-        self.kind = kind
+        if kind not in ("exact", "int8"):
+            raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
+        self.layers, self.kind = layers, kind
+        self.head = DenseHead(dense["lm_head.weight"], head)
+        self.times = defaultdict(float)                                 # part -> seconds, summed
+        positions = np.arange(config.max_position_embeddings)
+        self.cos, self.sin = L.rope_cos_sin(positions, config.head_dim, config.rope_theta)  # (P, D) each
+        # prefix -> (PackedSigns view, alpha, beta): each linear on its own, for linear() and tests
+        self.linears = {}
+        for i, layer in enumerate(layers):
+            for group, names in GROUPS.items():
+                st = getattr(layer, group)
+                for s, name in enumerate(names):
+                    self.linears[f"model.layers.{i}.{name}"] = (st.segment(s), st.alpha[s], st.beta[s])
 
     def linear(self, prefix, x):
         packed, alpha, beta = self.linears[prefix]
         return matvec(packed, alpha, beta, x, self.kind)
 
     def weight_bytes(self) -> int:
-        packed = sum(p.nbytes + a.nbytes + b.nbytes for p, a, b in self.linears.values())
-        return packed + sum(v.nbytes for v in self.params.values())
+        packed = sum(getattr(layer, g).nbytes for layer in self.layers for g in GROUPS)
+        dense = sum(v.nbytes for k, v in self.params.items() if k != "lm_head.weight")
+        return packed + dense + self.head.nbytes
+
+    def kernel_names(self, tokens: int) -> dict:
+        """Which kernel runs each part for a step of this many tokens."""
+        layer = self.layers[0]
+        if tokens == 1:
+            body = stacked_kernel_name(layer.qkv, self.kind)
+        else:
+            body = kernel_name(layer.qkv.segment(0), tokens, self.kind)
+        return {"linears": body, "head": f"dense_head_{self.head.kind}" if self.head.kind != "f32" else "numpy_f32"}
+
+    def describe(self) -> dict:
+        """Runtime, activation kind, head storage, instruction set and kernel threads, for reports."""
+        return {"runtime": type(self).__name__, "kind": self.kind, "head": self.head.kind, "isa": ISA,
+                "threads": numba.get_num_threads()}
+
+    def _lap(self, part: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        self.times[part] += t1 - t0
+        return t1
+
+    # ---- forward ----
+
+    def forward(self, tokens: np.ndarray, cache: KVCache, last_only: bool = False) -> np.ndarray:
+        """tokens (B, T_new) continuing the cache -> logits (B, T_new, V), or (B, 1, V) if last_only."""
+        B, T = tokens.shape
+        if cache.length + T > cache.max_len:
+            raise ValueError(f"sequence of {cache.length + T} tokens exceeds the cache ({cache.max_len})")
+        t = time.perf_counter()
+        x = self.params["model.embed_tokens.weight"][tokens].astype(np.float32)          # (B, T, C)
+        t = self._lap("embed", t)
+        if B == 1 and T == 1:
+            h = self._decode(x.reshape(-1), cache)[None]                                 # (1, C)
+        else:
+            h = self._prefill(x, cache)                                                  # (B, T, C)
+            h = (h[:, -1:] if last_only else h).reshape(-1, h.shape[-1])
+        t = time.perf_counter()
+        logits = self.head(h)                                                            # (B*T', V)
+        self._lap("head", t)
+        return logits.reshape(B, -1, logits.shape[-1])
+
+    def _decode(self, x: np.ndarray, cache: KVCache) -> np.ndarray:
+        """x (C,) the new token's embedding -> final-normed (C,); appends to the cache."""
+        cfg, kind, lap = self.config, self.kind, self._lap
+        C, I, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
+        pos = cache.length
+        cos, sin = self.cos[pos:pos + 1], self.sin[pos:pos + 1]                          # (1, D)
+        attend_fn = attend_parallel if pos >= PARALLEL_MIN_POS else attend
+        h = np.empty(C, np.float32)
+        a = np.empty((1, C), np.float32)                                                 # attention out (1, H*D)
+        m = np.empty(I, np.float32)                                                      # silu(gate) * up
+        t = time.perf_counter()
+        for i, layer in enumerate(self.layers):
+            rmsnorm_into(x, layer.norm1, cfg.rms_norm_eps, h)
+            t = lap("norm", t)
+            y = stacked_matvec(layer.qkv, h, kind)                                       # (R,) q | k | v
+            t = lap("qkv", t)
+            q0, k0, v0 = layer.qkv.starts
+            attend_fn(y[None, q0:q0 + C], y[None, k0:k0 + kv], y[None, v0:v0 + kv], cos, sin,
+                      cache.k[i][0], cache.v[i][0], pos, a)
+            t = lap("attention", t)
+            x += stacked_matvec(layer.o, a[0], kind)[:C]
+            t = lap("o", t)
+            rmsnorm_into(x, layer.norm2, cfg.rms_norm_eps, h)
+            t = lap("norm", t)
+            gu = stacked_matvec(layer.gate_up, h, kind)                                  # (R,) gate | up
+            t = lap("gate_up", t)
+            g0, u0 = layer.gate_up.starts
+            swiglu_into(gu[g0:g0 + I], gu[u0:u0 + I], m)
+            t = lap("swiglu", t)
+            x += stacked_matvec(layer.down, m, kind)[:C]
+            t = lap("down", t)
+        cache.length = pos + 1
+        out = np.empty(C, np.float32)
+        rmsnorm_into(x, self.params["model.norm.weight"], cfg.rms_norm_eps, out)
+        lap("norm", t)
+        return out
+
+    def _batch_linear(self, st: StackedSigns, s: int, x2: np.ndarray) -> np.ndarray:
+        return matvec(st.segment(s), st.alpha[s], st.beta[s], x2, self.kind)            # (N, out_s)
+
+    def _prefill(self, x: np.ndarray, cache: KVCache) -> np.ndarray:
+        """x (B, T, C) embeddings -> final-normed (B, T, C); appends T positions to the cache."""
+        cfg, lap, lin = self.config, self._lap, self._batch_linear
+        B, T, C = x.shape
+        start, end = cache.length, cache.length + T
+        cos, sin = self.cos[start:end], self.sin[start:end]                              # (T, D)
+        t = time.perf_counter()
+        for i, layer in enumerate(self.layers):
+            h, _ = L.rmsnorm_forward(x, layer.norm1, cfg.rms_norm_eps)
+            h2 = h.reshape(B * T, C)
+            t = lap("norm", t)
+            q, k, v = (lin(layer.qkv, s, h2).reshape(B, T, -1) for s in range(3))        # (B, T, C | kv | kv)
+            t = lap("qkv", t)
+            a = np.empty((B, T, C), np.float32)                                          # (B, T, H*D)
+            for b in range(B):  # BLAS-free: numpy's batched matmul beside spinning kernel threads stalls
+                attend_parallel(q[b], k[b], v[b], cos, sin, cache.k[i][b], cache.v[i][b], start, a[b])
+            t = lap("attention", t)
+            x = x + lin(layer.o, 0, a.reshape(B * T, C)).reshape(B, T, C)
+            t = lap("o", t)
+            h, _ = L.rmsnorm_forward(x, layer.norm2, cfg.rms_norm_eps)
+            h2 = h.reshape(B * T, C)
+            t = lap("norm", t)
+            gate, up = lin(layer.gate_up, 0, h2), lin(layer.gate_up, 1, h2)              # (B*T, I) each
+            t = lap("gate_up", t)
+            mlp, _ = L.swiglu_forward(gate, up)
+            t = lap("swiglu", t)
+            x = x + lin(layer.down, 0, mlp).reshape(B, T, C)
+            t = lap("down", t)
+        cache.length = end
+        h, _ = L.rmsnorm_forward(x, self.params["model.norm.weight"], cfg.rms_norm_eps)
+        lap("norm", t)
+        return h
+
+    # ---- construction ----
 
     @classmethod
-    def from_arrays(cls, config, arrays: dict, kind="exact", lut=None):
+    def from_arrays(cls, config, arrays: dict, kind="exact", lut=None, head="f16"):
         """arrays: name -> array as stored in a packed file (signs as blocked uint8 bits)."""
-        lut = (kind == "exact") if lut is None else lut  # the lut3 layout speeds up the exact kernel
-        dense, linears = {}, {}
-        for name in config.binarized_weight_names():
-            prefix = name.removesuffix(".weight")
-            out_f, in_f = config.linear_shapes()[prefix.rsplit(".", 1)[-1]]
-            packed = PackedSigns(out_f, in_f, arrays[name])
-            linears[prefix] = (packed.with_lut() if lut else packed,
-                               np.asarray(arrays[prefix + ".wscale"], np.float32).reshape(-1),
-                               np.asarray(arrays[prefix + ".wbias"], np.float32).reshape(-1))
-        for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
-            dense[name] = arrays[name]
+        lut = (kind == "exact") if lut is None else lut  # the lut3 layout speeds up the exact batch-1 kernel
+        shapes = config.linear_shapes()
+        layers = []
         for i in range(config.num_hidden_layers):
-            for norm in ("input_layernorm", "post_attention_layernorm"):
-                dense[f"model.layers.{i}.{norm}.weight"] = np.asarray(arrays[f"model.layers.{i}.{norm}.weight"],
-                                                                      np.float32)
-        dense["model.norm.weight"] = np.asarray(dense["model.norm.weight"], np.float32)
-        # lm_head is one dense GEMV per token: float32 for BLAS (numpy has no fast fp16 matmul);
-        # the embedding stays fp16 and memory-mapped, only looked up
-        dense["lm_head.weight"] = np.asarray(dense["lm_head.weight"], np.float32)
-        return cls(config, dense, linears, kind)
+            pre = f"model.layers.{i}."
+            stacks = {}
+            for group, names in GROUPS.items():
+                linears = []
+                for name in names:
+                    out_f, in_f = shapes[name.rsplit(".", 1)[-1]]
+                    linears.append((PackedSigns(out_f, in_f, arrays[pre + name + ".weight"]),
+                                    arrays[pre + name + ".wscale"], arrays[pre + name + ".wbias"]))
+                stacks[group] = stack_linears(linears, lut)
+            norms = [np.asarray(arrays[pre + n + ".weight"], np.float32) for n in ("input_layernorm", "post_attention_layernorm")]
+            layers.append(PackedLayer(**stacks, norm1=norms[0], norm2=norms[1]))
+        # the embedding stays as stored (fp16, memory-mapped), only looked up
+        dense = {"model.embed_tokens.weight": arrays["model.embed_tokens.weight"],
+                 "model.norm.weight": np.asarray(arrays["model.norm.weight"], np.float32),
+                 "lm_head.weight": arrays["lm_head.weight"]}
+        return cls(config, dense, layers, kind, head)
 
     @classmethod
-    def random(cls, config: ModelConfig, seed=0, kind="int8"):
+    def random(cls, config: ModelConfig, seed=0, kind="int8", head="f16"):
         """A randomly initialized FBI model built directly in packed form (no float32 weights)."""
         rng = np.random.default_rng(seed)
         arrays = {}
         for name in config.binarized_weight_names():
             prefix = name.removesuffix(".weight")
             out_f, in_f = config.linear_shapes()[prefix.rsplit(".", 1)[-1]]
-            nbytes = 32 * -(-in_f // BLOCK)
-            bits = rng.integers(0, 256, (out_f, nbytes), dtype=np.uint8)
+            bits = rng.integers(0, 256, (out_f, 32 * -(-in_f // BLOCK)), dtype=np.uint8)
             if in_f % BLOCK:  # padding bits past in_features are zero, like pack_blocked_mask's
                 bits = pack_blocked_mask(unpack_blocked_mask(bits, in_f))
             arrays[name] = bits
@@ -81,19 +238,19 @@ class PackedRunner(Runner):
             arrays[prefix + ".wbias"] = (rng.standard_normal((1, in_f)) * 1e-3).astype(np.float16)
         C, V = config.hidden_size, config.vocab_size
         arrays["model.embed_tokens.weight"] = (rng.standard_normal((V, C), dtype=np.float32) * 0.02).astype(np.float16)
-        arrays["lm_head.weight"] = rng.standard_normal((V, C), dtype=np.float32) * 0.02
+        arrays["lm_head.weight"] = (rng.standard_normal((V, C), dtype=np.float32) * 0.02).astype(np.float16)
         arrays["model.norm.weight"] = np.ones(C, np.float32)
         for i in range(config.num_hidden_layers):
             for norm in ("input_layernorm", "post_attention_layernorm"):
                 arrays[f"model.layers.{i}.{norm}.weight"] = np.ones(C, np.float32)
-        return cls.from_arrays(config, arrays, kind, lut=False)
+        return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head)
 
 
-def load_packed(path, kind="exact"):
+def load_packed(path, kind="exact", head="f16"):
     """(PackedRunner, tokenizer or None) from a .fbipack file."""
     header, arrays = read_packed(path)
     config = config_from_json(header["config"], str(path), binarized_default=True)
-    runner = PackedRunner.from_arrays(config, arrays, kind)
+    runner = PackedRunner.from_arrays(config, arrays, kind, head=head)
     tokenizer = None
     tok = header.get("tokenizer")
     if tok:

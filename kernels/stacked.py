@@ -1,0 +1,165 @@
+"""Linears that read the same input (q/k/v, gate/up), stacked row-wise: one batch-1 kernel call.
+
+A decode step multiplies one normalized vector h by q, k and v (and another by gate and up). Each
+FBI linear has its own per-column alpha (arXiv 2407.07093, eq. 2), so they cannot share one scaled
+input; but they can share one kernel call: each segment s gets its own alpha_s * h (int8-quantized
+for kind="int8", as lookup tables for "exact"), then one parallel loop runs over all rows of all
+segments, each row reading its segment's activations. One thread-pool wake-up instead of three,
+and the tail of one matrix overlaps the head of the next.
+
+    y_s = sign(W_s) @ (alpha_s * h) + beta_s . h          for s = 0 .. n-1, y = [y_0 | y_1 | ...]
+
+Each segment's rows are padded to a multiple of 8 (the lut3 row group), so segment s starts at
+`starts[s]` in y and the padding rows (zero bits) produce values nobody reads.
+Kernels: int8 -> v5's maddubs row (v8's vpdpbusd row with AVX-512 VNNI), v4 popcount rows without
+AVX2; exact -> v3's lookup row groups with AVX2, v2 per segment without.
+
+    python -m pytest tests/test_runtime_kernels.py -k stacked
+"""
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from kernels.act_int8 import quantize_int8
+from kernels.bitpack import LUT_ROWS, PackedSigns, pack_lut3_mask
+from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI
+from kernels.v2_masked_f32 import matvec_masked_f32
+from kernels.v3_lut3_f32 import build_tables, lut_rowgroup
+from kernels.v4_popcount_int8 import matvec_popcount_int8
+from kernels.v5_maddubs_int8 import plus_qsum_row
+from kernels.v8_vnni_int8 import plus_qsum_row_vnni
+
+
+@dataclass
+class StackedSigns:
+    """n linears with the same in_features, rows stacked; segment s occupies rows starts[s] ..."""
+    in_features: int
+    out_features: tuple            # (n,) rows of each linear
+    starts: np.ndarray             # (n,) int64 first row of each segment (multiples of 8)
+    bits: np.ndarray               # (R, 32*nblk) uint8 blocked bits, R = sum of padded rows
+    alpha: np.ndarray              # (n, in) float32, one row per linear
+    beta: np.ndarray               # (n, in) float32
+    lut: np.ndarray | None = None  # (R/8, ceil(in/30), 8) uint32 lut3 row groups, for exact batch 1
+
+    @property
+    def rows(self) -> int:
+        return self.bits.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits.nbytes + self.alpha.nbytes + self.beta.nbytes + (0 if self.lut is None else self.lut.nbytes)
+
+    def segment(self, s: int) -> PackedSigns:
+        """Linear s as PackedSigns over a view of the stacked bits (no copy), for the batch kernels."""
+        r0 = int(self.starts[s])
+        return PackedSigns(self.out_features[s], self.in_features, self.bits[r0: r0 + self.out_features[s]])
+
+    @property
+    def ends(self) -> np.ndarray:
+        """(n,) int64 row past each segment's padding: the kernels' segment lookup."""
+        return self._ends
+
+    def __post_init__(self):
+        self._ends = np.append(self.starts[1:], self.rows).astype(np.int64)
+
+
+def stack_linears(linears, lut: bool) -> StackedSigns:
+    """[(PackedSigns, alpha (in,), beta (in,)), ...] sharing in_features -> StackedSigns."""
+    in_f = linears[0][0].in_features
+    if any(p.in_features != in_f for p, _, _ in linears):
+        raise ValueError("stacked linears must share in_features (they read the same input)")
+    padded = [-(-p.out_features // LUT_ROWS) * LUT_ROWS for p, _, _ in linears]
+    starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
+    bits = np.zeros((sum(padded), linears[0][0].bits.shape[1]), np.uint8)
+    masks = np.zeros((sum(padded), in_f), bool) if lut else None
+    for (p, _, _), r0 in zip(linears, starts):
+        bits[r0: r0 + p.out_features] = p.bits
+        if lut:
+            masks[r0: r0 + p.out_features] = p.mask()
+    alpha = np.stack([np.asarray(a, np.float32).reshape(in_f) for _, a, _ in linears])
+    beta = np.stack([np.asarray(b, np.float32).reshape(in_f) for _, _, b in linears])
+    return StackedSigns(in_f, tuple(p.out_features for p, _, _ in linears), starts, bits, alpha, beta,
+                        pack_lut3_mask(masks) if lut else None)
+
+
+@numba.njit(cache=True)
+def _quantize_segments(alpha, beta, x, n_pad):
+    # alpha, beta (n, in); x (in,) -> q (n, n_pad) int8, scale (n,), qsum (n,), bx (n,)
+    n = alpha.shape[0]
+    q = np.empty((n, n_pad), np.int8)
+    scale, qsum, bx = np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32)
+    for s in range(n):
+        scale[s], qsum[s], bx[s] = quantize_int8(alpha[s], beta[s], x, q[s])
+    return q, scale, qsum, bx
+
+
+@numba.njit(cache=True, parallel=True)
+def _int8_maddubs(bits, ends, alpha, beta, x, y):
+    # bits (R, 32*nblk); ends (n,); alpha, beta (n, in); x (in,) -> y (R,)
+    q, scale, qsum, bx = _quantize_segments(alpha, beta, x, 8 * bits.shape[1])
+    for o in numba.prange(bits.shape[0]):
+        s = 0
+        while o >= ends[s]:
+            s += 1
+        y[o] = scale[s] * np.float32(2 * np.int64(plus_qsum_row(bits[o], q[s])) - qsum[s]) + bx[s]
+
+
+@numba.njit(cache=True, parallel=True)
+def _int8_vnni(bits, ends, alpha, beta, x, y):
+    # the same with v8's vpdpbusd row (compiled only on a CPU with AVX-512 VNNI)
+    q, scale, qsum, bx = _quantize_segments(alpha, beta, x, 8 * bits.shape[1])
+    for o in numba.prange(bits.shape[0]):
+        s = 0
+        while o >= ends[s]:
+            s += 1
+        y[o] = scale[s] * np.float32(2 * np.int64(plus_qsum_row_vnni(bits[o], q[s])) - qsum[s]) + bx[s]
+
+
+@numba.njit(cache=True, parallel=True)
+def _exact_lut3(lut, group_ends, alpha, beta, x, y8):
+    # lut (G, nw, 8) uint32; group_ends (n,) in row groups; alpha, beta (n, in); x (in,) -> y8 (G, 8)
+    n, n_in, nw = alpha.shape[0], x.shape[0], lut.shape[1]
+    tables = np.empty((n, 10 * nw, 8), np.float32)
+    bx = np.zeros(n, np.float32)
+    xs = np.empty(n_in, np.float32)
+    for s in range(n):
+        for j in range(n_in):
+            xs[j] = alpha[s, j] * x[j]
+            bx[s] += beta[s, j] * x[j]
+        tables[s] = build_tables(xs, nw)
+    for g in numba.prange(lut.shape[0]):
+        s = 0
+        while g >= group_ends[s]:
+            s += 1
+        lut_rowgroup(lut[g], tables[s], y8[g])
+        for lane in range(LUT_ROWS):
+            y8[g, lane] += bx[s]
+
+
+def stacked_kernel_name(st: StackedSigns, kind: str) -> str:
+    """Which row kernel stacked_matvec runs for this kind on this CPU."""
+    if kind == "int8":
+        return "v8_vnni_int8" if HAS_AVX512_VNNI else "v5_maddubs_int8" if HAS_AVX2 else "v4_popcount_int8"
+    if kind == "exact":
+        return "v3_lut3_f32" if HAS_AVX2 and st.lut is not None else "v2_masked_f32"
+    raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
+
+
+def stacked_matvec(st: StackedSigns, x: np.ndarray, kind: str = "exact") -> np.ndarray:
+    """x (in,) float32 -> y (R,) float32; linear s's outputs are y[starts[s] : starts[s] + out_features[s]]."""
+    x = np.ascontiguousarray(x, np.float32)
+    name = stacked_kernel_name(st, kind)
+    y = np.empty(st.rows, np.float32)
+    if name == "v8_vnni_int8":
+        _int8_vnni(st.bits, st.ends, st.alpha, st.beta, x, y)
+    elif name == "v5_maddubs_int8":
+        _int8_maddubs(st.bits, st.ends, st.alpha, st.beta, x, y)
+    elif name == "v3_lut3_f32":
+        _exact_lut3(st.lut, st.ends // LUT_ROWS, st.alpha, st.beta, x, y.reshape(-1, LUT_ROWS))
+    else:                                  # portable: one call per segment
+        fn = matvec_popcount_int8 if kind == "int8" else matvec_masked_f32
+        for s in range(len(st.out_features)):
+            r0 = int(st.starts[s])
+            y[r0: r0 + st.out_features[s]] = fn(st.segment(s), st.alpha[s], st.beta[s], x)
+    return y
