@@ -30,7 +30,7 @@ import numpy as np
 
 from kernels import bitpack
 from kernels.bitpack import PackedSigns, pack_canonical
-from kernels.simd import HAS_AVX2
+from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI, ISA
 from kernels.v1_reference import fbi_linear_v1
 from kernels.v2_masked_f32 import matvec_masked_f32
 from kernels.v3_lut3_f32 import matvec_lut3_f32
@@ -38,6 +38,7 @@ from kernels.v4_popcount_int8 import matvec_popcount_int8
 from kernels.v5_maddubs_int8 import matvec_maddubs_int8
 from kernels.v6_tiles_blas import matmul_tiles_blas
 from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
+from kernels.v8_vnni_int8 import matmul_vnni_int8, matvec_vnni_int8
 from tinyfbi.cli import CLIParser, run_cli
 from tinyfbi.core.errors import TinyFBIError
 
@@ -47,15 +48,18 @@ COLD_BYTES = 96 << 20            # > 3x the L3, so cycling copies misses it
 EXACT_TOL, INT8_TOL = 1e-4, 0.05
 MAX_LOAD, ATTEMPTS = 0.1, 3      # re-time a row that other processes disturbed (see time_row)
 
-# name -> (function, batch-1 only, exact, needs AVX2, layout it reads)
+# name -> (function, batch-1 only, exact, instruction set it needs, layout it reads)
 KERNELS = {
-    "v2_masked_f32": (matvec_masked_f32, True, True, False, "bits"),
-    "v3_lut3_f32": (matvec_lut3_f32, True, True, True, "lut"),
-    "v4_popcount_int8": (matvec_popcount_int8, True, False, False, "bits"),
-    "v5_maddubs_int8": (matvec_maddubs_int8, True, False, True, "bits"),
-    "v6_tiles_blas": (matmul_tiles_blas, False, True, False, "bits"),
-    "v7_maddubs_gemm_int8": (matmul_maddubs_int8, False, False, True, "bits"),
+    "v2_masked_f32": (matvec_masked_f32, True, True, None, "bits"),
+    "v3_lut3_f32": (matvec_lut3_f32, True, True, "avx2", "lut"),
+    "v4_popcount_int8": (matvec_popcount_int8, True, False, None, "bits"),
+    "v5_maddubs_int8": (matvec_maddubs_int8, True, False, "avx2", "bits"),
+    "v6_tiles_blas": (matmul_tiles_blas, False, True, None, "bits"),
+    "v7_maddubs_gemm_int8": (matmul_maddubs_int8, False, False, "avx2", "bits"),
+    "v8_vnni_int8": (matvec_vnni_int8, True, False, "avx512", "bits"),
+    "v8_vnni_gemm_int8": (matmul_vnni_int8, False, False, "avx512", "bits"),
 }
+AVAILABLE = {None: True, "avx2": HAS_AVX2, "avx512": HAS_AVX512_VNNI}
 
 
 # ---- thread control for the three runtimes ----
@@ -189,8 +193,8 @@ def bench_shape(out_f, in_f, batches, threads, torch, first_calls, emit):
     for batch in batches:
         x = rng.standard_normal((in_f,) if batch == 1 else (batch, in_f), np.float32)
         ref = fbi_linear_v1(words, in_f, alpha, beta, x)              # float64 (out,) or (B, out)
-        names = [n for n, (_, b1only, _, avx2, _) in KERNELS.items()
-                 if b1only == (batch == 1) and (HAS_AVX2 or not avx2)]
+        names = [n for n, (_, b1only, _, needs, _) in KERNELS.items()
+                 if b1only == (batch == 1) and AVAILABLE[needs]]
         errs = check_kernels(names, packed, a1, b1, x, ref, first_calls)
         wt, xt = torch.from_numpy(w_tilde), torch.from_numpy(x)
         dense_np = (lambda W, X: W @ X) if batch == 1 else (lambda W, X: X @ W.T)
@@ -273,7 +277,7 @@ def bench(args):
     import torch
     threads = [args.threads] if args.threads else [1, 2]
     meter = LoadMeter()
-    header = {"cpu": _cpu_name(), "cores": os.cpu_count(), "avx2": HAS_AVX2, "numba": numba.__version__,
+    header = {"cpu": _cpu_name(), "cores": os.cpu_count(), "isa": ISA, "numba": numba.__version__,
               "numpy": np.__version__, "torch": torch.__version__, "numpy_blas_threads_set": OPENBLAS_SET is not None}
     if args.json:
         print(json.dumps({"header": header}), flush=True)

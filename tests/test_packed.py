@@ -48,19 +48,26 @@ def test_pack_round_trips_signs_and_scales(checkpoint):
     assert stats["file_bytes"] < stats["float32_bytes"] / 3
 
 
-@pytest.mark.parametrize("kind", ["exact", "int8"])
-def test_packed_logits_match_float(checkpoint, kind):
+@pytest.mark.parametrize("kind, head", [("exact", "f16"), ("int8", "f16"), ("exact", "int8"), ("exact", "f32")])
+def test_packed_logits_match_float(checkpoint, kind, head):
     model, tmp = checkpoint
     pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
-    runner, _ = load_packed(tmp / "m.fbipack", kind)
+    runner, _ = load_packed(tmp / "m.fbipack", kind, head)
     tokens = np.random.default_rng(0).integers(0, 256, (1, 30))
     ref = FloatRunner(model).forward(tokens, FloatRunner(model).new_cache())
-    got = runner.forward(tokens, runner.new_cache())
+    got = runner.forward(tokens, runner.new_cache())                    # prefill path (30 tokens)
     scale = np.max(np.abs(ref))
-    # exact kernels: float32 sums in another order (1e-4 of the logit range); int8 activations:
-    # per-token rounding to 8 bits, a few percent of the logit range after 2 layers
-    tol = 1e-4 if kind == "exact" else 5e-2
+    # exact kernels: float32 sums in another order (1e-4 of the logit range; the fixture's head is
+    # fp16-representable, so the fp16 head adds nothing); int8 activations: per-token rounding to 8
+    # bits, a few percent after 2 layers; int8 head rows: each weight within max|row| / 254
+    tol = {("exact", "f16"): 1e-4, ("exact", "f32"): 1e-4, ("int8", "f16"): 5e-2, ("exact", "int8"): 2e-2}[kind, head]
     assert np.max(np.abs(got - ref)) <= tol * scale
+    # the decode path (one token at a time, compiled step) gives the prefill path's logits
+    cache = runner.new_cache()
+    steps = np.concatenate([runner.forward(tokens[:, t:t + 1], cache) for t in range(30)], axis=1)
+    assert np.max(np.abs(steps - got)) <= (1e-4 if kind == "exact" else 5e-2) * scale
+    last = runner.forward(tokens, runner.new_cache(), last_only=True)
+    assert last.shape == (1, 1, 256) and np.max(np.abs(last[0, 0] - got[0, -1])) <= 1e-6 * scale  # BLAS: 1 row vs 30
 
 
 def test_packed_greedy_generation_equals_float(checkpoint):

@@ -1,0 +1,266 @@
+"""The packed runtime's kernels against independent references, and the instruction-set dispatch.
+
+References and tolerances:
+- stacked linears (kernels/stacked.py) and v8 (VNNI, or its generic-IR twin): v1_reference per
+  segment in float64, held to the same bounds as tests/test_kernels.py (Higham's bound for exact,
+  the int8 rounding bound for int8); the int8 ones also equal v5 bit for bit (same integers);
+- lm_head kernels: float64 products of the values the head stores (fp16 or int8 * row scale), to
+  Higham's bound 1.01 * n * u * sum |w x|; int8 rows are within s_r / 2 of the float weights;
+- decode ops: tinyfbi.core.layers (the float model's own RMSNorm, RoPE, attention, SwiGLU) to
+  1e-5 relative (float32 sums in another order over at most a few hundred terms).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import bitpack, dispatch
+from kernels.act_int8 import quantize_reference
+from kernels.decode_ops import attend, attend_parallel, rmsnorm_into, swiglu_into
+from kernels.dense_head import DenseHead, quantize_rows_int8
+from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI, ISA, select_isa
+from kernels.stacked import stack_linears, stacked_kernel_name, stacked_matvec
+from kernels.v1_reference import fbi_linear_v1
+from kernels.v5_maddubs_int8 import matvec_maddubs_int8
+from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
+from kernels.v8_vnni_int8 import matmul_vnni_int8, matvec_vnni_int8
+from tinyfbi.core import layers as L
+
+REPO = Path(__file__).resolve().parents[1]
+U = 2.0 ** -24
+FAST = settings(max_examples=15, deadline=None)
+needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="AVX2 kernel; this CPU (or TINYFBI_ISA) has no AVX2")
+needs_vnni = pytest.mark.skipif(not HAS_AVX512_VNNI, reason="vpdpbusd needs AVX-512 VNNI + VL, which this CPU "
+                                f"lacks (kernels.simd.ISA = {ISA!r}); its generic-IR twin is tested instead")
+AVX512_TARGET = {"NUMBA_CPU_NAME": "icelake-server",
+                 "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+f16c,+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512vnni"}
+
+
+def case(rng, out_f, in_f, batch=None):
+    w = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    w[rng.random((out_f, in_f)) < 0.05] = 0.0                          # zeros count as +1
+    alpha = rng.uniform(0.01, 2.0, in_f).astype(np.float32)           # (in,), per input column
+    beta = (rng.standard_normal(in_f) * 0.1).astype(np.float32)
+    x = rng.standard_normal((in_f,) if batch is None else (batch, in_f)).astype(np.float32)
+    return w, alpha, beta, x
+
+
+def exact_bound(alpha, beta, x):
+    n = alpha.size + 4
+    x2 = np.atleast_2d(x).astype(np.float64)
+    mass = np.abs(x2 * alpha).sum(1) + np.abs(x2 * beta).sum(1)
+    return (n * U / (1 - n * U) * mass)[:, None]                       # (B, 1)
+
+
+def int8_bound(alpha, beta, x):
+    """The hard int8 rounding bound per token (act_int8) plus float slack."""
+    x2 = np.atleast_2d(x)
+    scale = np.abs(x2 * alpha).max(1) / 127.0
+    return (scale / 2 * alpha.size)[:, None] + exact_bound(alpha, beta, x) + 1e-6
+
+
+# ---- stacked linears ----
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), outs=st.lists(st.integers(1, 30), min_size=1, max_size=3),
+       in_f=st.integers(1, 600), kind=st.sampled_from(["exact", "int8"]))
+def test_stacked_equals_v1_per_segment(seed, outs, in_f, kind):
+    rng = np.random.default_rng(seed)
+    cases = [case(rng, o, in_f) for o in outs]
+    x = cases[0][3]
+    stacked = stack_linears([(bitpack.pack_signs(w), a, b) for w, a, b, _ in cases], lut=True)
+    y = stacked_matvec(stacked, x, kind)
+    assert y.shape == (stacked.rows,) and np.all(stacked.starts % 8 == 0)
+    for s, (w, a, b, _) in enumerate(cases):
+        ref = fbi_linear_v1(bitpack.pack_canonical(w), in_f, a, b, x)
+        got = y[stacked.starts[s]: stacked.starts[s] + outs[s]]
+        bound = exact_bound(a, b, x) if kind == "exact" else int8_bound(a, b, x)
+        assert np.all(np.abs(got - ref) <= bound[0] + 4 * U * np.abs(ref)), (s, kind)
+        if kind == "int8" and stacked_kernel_name(stacked, kind) == "v5_maddubs_int8":
+            assert np.array_equal(got, matvec_maddubs_int8(bitpack.pack_signs(w), a, b, x))
+
+
+def test_stacked_refuses_mixed_inputs():
+    p = [bitpack.pack_signs(np.ones((4, n), np.float32)) for n in (10, 11)]
+    with pytest.raises(ValueError, match="share in_features"):
+        stack_linears([(p[0], np.ones(10), np.ones(10)), (p[1], np.ones(11), np.ones(11))], lut=False)
+
+
+# ---- v8: vpdpbusd (real where the CPU has it, its generic-IR twin everywhere) ----
+
+V8_PARAMS = [pytest.param(True, id="emulated"), pytest.param(False, id="vnni", marks=needs_vnni)]
+
+
+@pytest.mark.parametrize("emulated", V8_PARAMS)
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), out_f=st.integers(1, 40), in_f=st.integers(1, 700), batch=st.integers(1, 9))
+def test_v8_equals_v1_and_v5(emulated, seed, out_f, in_f, batch):
+    w, a, b, x = case(np.random.default_rng(seed), out_f, in_f, batch)
+    packed, words = bitpack.pack_signs(w), bitpack.pack_canonical(w)
+    y1 = matvec_vnni_int8(packed, a, b, x[0], emulated=emulated)
+    yb = matmul_vnni_int8(packed, a, b, x, emulated=emulated)                  # (B, out)
+    for t in range(batch):                                                     # v1 on the kernel's own activations
+        q, scale = quantize_reference(a, x[t])
+        deq = scale * q.astype(np.float64)
+        ref = fbi_linear_v1(words, in_f, np.ones_like(a), np.zeros_like(b), deq) + x[t] @ b
+        bound = exact_bound(np.zeros_like(a), b, x[t])[0] + 4 * U * (np.abs(deq).sum() + np.abs(ref))
+        assert np.all(np.abs(yb[t] - ref) <= bound)
+    if HAS_AVX2:                                                               # the same integers as maddubs
+        assert np.array_equal(y1, matvec_maddubs_int8(packed, a, b, x[0]))
+        assert np.array_equal(yb, matmul_maddubs_int8(packed, a, b, x))
+
+
+def test_v8_assembles_to_vpdpbusd_for_an_avx512_target(tmp_path):
+    """Compile (never run) the VNNI kernels for an AVX-512 CPU and read the instructions they execute."""
+    code = """
+from numba import types
+import kernels.v8_vnni_int8 as v8
+arr = lambda dt, nd: types.Array(dt, nd, "C")
+sig1 = (arr(types.uint8, 2), arr(types.float32, 1), arr(types.float32, 1), arr(types.float32, 1), arr(types.float32, 1))
+sig2 = sig1[:3] + (arr(types.float32, 2), arr(types.float32, 2))
+for fn, sig in ((v8._matvec, sig1), (v8._matmul, sig2)):
+    fn.compile(sig)
+    asm = fn.inspect_asm(sig)
+    print(fn.__name__, asm.count("vpdpbusd"), asm.count("vpmaddubsw"))
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_CACHE_DIR=str(tmp_path), **AVX512_TARGET)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = {line.split()[0]: tuple(map(int, line.split()[1:])) for line in out.stdout.splitlines()}
+    assert counts["_matvec"][0] >= 8 and counts["_matvec"][1] == 0      # 8 planes per block, no AVX2 maddubs
+    assert counts["_matmul"][0] >= 8 * 4 and counts["_matmul"][1] == 0  # and 4 tokens per pass
+
+
+# ---- instruction-set selection and the TINYFBI_ISA switch ----
+
+def test_select_isa_steps_down_only():
+    avx512 = {"avx2", "avx512f", "avx512bw", "avx512vl", "avx512vnni"}
+    assert select_isa(avx512) == "avx512" and select_isa(avx512, "avx2") == "avx2"
+    assert select_isa(avx512 - {"avx512vnni"}) == "avx2"
+    assert select_isa({"avx2"}, "avx512") == "avx2"                    # cannot claim what the CPU lacks
+    assert select_isa(set()) == "portable" and select_isa(avx512, "portable") == "portable"
+    with pytest.raises(ValueError, match="TINYFBI_ISA"):
+        select_isa(avx512, "sse9")
+
+
+@pytest.mark.parametrize("forced, int8_b1, int8_batch, exact_b1", [
+    pytest.param("avx2", "v5_maddubs_int8", "v7_maddubs_gemm_int8", "v3_lut3_f32", marks=needs_avx2),
+    ("portable", "v4_popcount_int8", "v6_tiles_blas", "v2_masked_f32")])
+def test_forced_isa_picks_its_kernels_and_agrees_with_v1(forced, int8_b1, int8_batch, exact_b1, tmp_path):
+    code = """
+import numpy as np
+from kernels import bitpack, dispatch, simd
+from kernels.stacked import stack_linears, stacked_kernel_name, stacked_matvec
+from kernels.v1_reference import fbi_linear_v1
+rng = np.random.default_rng(0)
+w = rng.standard_normal((37, 300)).astype(np.float32); a = rng.uniform(0.1, 2, 300).astype(np.float32)
+b = rng.standard_normal(300).astype(np.float32) * 0.1; x = rng.standard_normal((40, 300)).astype(np.float32)
+p = bitpack.pack_signs(w, lut=True)
+st = stack_linears([(p, a, b)], lut=True)
+names = [dispatch.kernel_name(p, 1, "int8"), dispatch.kernel_name(p, 40, "int8"), dispatch.kernel_name(p, 1, "exact"),
+         stacked_kernel_name(st, "int8"), stacked_kernel_name(st, "exact")]
+ref = fbi_linear_v1(bitpack.pack_canonical(w), 300, a, b, x)
+err = max(np.abs(dispatch.matvec(p, a, b, x[:1], kind) - ref[:1]).max() for kind in ("exact", "int8"))
+err = max(err, np.abs(dispatch.matvec(p, a, b, x, "int8") - ref).max(), np.abs(stacked_matvec(st, x[0], "int8")[:37] - ref[0]).max())
+print(simd.ISA, *names, err / np.abs(ref).max())
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO), TINYFBI_ISA=forced)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    isa, n1, nb, e1, s8, se, rel = out.stdout.split()
+    assert (isa, n1, nb, e1, s8, se) == (forced, int8_b1, int8_batch, exact_b1, int8_b1, exact_b1)
+    assert float(rel) < 0.05                                               # int8 on Gaussian activations
+
+
+# ---- lm_head kernels ----
+
+@pytest.mark.parametrize("kind", ["f16", "int8", "f32"])
+@pytest.mark.parametrize("shape", [(50, 72), (300, 256)])
+def test_dense_head_equals_float64_of_its_stored_values(kind, shape):
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    h = rng.standard_normal((3, shape[1])).astype(np.float32)
+    head = DenseHead(w, kind)
+    stored = head.dequantized().astype(np.float64)                              # (V, C)
+    ref = h.astype(np.float64) @ stored.T
+    n = shape[1] + 1
+    bound = 1.01 * n * U * (np.abs(h.astype(np.float64)) @ np.abs(stored).T) + 1e-12
+    assert np.all(np.abs(head(h) - ref) <= bound)
+    if kind == "int8":                                                          # each weight within s_r / 2
+        q, scale = quantize_rows_int8(w)
+        assert np.all(np.abs(q.astype(np.float64) * scale[:, None] - w) <= scale[:, None] * (0.5 + 1e-6))
+    if kind == "f16":
+        assert np.array_equal(stored, w.astype(np.float16).astype(np.float64))
+
+
+def test_fp16_head_keeps_a_mapped_file_mapped(tmp_path):
+    w = np.lib.format.open_memmap(tmp_path / "h.npy", mode="w+", dtype=np.float16, shape=(40, 64))
+    w[:] = 0.5
+    assert DenseHead(w, "f16").weight.base is not None                          # a view, not a padded copy
+
+
+@needs_avx2
+def test_fp16_head_widens_in_registers(tmp_path):
+    """Compiled afresh (cached code cannot be inspected): the fp16 rows widen with vcvtph2ps (F16C)."""
+    code = """
+from numba import types
+from kernels.dense_head import _head_f16
+sig = (types.Array(types.uint16, 2, "C"), types.Array(types.float32, 2, "C"), types.Array(types.float32, 2, "C"))
+_head_f16.compile(sig)
+print(_head_f16.inspect_asm(sig).count("vcvtph2ps"))
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) >= 4                                     # 4 vectors per unrolled step
+
+
+# ---- decode ops ----
+
+def test_rmsnorm_and_swiglu_match_the_float_model():
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal(200).astype(np.float32), rng.standard_normal(200).astype(np.float32)
+    out = np.empty(200, np.float32)
+    rmsnorm_into(x, w, 1e-5, out)
+    np.testing.assert_allclose(out, L.rmsnorm_forward(x, w, 1e-5)[0], rtol=1e-5, atol=1e-6)
+    g, u = rng.standard_normal(300).astype(np.float32) * 3, rng.standard_normal(300).astype(np.float32)
+    swiglu_into(g, u, out := np.empty(300, np.float32))
+    np.testing.assert_allclose(out, L.swiglu_forward(g, u)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [attend, attend_parallel])
+@pytest.mark.parametrize("start, T", [(0, 7), (9, 1), (5, 4)])
+def test_attention_matches_the_float_model(fn, start, T):
+    """Grouped-query (4 query heads on 2 kv heads): rope, cache append and causal softmax vs core.layers."""
+    rng = np.random.default_rng(3)
+    H, Hkv, D, max_len = 4, 2, 16, 20
+    cos, sin = L.rope_cos_sin(np.arange(max_len), D, 10000.0)                   # (P, D)
+    past_k = rng.standard_normal((1, Hkv, start, D)).astype(np.float32)         # already roped, as cached
+    past_v = rng.standard_normal((1, Hkv, start, D)).astype(np.float32)
+    q = rng.standard_normal((T, H * D)).astype(np.float32)
+    k, v = rng.standard_normal((2, T, Hkv * D)).astype(np.float32)
+    kc, vc = np.zeros((Hkv, max_len, D), np.float32), np.zeros((Hkv, max_len, D), np.float32)
+    kc[:, :start], vc[:, :start] = past_k[0], past_v[0]
+    out = np.empty((T, H * D), np.float32)
+    fn(q, k, v, cos[start:start + T], sin[start:start + T], kc, vc, start, out)
+    # reference: the float runtime's own steps (runtime.inference.Runner.forward)
+    c, s = cos[start:start + T], sin[start:start + T]
+    qr, _ = L.rope_forward(q.reshape(1, T, H, D).transpose(0, 2, 1, 3), c, s)
+    kr, _ = L.rope_forward(k.reshape(1, T, Hkv, D).transpose(0, 2, 1, 3), c, s)
+    keys = np.concatenate([past_k, kr], axis=2)
+    vals = np.concatenate([past_v, v.reshape(1, T, Hkv, D).transpose(0, 2, 1, 3)], axis=2)
+    ref, _ = L.attention_forward(qr, keys, vals)                                # (1, H, T, D)
+    np.testing.assert_allclose(kc[:, :start + T], keys[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(vc[:, :start + T], vals[0], rtol=0, atol=0)
+    np.testing.assert_allclose(out, ref[0].transpose(1, 0, 2).reshape(T, H * D), rtol=1e-5, atol=1e-5)
+
+
+def test_dispatch_names_every_kernel_it_can_pick():
+    p = bitpack.pack_signs(np.ones((8, 64), np.float32), lut=True)
+    names = {dispatch.kernel_name(p, b, k) for b in (1, 4, 64) for k in ("exact", "int8")}
+    assert names <= set(dispatch._BATCH1) | set(dispatch._BATCH)
