@@ -1,0 +1,125 @@
+"""Training on a prepared folder (python -m tinyfbi.prepare): exact resume across ranks.
+
+The folder holds Amber-layout rows of 33 ids whose first two ids are the row's own index, so the
+recorder (tests/record_batches.py) sees which sequences each process reads. A 2-rank gloo run is
+killed with SIGKILL mid-epoch and resumed on 2 ranks, and on 1: against the uninterrupted 2-rank
+run, every step reads the same global batch, every training row is read exactly once in epoch 0
+and at most once in the partial epoch 1, and no validation row is ever read. Losses: the 2-rank
+resume is bit-exact (same processes, same sums); the 1-process resume sums in another order,
+bound 1e-5 relative as in tests/test_distributed.py.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import metrics
+
+from tinyfbi.prepare import main as prepare
+
+REPO = Path(__file__).resolve().parents[1]
+ROWS, ROW_LEN, VOCAB, VAL_EVERY = 120, 33, 512, 10     # rows 9, 19, ... are held out: 108 train rows
+STEPS, BATCH = 24, 8                                   # 192 positions: epoch 0 whole, 84 of epoch 1
+TRAIN_ROWS = {i for i in range(ROWS) if i % VAL_EVERY != VAL_EVERY - 1}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def indexed_rows(path):
+    """Rows whose ids 0 and 1 give their index (i % 256, i // 256); the rest seeded noise."""
+    rng = np.random.default_rng(0)
+    with open(path, "w") as f:
+        for i in range(ROWS):
+            ids = [i % 256, i // 256] + rng.integers(0, VOCAB, ROW_LEN - 2).tolist()
+            f.write(json.dumps({"token_ids": ids}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prepared")
+    prepare([str(indexed_rows(root / "rows.jsonl")), "--out", str(root / "data"), "--vocab-size", str(VOCAB),
+             "--val-every", str(VAL_EVERY), "--shard-mb", "1", "--workers", "1", "--no-progress"])
+    return root / "data"
+
+
+def flags(data, out, name):
+    return [str(f) for f in ["--backend", "torch", "--data", data, "--out", out, "--name", name, "--steps", STEPS,
+                             "--batch-size", BATCH, "--seq-len", ROW_LEN - 1, "--loss", "ce", "--teacher", "none",
+                             "--lr", "1e-3", "--save-every", 4, "--eval-every", 12, "--eval-batches", 1,
+                             "--sample-tokens", 2]]
+
+
+def launch(args, record_dir, cwd):
+    """torchrun with 2 gloo ranks, in a session of its own (so that one SIGKILL takes every process)."""
+    record_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RECORD_DIR=str(record_dir))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(REPO / "tests" / "record_batches.py"), *args]
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def global_batches(record_dir) -> dict:
+    """step -> the global batch's row indices, from the last record of each row (a resumed run redoes
+    the steps after its checkpoint; what counts is what the finished run trained on)."""
+    rows = {}
+    for path in sorted(Path(record_dir).glob("rank*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:      # the line a SIGKILL cut short
+                continue
+            for r, index in zip(range(*rec["rows"]), rec["index"]):
+                rows.setdefault(rec["step"], {})[r] = index
+    return {step: [got[r] for r in range(BATCH)] for step, got in rows.items() if len(got) == BATCH}
+
+
+def test_sigkilled_two_rank_run_resumes_exactly_on_two_ranks_and_on_one(prepared, tmp_path, monkeypatch):
+    whole = launch(flags(prepared, tmp_path / "a", "run"), tmp_path / "rec-a", tmp_path)
+    killed = launch(flags(prepared, tmp_path / "b", "run"), tmp_path / "rec-b", tmp_path)
+    state = tmp_path / "b" / "run" / "checkpoint" / "trainer.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and killed.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["step"] >= 4:
+            break
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)                # the launcher and both ranks at once
+    killed.wait()
+    at_kill = json.loads(state.read_text())["step"]
+    assert 4 <= at_kill < STEPS                          # it really died mid-run
+    shutil.copytree(tmp_path / "b", tmp_path / "c")      # the same state, to resume on one process
+    shutil.copytree(tmp_path / "rec-b", tmp_path / "rec-c")
+    resumed = launch([*flags(prepared, tmp_path / "b", "run"), "--resume"], tmp_path / "rec-b", tmp_path)
+    for proc in (whole, resumed):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import record_batches
+    monkeypatch.setattr(record_batches.BatchSampler, "batch", record_batches.BatchSampler.batch)
+    record_batches.install(tmp_path / "rec-c")            # this process is rank 0 of a world of 1
+    monkeypatch.delenv("RANK", raising=False)
+    record_batches.main([*flags(prepared, tmp_path / "c", "run"), "--resume"])
+
+    a, b, c = (metrics(tmp_path / x / "run" / "metrics.jsonl") for x in "abc")
+    assert [r["step"] for r in b] == [r["step"] for r in c] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in b] == [r["loss"] for r in a]                      # bit-exact
+    assert b[-1]["val_loss"] == a[-1]["val_loss"]
+    for ra, rc in zip(a, c):
+        assert abs(ra["loss"] - rc["loss"]) / ra["loss"] < 1e-5
+
+    batches = {x: global_batches(tmp_path / f"rec-{x}") for x in "abc"}
+    assert sorted(batches["a"]) == list(range(STEPS))
+    assert batches["b"] == batches["a"] and batches["c"] == batches["a"]        # any world size, same batches
+    stream = [i for step in range(STEPS) for i in batches["a"][step]]
+    epoch0, epoch1 = stream[:len(TRAIN_ROWS)], stream[len(TRAIN_ROWS):]
+    assert sorted(epoch0) == sorted(TRAIN_ROWS)                                 # each once, no val row
+    assert len(set(epoch1)) == len(epoch1) and set(epoch1) <= TRAIN_ROWS
+    assert epoch1 != epoch0[:len(epoch1)]                                       # a new order
