@@ -21,7 +21,10 @@ import numpy as np
 import pytest
 from conftest import metrics
 
+from tinyfbi import Model, ModelConfig, save_model
+from tinyfbi.corpus.tokenizers import ByteTokenizer
 from tinyfbi.prepare import main as prepare
+from tinyfbi.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, ROW_LEN, VOCAB, VAL_EVERY = 120, 33, 512, 10     # rows 9, 19, ... are held out: 108 train rows
@@ -123,3 +126,26 @@ def test_sigkilled_two_rank_run_resumes_exactly_on_two_ranks_and_on_one(prepared
     assert sorted(epoch0) == sorted(TRAIN_ROWS)                                 # each once, no val row
     assert len(set(epoch1)) == len(epoch1) and set(epoch1) <= TRAIN_ROWS
     assert epoch1 != epoch0[:len(epoch1)]                                       # a new order
+
+
+def test_numpy_backend_trains_on_the_folder_and_samples_print_as_ids(prepared, tmp_path):
+    summary = main([*flags(prepared, tmp_path, "np"), "--backend", "numpy", "--steps", "2", "--eval-every", "2"])
+    assert summary["tokenizer"] == f"ids{VOCAB}" and summary["data"] == f"prepared:{prepared.resolve()}"
+    assert all(word.isdigit() for word in summary["sample"].split())
+    assert summary["val_loss"] < np.log(VOCAB) + 0.5                  # near uniform after 2 steps, no worse
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--seq-len", "40"], "rows of 33 ids are shorter than --seq-len 40 + 1"),
+    (["--vocab-size", "256"], f"prepared with a {VOCAB}-id vocabulary; --vocab-size 256 differs"),
+    (["--teacher", "TEACHER", "--loss", "ad"], "was prepared with tokenizer ids512, the teacher"),
+])
+def test_a_folder_that_does_not_fit_the_model_is_one_line(prepared, tmp_path, capsys, extra, message):
+    teacher = tmp_path / "teacher"
+    save_model(Model(ModelConfig(vocab_size=256, binarized=False), seed=0), teacher, ByteTokenizer())
+    argv = [*flags(prepared, tmp_path, "bad"), "--backend", "numpy", *extra]     # the last --flag counts
+    argv = [str(teacher) if a == "TEACHER" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
