@@ -210,7 +210,7 @@ class JsonlFiles(Source):
             try:
                 with _open_lines(path) as f:
                     for n, line in enumerate(f, 1):
-                        if not line.strip():
+                        if not line or line.isspace():
                             continue
                         split = "val" if self.held_out(doc, len(line)) else "train"
                         doc += 1

@@ -1,0 +1,132 @@
+"""`python -m tinyfbi.bench_prepare`: how fast `tinyfbi.prepare` and the batch path are, on this machine.
+
+Generates a text of --mb MB (paragraphs of Python's pydoc topics in a seeded random order) and an
+Amber-layout jsonl of --rows rows of 2049 random ids, prepares each in a fresh process (peak RSS:
+the main process's VmHWM and the largest worker's), then times global batches read from the
+Amber shards: one rank's share of the paper's 130m batch (32 x 2049 at world size 32) and the whole
+1024 x 2049 batch. A benchmark, not a test: timings move with whatever else runs on the machine.
+
+    python -m tinyfbi.bench_prepare --mb 1024 --rows 20000 --workers 2 --out /tmp/bench
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import numpy as np
+
+from .cli import CLIParser, run_cli
+from .corpus.batches import BatchSampler
+from .corpus.shards import open_prepared
+
+MB = 1 << 20
+PAPER_130M = dict(batch=1024, seq=2048, world=32)   # the issue's figure: 32 rows per rank at world size 32
+
+MEASURE = """
+import json, re, resource, sys, time
+from tinyfbi.corpus.prepare import prepare
+start = time.perf_counter()
+m = prepare(sys.argv[1], sys.argv[2], None if sys.argv[3] == "none" else sys.argv[3],
+            None if sys.argv[4] == "0" else int(sys.argv[4]), workers=int(sys.argv[5]),
+            progress=False, force=True, log=lambda *a: None)
+seconds = time.perf_counter() - start
+hwm = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+print(json.dumps({"seconds": seconds, "tokens": m["tokens"]["train"] + m["tokens"]["val"],
+                  "main_rss_mb": hwm / 1024,
+                  "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def write_text(path: Path, mb: int, seed=0) -> int:
+    paragraphs = [p for text in topics.values() for p in text.split("\n\n") if p.strip()]
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        while f.tell() < mb * MB:
+            f.write("\n\n".join(rng.choices(paragraphs, k=2000)) + "\n\n")
+    return path.stat().st_size
+
+
+def write_rows(path: Path, rows: int, row_len=2049, vocab=32000, seed=0) -> int:
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for first in range(0, rows, 1000):
+            block = rng.integers(0, vocab, size=(min(1000, rows - first), row_len))
+            f.write("".join('{"token_ids": [' + ", ".join(map(str, r)) + ']}\n' for r in block.tolist()))
+    return path.stat().st_size
+
+
+def prepare_in_process(source, out, tokenizer, vocab, workers) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(source), str(out), tokenizer, str(vocab), str(workers)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fetch_ms(folder, batch, rows, steps=20) -> float:
+    """Median ms to read `rows` of global batch k (k = 0..steps-1) from the prepared shards."""
+    sampler = BatchSampler(open_prepared(folder, checksums=False).train, batch, 2048, seed=0, rows=rows)
+    times = []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        sampler.batch(k)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def cpu_name() -> str:
+    try:
+        return re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
+    except (OSError, AttributeError):
+        return platform.processor() or "unknown CPU"
+
+
+def bench(args):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text, rows = out / "text.txt", out / "rows.jsonl"
+    text_bytes = write_text(text, args.mb) if not text.is_file() or text.stat().st_size < args.mb * MB else text.stat().st_size
+    rows_bytes = write_rows(rows, args.rows)
+    print(f"{cpu_name()}, {os.cpu_count()} cores, --workers {args.workers}; text {text_bytes / MB:.0f} MB, "
+          f"rows {args.rows} x 2049 ({rows_bytes / MB:.0f} MB of jsonl)")
+    results = {}
+    for name, source, tok, vocab in (("byte", text, "byte", 0), ("sentencepiece 4096", text, "sentencepiece", 4096),
+                                     ("amber rows", rows, "none", 32000)):
+        r = prepare_in_process(source, out / name.split()[0], tok, vocab, args.workers)
+        size = rows_bytes if source == rows else text_bytes
+        r.update(mb_s=size / MB / r["seconds"], tok_s=r["tokens"] / r["seconds"], rows_s=args.rows / r["seconds"])
+        results[name] = r
+        extra = f", {r['rows_s']:,.0f} rows/s" if source == rows else ""
+        print(f"  prepare {name:20s} {r['seconds']:7.1f} s  {r['mb_s']:6.1f} MB/s  {r['tok_s'] / 1e6:6.2f} M tokens/s"
+              f"{extra}  peak RSS main {r['main_rss_mb']:.0f} MB, worker {r['worker_rss_mb']:.0f} MB")
+    per_rank = PAPER_130M["batch"] // PAPER_130M["world"]
+    for label, batch, sel in ((f"{per_rank} x 2049 (one rank of {PAPER_130M['world']})", PAPER_130M["batch"],
+                               slice(0, per_rank)), ("1024 x 2049 (the whole batch)", PAPER_130M["batch"], slice(None))):
+        ms = fetch_ms(out / "amber", batch, sel)
+        results[f"fetch {label}"] = ms
+        print(f"  fetch {label:38s} {ms:8.2f} ms (median of 20 steps, shards in the page cache)")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def main(argv=None):
+    ap = CLIParser("python -m tinyfbi.bench_prepare", __doc__.split("\n\n")[0])
+    ap.add_argument("--mb", type=int, default=1024, help="size of the generated text")
+    ap.add_argument("--rows", type=int, default=20000, help="rows of 2049 ids in the generated Amber jsonl")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="prepare's --workers")
+    ap.add_argument("--out", default="/tmp/tinyfbi-bench-prepare", help="scratch folder (several GB for 1 GB)")
+    return run_cli(bench, ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
