@@ -316,8 +316,9 @@ def row_ids(unit: Unit) -> np.ndarray:
     if unit.kind == "ids":
         return np.frombuffer(unit.data, dtype=np.int64)
     head = AMBER_HEAD.match(unit.data)
-    if head:
-        body = unit.data[head.end():unit.data.find(b"]", head.end())]
+    end = unit.data.find(b"]", head.end()) if head else -1
+    if end >= 0:
+        body = unit.data[head.end():end]
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)   # numpy's "could not be read to its end"
             try:
