@@ -46,7 +46,9 @@ def build_parser() -> CLIParser:
     ap.add_argument("--full-precision", action="store_true",
                     help="train a full-precision model (a teacher) instead of the FBI student")
     ap.add_argument("--data", default=None,
-                    help="shakespeare (default), a UTF-8 .txt file or folder, or hf:NAME[:CONFIG]")
+                    help="shakespeare (default), a UTF-8 .txt file or folder, hf:NAME[:CONFIG], or a folder made "
+                         "by python -m tinyfbi.prepare (it holds manifest.json): its shards are memmapped, "
+                         "each sequence read once per epoch, each rank reading only its rows")
     ap.add_argument("--data-dir", default="data", help="cache for corpora, tokenizers and token files")
     ap.add_argument("--tokenizer", default="sentencepiece",
                     help="byte, sentencepiece (BPE trained here), tiktoken, or PATH/tokenizer.model")

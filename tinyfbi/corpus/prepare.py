@@ -268,18 +268,23 @@ def _write_piece(piece: Piece) -> dict:
            "sha256": hashlib.sha256(data).hexdigest(), "input_sha256": piece.input_sha256}
     if len(data):
         with atomic_open(folder / rec["file"]) as f:
-            f.write(data.tobytes())
+            f.write(memoryview(data))
     atomic_write_json(folder / f"{piece.stem}.json", rec)     # after the shard: the piece is complete
     return rec
 
 
 def encode_units(tok: Tokenizer, units: list[Unit]) -> np.ndarray:
     """Token ids of the units' text, encoded in segments of about SEGMENT characters cut at line ends."""
-    if isinstance(tok, ByteTokenizer):
+    if isinstance(tok, ByteTokenizer):             # the ids are the UTF-8 bytes, copied once into uint16
+        blobs = []
         for u in units:
-            unit_text(u)                           # strict UTF-8, the error names the file and offset
-        return np.frombuffer(b"".join(u.data if u.kind == "text" else unit_text(u).encode() for u in units),
-                             dtype=np.uint8)
+            text = unit_text(u)                    # strict UTF-8: an error names the file and offset
+            blobs.append(u.data if u.kind == "text" else text.encode())
+        out, at = np.empty(sum(map(len, blobs)), dtype=np.uint16), 0
+        for blob in blobs:
+            out[at:at + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+            at += len(blob)
+        return out
     parts, segment, size = [], [], 0
     for u in units:
         text = unit_text(u)

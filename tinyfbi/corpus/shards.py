@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,29 @@ FORMAT = "tinyfbi-shards/1"
 MANIFEST = "manifest.json"
 VERIFY_MAX_BYTES = 1 << 30      # checksums are checked on open up to this size; above it, by --verify
 SPLITS = ("train", "val")
+OPEN_SHARDS = 256               # memmaps kept open per process (each holds a file descriptor)
+
+
+@lru_cache(maxsize=OPEN_SHARDS)
+def _memmap(path: str, dtype: str, count: int) -> np.memmap:
+    return np.memmap(path, dtype=np.dtype(dtype), mode="r", shape=(count,))
+
+
+class ShardFile:
+    """One shard, memmapped when first read: Amber at 64 MB a shard is ~40k files, more than a
+    process may hold open, so at most OPEN_SHARDS stay mapped (least recently used closed first)."""
+
+    def __init__(self, path: Path, dtype: str, count: int):
+        self.path, self.dtype, self.count = str(path), dtype, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        return _memmap(self.path, self.dtype, self.count)[index]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(_memmap(self.path, self.dtype, self.count), dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -80,7 +104,7 @@ def check_shards(folder, manifest: dict, checksums: bool) -> None:
 
 
 def open_prepared(folder, checksums: bool | None = None) -> Prepared:
-    """The folder's splits as memmapped TokenSplits, and its tokenizer. checksums None: checked
+    """The folder's splits as TokenSplits of memmapped shards, and its tokenizer. checksums None: checked
     when the shards total at most VERIFY_MAX_BYTES (sizes are always checked)."""
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -95,8 +119,7 @@ def open_prepared(folder, checksums: bool | None = None) -> Prepared:
     for split in SPLITS:
         if not manifest[split]:
             raise TinyFBIError(f"{folder} holds no {'validation' if split == 'val' else 'training'} shards")
-        shards = [np.memmap(folder / s["file"], dtype=dtype, mode="r", shape=(s["tokens"],))
-                  for s in manifest[split]]
+        shards = [ShardFile(folder / s["file"], dtype.name, s["tokens"]) for s in manifest[split]]
         splits[split] = TokenSplit(shards, manifest["row_len"],
                                    f"{'training' if split == 'train' else 'validation'} split of {folder}")
     return Prepared(folder, manifest, tokenizer, splits["train"], splits["val"])
