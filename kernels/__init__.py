@@ -3,7 +3,11 @@
 One idea per file, v1 the NumPy reference every other version is checked against:
     bitpack.py   bit layouts of sign(W) and their exact inverses (NumPy only, no Numba)
     dispatch.py  matvec(packed, alpha, beta, x, kind): picks a kernel by batch size and CPU
-    v1..v7       the kernels; act_int8.py the int8 activation rounding; simd.py LLVM helpers
+    v1..v8       the kernels (v8: AVX-512 VNNI); act_int8.py the int8 activation rounding
+    simd.py      LLVM helpers and the instruction set chosen at run time (ISA, TINYFBI_ISA=avx2)
+    stacked.py   linears sharing an input (q/k/v, gate/up) in one batch-1 call, for decode
+    dense_head.py  lm_head as fp16 or int8 rows times float32
+    decode_ops.py  RMSNorm, RoPE + KV append + attention, SwiGLU for the packed decode step
     bench.py     `python -m kernels.bench`: every kernel vs NumPy/torch float32
 
 Importing this package compiles nothing: a kernel compiles when its module is imported.

@@ -11,6 +11,8 @@ streams the rows in their stored type and widens in registers:
   quarter of float32's bytes; `sitofp <8 x i8>` then the same multiply-add; y_r = s_r * (q_r . x).
   Each weight is off by at most s_r / 2 (tested), so |y_r - W_r . x| <= s_r / 2 * sum |x|.
 
+For many tokens at once (a prompt's logits) the head is a GEMM, which BLAS does well: row tiles
+are widened to float32 (about 8 MB each) and multiplied by NumPy, the same values as the kernels.
 Rows are padded with zeros to a multiple of 32 columns (4 vectors of 8) and x likewise; the files
 keep (V, C) and a padded copy is made only when C is not already a multiple of 32.
 
@@ -25,6 +27,8 @@ from numba.extending import intrinsic
 from kernels.simd import I8, V8xF32, counted_loop, data_pointer, hsum, is_c_array
 
 COL_ALIGN = 32                               # columns per unrolled step: 4 vectors of 8
+BLAS_MIN_TOKENS = 8                          # from this many tokens on, widen row tiles and use BLAS
+TILE_BYTES = 8 << 20                         # float32 bytes per widened row tile
 HEAD_KINDS = ("f16", "int8", "f32")
 V8xF16, V8xI8 = ir.VectorType(ir.HalfType(), 8), ir.VectorType(I8, 8)
 
@@ -131,6 +135,8 @@ class DenseHead:
         h = np.asarray(h, np.float32)
         if self.kind == "f32":
             return h @ self.weight.T
+        if h.shape[0] >= BLAS_MIN_TOKENS:
+            return self._blas_tiles(h)
         x = np.zeros((h.shape[0], self.weight.shape[1]), np.float32)    # (T, C_pad)
         x[:, : self.hidden] = h
         y = np.empty((h.shape[0], self.vocab), np.float32)
@@ -138,4 +144,16 @@ class DenseHead:
             _head_f16(self.weight.view(np.uint16), x, y)
         else:
             _head_int8(self.weight, self.scale, x, y)
+        return y
+
+    def _blas_tiles(self, h: np.ndarray) -> np.ndarray:
+        """h (T, C) -> (T, V): row tiles widened to float32, each one BLAS GEMM."""
+        y = np.empty((h.shape[0], self.vocab), np.float32)
+        rows = max(1, TILE_BYTES // (4 * self.hidden))
+        for r0 in range(0, self.vocab, rows):
+            r1 = min(self.vocab, r0 + rows)
+            tile = self.weight[r0:r1, : self.hidden].astype(np.float32)              # (R, C)
+            if self.scale is not None:
+                tile *= self.scale[r0:r1, None]
+            np.matmul(h, tile.T, out=y[:, r0:r1])
         return y

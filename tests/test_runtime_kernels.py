@@ -184,13 +184,14 @@ print(simd.ISA, *names, err / np.abs(ref).max())
 def test_dense_head_equals_float64_of_its_stored_values(kind, shape):
     rng = np.random.default_rng(1)
     w = (rng.standard_normal(shape) * 0.02).astype(np.float32)
-    h = rng.standard_normal((3, shape[1])).astype(np.float32)
+    h = rng.standard_normal((9, shape[1])).astype(np.float32)               # 9 tokens: BLAS tiles
     head = DenseHead(w, kind)
     stored = head.dequantized().astype(np.float64)                              # (V, C)
     ref = h.astype(np.float64) @ stored.T
     n = shape[1] + 1
     bound = 1.01 * n * U * (np.abs(h.astype(np.float64)) @ np.abs(stored).T) + 1e-12
     assert np.all(np.abs(head(h) - ref) <= bound)
+    assert np.all(np.abs(head(h[:3]) - ref[:3]) <= bound[:3])                 # 3 tokens: the row kernels
     if kind == "int8":                                                          # each weight within s_r / 2
         q, scale = quantize_rows_int8(w)
         assert np.all(np.abs(q.astype(np.float64) * scale[:, None] - w) <= scale[:, None] * (0.5 + 1e-6))
