@@ -11,13 +11,14 @@ Both backends write and read this one layout, so a run can change backend at any
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ..core.errors import TinyFBIError
-from .atomic import atomic_write_json, complete_folder, replace_folder, temp_folder
+from .atomic import atomic_path, atomic_write_json, complete_folder, replace_folder, temp_folder
 from .checkpoint import CONFIG_FILE, save_checkpoint
 
 CHECKPOINT = "checkpoint"
@@ -45,15 +46,28 @@ def has_checkpoint(run_dir) -> bool:
 
 def save_run_checkpoint(run_dir, config, params: dict, optimizer_state: dict, trainer_state: dict,
                         tokenizer=None, extra_fbi=None) -> Path:
-    """optimizer_state: {"step": int, "m": {name: array}, "v": {name: array}} (AdamW's moments)."""
+    """optimizer_state: {"step": int, "m": {name: array}, "v": {name: array}} (AdamW's moments).
+    A write that fails (a full disk, a read-only folder) leaves the previous checkpoint as it was
+    and ends in one line saying what failed."""
     final = Path(run_dir) / CHECKPOINT
-    tmp = temp_folder(final)
-    save_checkpoint(tmp, config, params, tokenizer, extra_fbi)
-    moments = {**{"m." + k: v for k, v in optimizer_state["m"].items()},
-               **{"v." + k: v for k, v in optimizer_state["v"].items()}}
-    save_file(moments, str(tmp / OPTIMIZER_FILE))
-    atomic_write_json(tmp / TRAINER_FILE, {**trainer_state, "optimizer_step": optimizer_state["step"]})
-    return replace_folder(tmp, final)
+    tmp = None
+    try:
+        tmp = temp_folder(final)
+        save_checkpoint(tmp, config, params, tokenizer, extra_fbi)
+        moments = {**{"m." + k: v for k, v in optimizer_state["m"].items()},
+                   **{"v." + k: v for k, v in optimizer_state["v"].items()}}
+        with atomic_path(tmp / OPTIMIZER_FILE) as path:
+            save_file(moments, path)
+        atomic_write_json(tmp / TRAINER_FILE, {**trainer_state, "optimizer_step": optimizer_state["step"]})
+        return replace_folder(tmp, final)
+    except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = resolve_checkpoint(run_dir) if has_checkpoint(run_dir) else None
+        raise TinyFBIError(f"could not write the step-{trainer_state['step']} checkpoint in {run_dir} "
+                           f"({e.strerror or e}); " + (f"the last complete checkpoint, {kept}, is intact: "
+                           "free space or fix permissions, then rerun with --resume" if kept else
+                           "no checkpoint was written")) from None
 
 
 def load_trainer_state(ckpt_dir) -> tuple[dict, dict]:

@@ -15,6 +15,9 @@ rank 0 reads a checkpoint and scatters it (`put_full`), and gathers each tensor 
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -27,6 +30,7 @@ from ..core.errors import TinyFBIError
 
 FSDP_AUTO_PARAMS = 1_000_000_000  # --fsdp auto shards models of 1B parameters and up (1.3b, 7b, 13b)
 TIMEOUT = timedelta(minutes=60)    # rank 0 alone initializes or reads a 13B checkpoint: others wait
+LAUNCHER_GONE = 70                 # exit status of a worker whose torchrun agent died (EX_SOFTWARE)
 
 
 @dataclass
@@ -94,6 +98,8 @@ def setup(force_group=False) -> Dist:
     else:
         device = torch.device("cpu")
     d = Dist(rank, world, local_rank, device)
+    if "TORCHELASTIC_RUN_ID" in os.environ:   # started by torchrun: do not outlive it
+        watch_launcher(rank)
     if world > 1 or force_group:
         backend = "cuda:nccl,cpu:gloo" if cuda else "gloo"
         if world == 1 and "MASTER_ADDR" not in os.environ:  # one process, no torchrun: an in-memory store
@@ -102,6 +108,24 @@ def setup(force_group=False) -> Dist:
             dist.init_process_group(backend, timeout=TIMEOUT, device_id=device if cuda else None)
         d.grouped = True
     return d
+
+
+def watch_launcher(rank: int, interval: float = 0.1):
+    """Exit at once when torchrun's agent dies. A worker whose launcher is gone would otherwise go on
+    training and writing checkpoints (each worker has a process group of its own, so killing the
+    agent does not reach it), or wait in a collective for its full timeout. The agent is the
+    worker's parent; when it dies the worker is re-parented, which a thread sees within `interval`.
+    os._exit skips every handler: no checkpoint is half written by this rank (checkpoints are
+    swapped in whole), and the kernel drops the run folder's lock with the process."""
+    launcher = os.getppid()
+
+    def watch():
+        while os.getppid() == launcher:
+            time.sleep(interval)
+        print(f"rank {rank}: torchrun's agent (pid {launcher}) is gone; exiting", file=sys.stderr, flush=True)
+        os._exit(LAUNCHER_GONE)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
 
 
 def teardown(d: Dist):

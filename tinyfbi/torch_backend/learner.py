@@ -114,13 +114,14 @@ class TorchLearner:
             st = self.opt.state.get(p)
             m[name] = get_full(st["exp_avg"], self.d) if st else None
             v[name] = get_full(st["exp_avg_sq"], self.d) if st else None
-        if self.d.is_main:
+
+        def write():  # on rank 0; a failed write is raised on every rank, so none waits for it
             moments = {"step": trainer_state["step"],
                        "m": {k: np.zeros_like(params[k]) if a is None else a for k, a in m.items()},
                        "v": {k: np.zeros_like(params[k]) if a is None else a for k, a in v.items()}}
             save_run_checkpoint(self.run_dir, self.model.config, params, moments, trainer_state, self.tokenizer,
                                 self.extra_fbi)
-        self.d.barrier()
+        self.d.on_main(write)
 
     def restore(self, ckpt_dir) -> dict:
         """Params, AdamW moments and the trainer state from a checkpoint written by either backend,

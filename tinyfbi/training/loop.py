@@ -102,18 +102,45 @@ class MetricsLog:
 
     def append(self, row: dict):
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:
+                raise TinyFBIError(f"could not append step {row['step']} to {self.path} ({e.strerror or e}); "
+                                   "the last checkpoint is intact: fix it, then rerun with --resume") from None
 
     def truncate(self, step: int):
-        """Keep the rows up to `step` (a resumed or rolled-back run redoes the rest), atomically."""
+        """Keep the rows up to `step` (a resumed or rolled-back run redoes the rest). Atomic: a kill
+        leaves the old log or the new one, never a mix."""
         if self.enabled:
             rows = read_metrics(self.path) if self.path.exists() else []
             atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step).encode())
 
 
 def read_metrics(path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl; a last line cut short by a kill mid-append is left out."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise TinyFBIError(f"{path} line {i + 1} is not JSON: the metrics log is corrupted") from None
+    return rows
+
+
+def rollback(learner, state, cfg, run_dir, metrics, data_step, loss, log) -> LoopState:
+    """Back to the last checkpoint, with the batch that spiked skipped from now on."""
+    learner.drop_gradients()
+    skipped, rollbacks, ema = sorted(set(state.skipped) | {data_step}), state.rollbacks + 1, state.loss_ema
+    state = LoopState.from_json(learner.restore(resolve_checkpoint(run_dir)), cfg)
+    state.skipped, state.rollbacks = skipped, rollbacks
+    metrics.truncate(state.step)
+    log(f"loss spike at step {state.step + 1} (loss {loss:.4g}, running mean "
+        f"{ema if ema is not None else float('nan'):.4g}): rolled back to the checkpoint at "
+        f"step {state.step} and skipped batch {data_step}")
+    return state
 
 
 def train(learner: Learner, evaluate, sync, cfg: TrainConfig, optim: OptimConfig, sampler, val_batches,
@@ -129,45 +156,37 @@ def train(learner: Learner, evaluate, sync, cfg: TrainConfig, optim: OptimConfig
         state = LoopState()
         metrics.truncate(0)
         learner.save(state.to_json(cfg))          # step 0: a rollback always has somewhere to go
-    bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, unit="step", dynamic_ncols=True,
-               mininterval=1.0, disable=not is_main)
-    val_loss, step_times = None, []
-    while state.step < cfg.steps:
-        t0 = time.perf_counter()
-        data_step = state.next_data_step()
-        x, y = sampler.batch(data_step)                                    # the global batch (B, T)
-        windows = sampler.windows(data_step) if hasattr(sampler, "windows") else None
-        before = learner.sign_masks() if cfg.track_flips else None
-        loss = learner.forward_backward(x, y, windows)
-        if state.is_spike(loss, cfg):
-            learner.drop_gradients()
-            skipped, rollbacks, ema = sorted(set(state.skipped) | {data_step}), state.rollbacks + 1, state.loss_ema
-            state = LoopState.from_json(learner.restore(resolve_checkpoint(run_dir)), cfg)
-            state.skipped, state.rollbacks = skipped, rollbacks
-            metrics.truncate(state.step)
-            log(f"loss spike at step {state.step + 1} (loss {loss:.4g}, running mean "
-                f"{ema if ema is not None else float('nan'):.4g}): rolled back to the checkpoint at "
-                f"step {state.step} and skipped batch {data_step}")
-            bar.n = state.step
-            bar.refresh()
-            continue
-        lr = lr_at(state.step, optim)
-        row = {"step": state.step + 1, "loss": loss, "lr": lr, "grad_norm": learner.optimizer_step(lr)}
-        state.advance(data_step, loss)
-        if before is not None:
-            row["flips"] = learner.flip_fractions(before)
-        sync()
-        step_times.append(time.perf_counter() - t0)
-        row["tok_s"] = cfg.batch_size * cfg.seq_len / step_times[-1]
-        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-            val_loss = row["val_loss"] = evaluate(learner.model, val_batches())
-        metrics.append(row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tok_s']:.0f}", lr=f"{lr:.2e}",
-                        **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
-        if state.step % cfg.save_every == 0 or state.step == cfg.steps:
-            learner.save(state.to_json(cfg))
-    bar.close()
+    with tqdm(total=cfg.steps, initial=state.step, desc=desc, unit="step", dynamic_ncols=True,
+              mininterval=1.0, disable=not is_main) as bar:  # closed on errors too: one clean error line
+        val_loss, step_times = None, []
+        while state.step < cfg.steps:
+            t0 = time.perf_counter()
+            data_step = state.next_data_step()
+            x, y = sampler.batch(data_step)                                    # the global batch (B, T)
+            windows = sampler.windows(data_step) if hasattr(sampler, "windows") else None
+            before = learner.sign_masks() if cfg.track_flips else None
+            loss = learner.forward_backward(x, y, windows)
+            if state.is_spike(loss, cfg):
+                state = rollback(learner, state, cfg, run_dir, metrics, data_step, loss, log)
+                bar.n = state.step
+                bar.refresh()
+                continue
+            lr = lr_at(state.step, optim)
+            row = {"step": state.step + 1, "loss": loss, "lr": lr, "grad_norm": learner.optimizer_step(lr)}
+            state.advance(data_step, loss)
+            if before is not None:
+                row["flips"] = learner.flip_fractions(before)
+            sync()
+            step_times.append(time.perf_counter() - t0)
+            row["tok_s"] = cfg.batch_size * cfg.seq_len / step_times[-1]
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                val_loss = row["val_loss"] = evaluate(learner.model, val_batches())
+            metrics.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tok_s']:.0f}", lr=f"{lr:.2e}",
+                            **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
+            if state.step % cfg.save_every == 0 or state.step == cfg.steps:
+                learner.save(state.to_json(cfg))
     if val_loss is None:
         val_loss = evaluate(learner.model, val_batches())
     return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "steps": state.step,

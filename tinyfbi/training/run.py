@@ -31,6 +31,7 @@ from .setup import (
     model_config,
     optim_config,
     prepare_data,
+    run_folder,
     train_config,
 )
 from .teacher_cache import build_teacher_cache
@@ -39,8 +40,7 @@ from .teacher_cache import build_teacher_cache
 def run(args, backend) -> dict:
     """The whole `python -m tinyfbi.train` after its flags are checked; -> summary.json's dict."""
     backend.check_args(args)
-    _, _, run_dir = choose_run_folder(args)
-    lock = backend.on_main(lambda: RunLock(run_dir).acquire())   # before anything is written
+    lock = backend.on_main(lambda: RunLock(run_folder(args)).acquire())   # before anything is read or written
     try:
         return run_locked(args, backend)
     finally:
@@ -49,7 +49,7 @@ def run(args, backend) -> dict:
 
 
 def run_locked(args, backend) -> dict:
-    steps, loss, run_dir = choose_run_folder(args)   # again: another run may have ended meanwhile
+    steps, loss, run_dir = choose_run_folder(args)
     if args.resume:  # refuse a broken checkpoint now, before any teacher is trained
         backend.on_main(lambda: check_resumable(run_dir))
     teacher_dir = None if args.teacher in ("auto", "none") else resolve_checkpoint(args.teacher)

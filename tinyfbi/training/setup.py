@@ -23,12 +23,17 @@ PAPER_SIZES = ("130m", "1.3b", "7b", "13b")
 DEFAULT_STEPS = 400
 
 
+def run_folder(args) -> Path:
+    """runs/NAME: --name, else <size>-<loss> (<size>-fp for a full-precision model)."""
+    loss = "ce" if args.full_precision else args.loss
+    return Path(args.out) / (args.name or (f"{args.size}-fp" if args.full_precision else f"{args.size}-{loss}"))
+
+
 def choose_run_folder(args):
     """(steps, loss, run folder) of this invocation; refuses to overwrite a run or resume nothing."""
     steps = args.steps or DEFAULT_STEPS
     loss = "ce" if args.full_precision else args.loss
-    name = args.name or (f"{args.size}-fp" if args.full_precision else f"{args.size}-{loss}")
-    run_dir = Path(args.out) / name
+    run_dir = run_folder(args)
     if has_checkpoint(run_dir) and not args.resume:
         raise TinyFBIError(f"{run_dir} already holds a run: pass --resume to continue it, or --name for a new one")
     if args.resume and not has_checkpoint(run_dir):
