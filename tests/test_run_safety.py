@@ -158,3 +158,33 @@ def test_kills_at_any_moment_across_ranks_resume_to_the_uninterrupted_run(corpus
     assert max(abs(x["loss"] - y["loss"]) / x["loss"] for x, y in zip(a, b)) < 1e-6
     assert abs(a[-1]["val_loss"] - b[-1]["val_loss"]) / a[-1]["val_loss"] < 1e-6
     assert np.isfinite(b[-1]["val_loss"])
+
+
+def test_a_reader_gets_the_newer_checkpoint_when_its_own_is_swapped_out(tmp_path, monkeypatch):
+    from tinyfbi import Model, ModelConfig
+    from tinyfbi.formats import loading
+    from tinyfbi.formats.run_checkpoint import save_run_checkpoint
+
+    config = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16)
+    old, new = Model(config, seed=1), Model(config, seed=2)
+
+    def save(model, step):
+        moments = {"step": step, "m": dict(model.params), "v": dict(model.params)}
+        save_run_checkpoint(tmp_path, config, model.params, moments, {"step": step})
+
+    save(old, 1)
+    (tmp_path / "checkpoint").rename(tmp_path / ".checkpoint.old")   # a swap killed half-way
+    real, calls = loading.load_hf_state_dict, []
+
+    def read_while_a_run_saves(folder):
+        calls.append(folder)
+        if len(calls) == 1:          # the run saves its next checkpoint as the reader starts
+            save(new, 2)
+        return real(folder)
+
+    monkeypatch.setattr(loading, "load_hf_state_dict", read_while_a_run_saves)
+    _, params, _ = loading.load_checkpoint(tmp_path)
+    assert [f.name for f in calls] == [".checkpoint.old", "checkpoint"]
+    for name, value in new.params.items():
+        np.testing.assert_array_equal(params[name], value)

@@ -14,14 +14,30 @@ import numpy as np
 
 from ..core.errors import TinyFBIError
 from ..core.model import Model
+from .atomic import old_folder
 from .checkpoint import read_config
 from .hf_folder import config_from_hf, load_hf_state_dict
-from .run_checkpoint import resolve_checkpoint
+from .run_checkpoint import CHECKPOINT, resolve_checkpoint
+
+SWAP_RETRIES = 3   # a checkpoint swapped out under a reader, then again while it retries: give up
 
 
 def load_checkpoint(path):
-    """-> (ModelConfig, params in canonical order, raw config.json dict)."""
+    """-> (ModelConfig, params in canonical order, raw config.json dict). A run's checkpoint may be
+    swapped for a newer one while it is read (a run saving as it trains): then the newer one is read."""
     folder = resolve_checkpoint(path)
+    run_dir = folder.parent if folder.name in (CHECKPOINT, old_folder(CHECKPOINT).name) else None
+    for _ in range(SWAP_RETRIES):
+        try:
+            return read_folder(folder)
+        except (FileNotFoundError, TinyFBIError):
+            if run_dir is None or folder.exists():
+                raise                     # a real problem, not a swap
+            folder = resolve_checkpoint(run_dir)
+    return read_folder(folder)
+
+
+def read_folder(folder):
     raw = read_config(folder)
     tensors = load_hf_state_dict(folder)
     config = config_from_hf(folder, tensors)
