@@ -36,7 +36,8 @@ def build_parser() -> CLIParser:
     ap.add_argument("--val-every", type=int, default=100,
                     help="hold out every N-th document (file, row) for validation; of one .txt file, its last 1/N")
     ap.add_argument("--val-max-mb", type=int, default=64, help="stop holding out documents past this much input")
-    ap.add_argument("--force", action="store_true", help="replace another preparation in --out")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the preparation in --out (another one, or this one: start over)")
     ap.add_argument("--verify", metavar="DIR", help="check every shard of a prepared folder against its manifest")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap

@@ -121,16 +121,18 @@ def prepare(source: str, out, tokenizer: str | None = None, vocab_size: int | No
 
 def claim_folder(out: Path, request: dict, force: bool) -> dict | None:
     """The saved state when `out` holds this very request (to resume or reuse); None for a fresh
-    start. Another preparation is replaced only with --force; a folder of other files never."""
+    start. A preparation is replaced (or started over) only with --force; other files never."""
+    if out.exists() and not out.is_dir():
+        raise TinyFBIError(f"--out {out} is a file: give a folder")
     if not out.exists() or not any(out.iterdir()):
         return None
-    if not out.is_dir() or not ((out / STATE).is_file() or (out / MANIFEST).is_file()):
+    if not ((out / STATE).is_file() or (out / MANIFEST).is_file()):
         raise TinyFBIError(f"--out {out} is not empty and holds no tinyfbi preparation: choose a new or empty folder")
     try:
         state = json.loads((out / STATE).read_text("utf-8"))
     except (OSError, ValueError):
         state = None
-    if isinstance(state, dict) and {k: state.get(k) for k in request} == request:
+    if isinstance(state, dict) and {k: state.get(k) for k in request} == request and not force:
         return state
     if not force:
         what = "a preparation" if (out / MANIFEST).is_file() else "an unfinished preparation"
