@@ -53,6 +53,11 @@ def kernel_name(packed: PackedSigns, batch: int, kind: str = "exact") -> str:
     return "v3_lut3_f32" if HAS_AVX2 and packed.lut is not None else "v2_masked_f32"
 
 
+def is_batch_kernel(name: str) -> bool:
+    """True for the kernels that take all tokens in one call (v6, v7, v8 batch); False for the looped ones."""
+    return name in _BATCH
+
+
 def matvec(packed: PackedSigns, alpha, beta, x, kind: str = "exact") -> np.ndarray:
     """alpha, beta (1, in) or (in,); x (in,) -> y (out,) or x (B, in) -> y (B, out), float32."""
     n_in = packed.in_features

@@ -30,7 +30,7 @@ import numpy as np
 from kernels.bitpack import BLOCK, PackedSigns, pack_blocked_mask, unpack_blocked_mask
 from kernels.decode_ops import PARALLEL_MIN_POS, attend, attend_parallel, rmsnorm_into, swiglu_into
 from kernels.dense_head import DenseHead
-from kernels.dispatch import kernel_name, matvec
+from kernels.dispatch import is_batch_kernel, kernel_name, matvec
 from kernels.simd import ISA
 from kernels.stacked import StackedSigns, stack_linears, stacked_kernel_name, stacked_matvec
 
@@ -159,12 +159,17 @@ class PackedRunner(Runner):
         lap("norm", t)
         return out
 
-    def _batch_linear(self, st: StackedSigns, s: int, x2: np.ndarray) -> np.ndarray:
-        return matvec(st.segment(s), st.alpha[s], st.beta[s], x2, self.kind)            # (N, out_s)
+    def _batch_linears(self, st: StackedSigns, x2: np.ndarray) -> list:
+        """x2 (N, in) -> [(N, out_s) for each stacked linear]: the batch kernels when N is large enough
+        for them, else the stacked batch-1 call token by token (one call for all linears, lut3 rows)."""
+        if is_batch_kernel(kernel_name(st.segment(0), x2.shape[0], self.kind)):
+            return [matvec(st.segment(s), st.alpha[s], st.beta[s], x2, self.kind) for s in range(len(st.starts))]
+        y = np.stack([stacked_matvec(st, row, self.kind) for row in x2])                 # (N, R)
+        return [y[:, r0:r0 + n] for r0, n in zip(st.starts, st.out_features)]
 
     def _prefill(self, x: np.ndarray, cache: KVCache) -> np.ndarray:
         """x (B, T, C) embeddings -> final-normed (B, T, C); appends T positions to the cache."""
-        cfg, lap, lin = self.config, self._lap, self._batch_linear
+        cfg, lap, lin = self.config, self._lap, self._batch_linears
         B, T, C = x.shape
         start, end = cache.length, cache.length + T
         cos, sin = self.cos[start:end], self.sin[start:end]                              # (T, D)
@@ -173,22 +178,22 @@ class PackedRunner(Runner):
             h, _ = L.rmsnorm_forward(x, layer.norm1, cfg.rms_norm_eps)
             h2 = h.reshape(B * T, C)
             t = lap("norm", t)
-            q, k, v = (lin(layer.qkv, s, h2).reshape(B, T, -1) for s in range(3))        # (B, T, C | kv | kv)
+            q, k, v = (np.ascontiguousarray(y).reshape(B, T, -1) for y in lin(layer.qkv, h2))  # (B, T, C | kv | kv)
             t = lap("qkv", t)
             a = np.empty((B, T, C), np.float32)                                          # (B, T, H*D)
             for b in range(B):  # BLAS-free: numpy's batched matmul beside spinning kernel threads stalls
                 attend_parallel(q[b], k[b], v[b], cos, sin, cache.k[i][b], cache.v[i][b], start, a[b])
             t = lap("attention", t)
-            x = x + lin(layer.o, 0, a.reshape(B * T, C)).reshape(B, T, C)
+            x = x + lin(layer.o, a.reshape(B * T, C))[0].reshape(B, T, C)
             t = lap("o", t)
             h, _ = L.rmsnorm_forward(x, layer.norm2, cfg.rms_norm_eps)
             h2 = h.reshape(B * T, C)
             t = lap("norm", t)
-            gate, up = lin(layer.gate_up, 0, h2), lin(layer.gate_up, 1, h2)              # (B*T, I) each
+            gate, up = lin(layer.gate_up, h2)                                            # (B*T, I) each
             t = lap("gate_up", t)
             mlp, _ = L.swiglu_forward(gate, up)
             t = lap("swiglu", t)
-            x = x + lin(layer.down, 0, mlp).reshape(B, T, C)
+            x = x + lin(layer.down, mlp)[0].reshape(B, T, C)
             t = lap("down", t)
         cache.length = end
         h, _ = L.rmsnorm_forward(x, self.params["model.norm.weight"], cfg.rms_norm_eps)
