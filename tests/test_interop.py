@@ -87,7 +87,7 @@ def test_released_layout_loads_into_both_backends(tmp_path, layout):
     expected = model.forward(TOKENS)
 
     config = config_from_hf(folder)
-    assert config == CFG  # binarized and column scaling inferred from the wscale tensors
+    assert config == CFG.replace(sign_of_zero=0)  # binarized, column scaling and the authors' sign(0) = 0 inferred
     state = load_hf_state_dict(folder)
     assert not any("inv_freq" in k for k in state) and set(state) == set(model.params)
 
@@ -241,3 +241,51 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def authors_logits(folder, tokens=TOKENS):
+    """The oracle, written from the authors' semantics and not from tinyfbi's modules: their
+    BinaryLinearWscales computes W~ = wscale * torch.sign(W) + wbias (sign(0) = 0); here in float32
+    (their eval casts the model to fp16), run by stock transformers' LLaMA."""
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+    raw = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items() if "inv_freq" not in k}
+    state = {}
+    for name, value in raw.items():
+        if name.endswith((".wscale", ".wbias")):
+            continue
+        prefix = name.removesuffix(".weight")
+        if prefix + ".wscale" in raw:
+            value = raw[prefix + ".wscale"] * torch.sign(value) + raw[prefix + ".wbias"]
+        state[name] = value
+    config = {k: v for k, v in released_config(CFG).items() if k not in ("torch_dtype", "transformers_version")}
+    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        return model(torch.from_numpy(tokens)).logits.float().numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_released_checkpoint_with_exact_zeros_gives_the_authors_logits(tmp_path, dtype):
+    model = source_model()
+    rng = np.random.default_rng(3)
+    for name in model.binarized_names:  # a fifth of the latent weights exactly 0
+        model.params[name][rng.random(model.params[name].shape) < 0.2] = 0.0
+    folder = write_released(tmp_path / "FBI-LLM_zeros", model, "safetensors", dtype)
+    expected = authors_logits(folder)
+    # tolerance: float32 sums in another order (NumPy BLAS, torch, transformers), logits of size ~1
+    np.testing.assert_allclose(load_model(folder).forward(TOKENS), expected, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(torch_logits(load_torch_model(folder)), expected, atol=2e-5, rtol=1e-5)
+    plus_one = load_model(folder)
+    plus_one.config = plus_one.config.replace(sign_of_zero=1)      # tinyfbi's training rule instead
+    assert np.abs(plus_one.forward(TOKENS) - expected).max() > 1e-2  # the zeros matter: the test can fail
+    out = tmp_path / "export"
+    assert export_main(["--hf", str(folder), str(out)]) is None
+    np.testing.assert_allclose(authors_logits_of_export(out), expected, atol=2e-5, rtol=1e-5)
+
+
+def authors_logits_of_export(folder, tokens=TOKENS):
+    from transformers import LlamaForCausalLM
+    model = LlamaForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(tokens)).logits.float().numpy()

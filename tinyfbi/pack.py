@@ -35,6 +35,9 @@ def pack(args):
     print(f"  binarized linears: {s['binarized_params']:,} weights at {s['bits_per_binarized_param']:.3f} "
           f"bits each (signs + fp16 alpha/beta; the paper's 1.01)")
     print(f"  whole file: {s['bits_per_param']:.2f} bits per parameter (embeddings, norms, lm_head in {args.dtype})")
+    if s["exact_zeros"] and s["sign_of_zero"] == 0:
+        print(f"  note: {s['exact_zeros']:,} latent weights are exactly 0; the authors' sign(0) = 0 takes a third "
+              "value one bit cannot hold, so they are packed as +1 (W~ = alpha + beta there, not beta)")
 
 
 def main(argv=None):

@@ -2,6 +2,8 @@
 
 Zero maps to +1 so that one bit holds every weight. Training (NumPy and torch), packing and the
 kernels all decide signs through `positive_mask`, so they can never disagree on a zero.
+The one exception: the authors trained with torch's sign, sign(0) = 0, so a released FBI-LLM
+checkpoint read in a float backend keeps an exact-zero latent weight at 0 (ModelConfig.sign_of_zero).
 """
 import numpy as np
 
@@ -11,7 +13,8 @@ def positive_mask(w):
     return w >= 0
 
 
-def binarize(w: np.ndarray) -> np.ndarray:
-    """sign(w) with sign(0) = +1, in w's dtype."""
+def binarize(w: np.ndarray, zero: int = 1) -> np.ndarray:
+    """sign(w) with sign(0) = `zero` (+1, tinyfbi's rule; 0, the authors' torch.sign), in w's dtype."""
     one = np.ones((), dtype=w.dtype)
-    return np.where(positive_mask(w), one, -one)
+    signs = np.where(positive_mask(w), one, -one)
+    return signs if zero == 1 else np.where(w == 0, np.asarray(zero, w.dtype), signs)

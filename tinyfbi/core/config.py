@@ -35,6 +35,7 @@ class ModelConfig:
     rope_theta: float = 10000.0          # RoPE base, HF rotate_half convention
     binarized: bool = True               # FBI-Linear in every block linear; False = full-precision teacher
     scaling: str = "column"              # see SCALINGS; only meaningful when binarized
+    sign_of_zero: int = 1                # +1: one bit holds it; 0: the authors' torch.sign (released checkpoints)
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -57,6 +58,8 @@ class ModelConfig:
                                "even for RoPE")
         if not isinstance(self.binarized, bool):
             raise TinyFBIError(f"ModelConfig.binarized must be true or false, got {self.binarized!r}")
+        if self.sign_of_zero not in (0, 1) or isinstance(self.sign_of_zero, bool):
+            raise TinyFBIError(f"ModelConfig.sign_of_zero must be 0 or 1, got {self.sign_of_zero!r}")
         if self.scaling not in SCALINGS:
             raise TinyFBIError(f"ModelConfig.scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
 

@@ -166,28 +166,28 @@ def linear_backward(dout, cache):
     return dx, dweight
 
 
-def effective_weight(weight, wscale, wbias, scaling="column"):
+def effective_weight(weight, wscale, wbias, scaling="column", zero=1):
     """W~ = wscale * sign(W) + wbias: the weight an FBI-Linear actually multiplies by.
 
     `column` (FBI): wscale/wbias (1, in) broadcast over rows. `row`: (out, 1). `none`: sign(W)
     alone. `ternary`: BitNet b1.58 absmean, round(W / mean|W|) clipped to {-1, 0, 1} times mean|W|.
-    The last two take wscale = wbias = None.
+    The last two take wscale = wbias = None. `zero` is sign(0) (core.binarize).
     """
     if scaling == "ternary":
         gamma = np.mean(np.abs(weight)) + 1e-8
         return (np.clip(np.rint(weight / gamma), -1, 1) * gamma).astype(weight.dtype)
     if scaling == "none":
-        return binarize(weight)
-    return wscale * binarize(weight) + wbias
+        return binarize(weight, zero)
+    return wscale * binarize(weight, zero) + wbias
 
 
-def effective_weight_backward(dw_tilde, weight, wscale, scaling="column", clip_ste=False):
+def effective_weight_backward(dw_tilde, weight, wscale, scaling="column", clip_ste=False, zero=1):
     """dL/dW~ (out, in) -> (dW, dwscale, dwbias): the chain rule through W~ = alpha * sign(W) + beta."""
     if scaling in ("column", "row"):
         # straight-through estimator: d sign(W)/dW := 1 (identity, the paper's choice), times alpha
         dweight = dw_tilde * wscale
         reduce_axis = 0 if scaling == "column" else 1                  # alpha runs along columns / rows
-        dwscale = np.sum(dw_tilde * binarize(weight), axis=reduce_axis, keepdims=True)
+        dwscale = np.sum(dw_tilde * binarize(weight, zero), axis=reduce_axis, keepdims=True)
         dwbias = np.sum(dw_tilde, axis=reduce_axis, keepdims=True)
     else:  # `none` / `ternary` have no learnable scales
         dweight, dwscale, dwbias = dw_tilde, None, None

@@ -62,7 +62,7 @@ class Model:
         if not self.config.binarized:
             return p[prefix + ".weight"]
         return L.effective_weight(p[prefix + ".weight"], p.get(prefix + ".wscale"),
-                                  p.get(prefix + ".wbias"), self.config.scaling)
+                                  p.get(prefix + ".wbias"), self.config.scaling, self.config.sign_of_zero)
 
     def _linears(self, prefixes, x):
         """Linears that share their input (q/k/v, gate/up) as one GEMM on stacked weights."""
@@ -82,7 +82,7 @@ class Model:
                 continue
             dweight, dscale, dbias = L.effective_weight_backward(
                 dw, self.params[prefix + ".weight"], self.params.get(prefix + ".wscale"),
-                self.config.scaling, self.clip_ste)
+                self.config.scaling, self.clip_ste, self.config.sign_of_zero)
             grads[prefix + ".weight"] = dweight
             if self.config.has_scales:
                 grads[prefix + ".wscale"], grads[prefix + ".wbias"] = dscale, dbias
@@ -179,6 +179,7 @@ class Model:
             if name in self.binarized_names:
                 prefix = name[:-len(".weight")]
                 value = L.effective_weight(value, self.params.get(prefix + ".wscale"),
-                                           self.params.get(prefix + ".wbias"), self.config.scaling)
+                                           self.params.get(prefix + ".wbias"), self.config.scaling,
+                                           self.config.sign_of_zero)
             out[name] = value
         return out

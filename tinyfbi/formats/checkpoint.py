@@ -29,6 +29,8 @@ def config_to_json(config: ModelConfig, tokenizer_spec=None, extra_fbi=None, bos
            "binarized_layers": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                 "down_proj"] if config.binarized else [],
            "tokenizer": tokenizer_spec}
+    if config.binarized and config.sign_of_zero != 1:
+        fbi["sign_of_zero"] = config.sign_of_zero
     fbi.update(extra_fbi or {})
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
@@ -58,7 +60,9 @@ def config_from_json(obj: dict, source="config.json", binarized_default=None) ->
         num_key_value_heads=obj.get("num_key_value_heads") or obj["num_attention_heads"],
         intermediate_size=obj["intermediate_size"],
         max_position_embeddings=obj["max_position_embeddings"], rms_norm_eps=float(obj["rms_norm_eps"]),
-        rope_theta=float(rope_theta), binarized=bool(binarized), scaling=fbi.get("scaling", "column"))
+        rope_theta=float(rope_theta), binarized=bool(binarized), scaling=fbi.get("scaling", "column"),
+        # a released FBI-LLM checkpoint (no fbi block) was trained with torch.sign: sign(0) = 0
+        sign_of_zero=fbi.get("sign_of_zero", 0 if binarized and "fbi" not in obj else 1) if binarized else 1)
 
 
 def save_model(model, directory, tokenizer=None, extra_fbi=None):

@@ -36,7 +36,8 @@ def dequantized_tensors(config, params, dtype=np.float32):
         if name in binarized:
             prefix = name[:-len(".weight")]
             value = effective_weight(value.astype(np.float32), _f32(params.get(prefix + ".wscale")),
-                                     _f32(params.get(prefix + ".wbias")), config.scaling)
+                                     _f32(params.get(prefix + ".wbias")), config.scaling,
+                                     config.sign_of_zero)
         yield name, np.ascontiguousarray(value, dtype=dtype)
 
 

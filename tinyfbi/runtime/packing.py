@@ -26,13 +26,15 @@ def pack_checkpoint(ckpt, out, dense_dtype="float16") -> dict:
     if not config.binarized or not config.has_scales:
         raise TinyFBIError(f"{ckpt} is not an FBI (column-scaled binarized) checkpoint: nothing to pack")
     binarized = set(config.binarized_weight_names())
-    tensors, stats = {}, {"binarized_params": 0, "binarized_bytes": 0, "other_params": 0, "other_bytes": 0}
+    tensors, stats = {}, {"binarized_params": 0, "binarized_bytes": 0, "other_params": 0, "other_bytes": 0,
+                          "exact_zeros": 0, "sign_of_zero": config.sign_of_zero}
     for name, value in params.items():
         prefix = name.rsplit(".", 1)[0]
         if name in binarized:
             bits = pack_blocked_mask(sign_mask(value))                        # (out, 32*ceil(in/256))
             tensors[name] = ("signs", bits, value.shape[1])
             stats["binarized_params"] += value.size
+            stats["exact_zeros"] += int(np.count_nonzero(value == 0))
             stats["binarized_bytes"] += bits.nbytes
         elif name.endswith((".wscale", ".wbias")) and prefix + ".weight" in binarized:
             tensors[name] = ("dense", value.astype(np.float16))               # alpha/beta: fp16, as the paper counts

@@ -19,15 +19,16 @@ from ..core.config import ModelConfig
 
 
 class SignSTE(torch.autograd.Function):
-    """sign with sign(0) = +1 forward; identity backward (FBI-LLM's straight-through estimator)."""
+    """sign with sign(0) = +1 (zero=0: torch.sign, the authors') forward; identity backward
+    (FBI-LLM's straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, w):
-        return torch.where(positive_mask(w), 1.0, -1.0).to(w.dtype)
+    def forward(ctx, w, zero=1):
+        return torch.where(positive_mask(w), 1.0, -1.0).to(w.dtype) if zero == 1 else torch.sign(w)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad
+        return grad, None
 
 
 def ternary_ste(w):
@@ -40,9 +41,9 @@ def ternary_ste(w):
 class FBILinear(nn.Module):
     """y = x @ W~.T, W~ = wscale * sign(W) + wbias; wscale/wbias (1, in): one per input column."""
 
-    def __init__(self, in_features, out_features, scaling="column"):
+    def __init__(self, in_features, out_features, scaling="column", sign_of_zero=1):
         super().__init__()
-        self.scaling = scaling
+        self.scaling, self.sign_of_zero = scaling, sign_of_zero
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         if scaling in ("column", "row"):  # `none` and `ternary` have no learnable scales
             shape = (1, in_features) if scaling == "column" else (out_features, 1)
@@ -52,7 +53,7 @@ class FBILinear(nn.Module):
     def effective_weight(self):
         if self.scaling == "ternary":
             return ternary_ste(self.weight)
-        signs = SignSTE.apply(self.weight)
+        signs = SignSTE.apply(self.weight, self.sign_of_zero)
         if self.scaling == "none":
             return signs
         return self.wscale * signs + self.wbias
@@ -63,7 +64,7 @@ class FBILinear(nn.Module):
 
 def make_linear(config: ModelConfig, in_features, out_features):
     if config.binarized:
-        return FBILinear(in_features, out_features, config.scaling)
+        return FBILinear(in_features, out_features, config.scaling, config.sign_of_zero)
     return nn.Linear(in_features, out_features, bias=False)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
 from ..core import layers as L
 from ..core.config import PRESETS, ModelConfig
 from ..core.errors import TinyFBIError
@@ -143,10 +145,14 @@ def init_student(args, config) -> dict:
     if args.init == "scratch":
         return student.params
     source = load_model(args.init)
-    if source.config.replace(binarized=config.binarized, scaling=config.scaling,
+    if source.config.replace(binarized=config.binarized, scaling=config.scaling, sign_of_zero=config.sign_of_zero,
                              max_position_embeddings=config.max_position_embeddings) != config:
         raise TinyFBIError(f"--init {args.init} has a different shape from the student "
                            f"({source.config} vs {config})")
+    zeros = sum(int(np.count_nonzero(source.params[n] == 0)) for n in source.binarized_names)
+    if source.config.sign_of_zero == 0 and zeros:
+        print(f"note: --init {args.init} holds {zeros:,} latent weights that are exactly 0 (sign 0 in the "
+              "authors' model); the student's sign rule makes them +1")
     for name in student.params:
         if name in source.params and source.params[name].shape == student.params[name].shape:
             student.params[name][...] = source.params[name]
