@@ -41,7 +41,8 @@ from .tokenizers import (
 
 MB = 1 << 20
 STATE = "prepare.json"            # the request (and tokenizer): written first, so a rerun can resume
-SEGMENT = 1 << 20                 # a tokenizer encodes about this many characters per call
+SEGMENT = 1 << 16                 # characters per encode call, cut at a line end: sentencepiece's BPE ran
+                                  # 2x faster on 64K than on 1M (0.76 vs 0.38 MB/s, same token count)
 AMBER_HEAD = re.compile(rb'\{\s*"token_ids"\s*:\s*\[')      # a line that starts with its ids
 OURS = re.compile(r"(manifest\.json|prepare\.json|tokenizer\.(model|tiktoken)|(train|val)-\d+\.(bin|json)|\..*\.tmp)")
 
@@ -287,16 +288,13 @@ def encode_units(tok: Tokenizer, units: list[Unit]) -> np.ndarray:
             out[at:at + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
             at += len(blob)
         return out
-    parts, segment, size = [], [], 0
-    for u in units:
-        text = unit_text(u)
-        segment.append(text)
-        size += len(text)
-        if size >= SEGMENT:
-            parts.append(np.asarray(tok.encode("".join(segment)), dtype=np.int64))
-            segment, size = [], 0
-    if segment:
-        parts.append(np.asarray(tok.encode("".join(segment)), dtype=np.int64))
+    text = "".join(unit_text(u) for u in units)
+    parts, at = [], 0
+    while at < len(text):
+        cut = text.find("\n", at + SEGMENT)
+        cut = len(text) if cut < 0 else cut + 1
+        parts.append(np.asarray(tok.encode(text[at:cut]), dtype=np.int64))
+        at = cut
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
