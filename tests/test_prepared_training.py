@@ -16,13 +16,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
 from conftest import metrics
 
 from tinyfbi import Model, ModelConfig, save_model
-from tinyfbi.corpus.tokenizers import ByteTokenizer
+from tinyfbi.corpus.tokenizers import ByteTokenizer, SentencePieceTokenizer
 from tinyfbi.prepare import main as prepare
 from tinyfbi.train import main
 
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 ROWS, ROW_LEN, VOCAB, VAL_EVERY = 120, 33, 512, 10     # rows 9, 19, ... are held out: 108 train rows
 STEPS, BATCH = 24, 8                                   # 192 positions: epoch 0 whole, 84 of epoch 1
 TRAIN_ROWS = {i for i in range(ROWS) if i % VAL_EVERY != VAL_EVERY - 1}
+TEXT = "\n".join(topics.values())
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -149,3 +151,14 @@ def test_a_folder_that_does_not_fit_the_model_is_one_line(prepared, tmp_path, ca
         main(argv)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_teacher_with_the_rows_tokenizer_distills_and_lends_it(prepared, tmp_path):
+    """As the paper: Amber's ids (no tokenizer in the folder) and LLaMA-2-7B, whose tokenizer made them."""
+    teacher = tmp_path / "teacher"
+    tok = SentencePieceTokenizer.train(TEXT, VOCAB)
+    save_model(Model(ModelConfig(vocab_size=VOCAB, binarized=False), seed=0), teacher, tok)
+    summary = main([*flags(prepared, tmp_path, "ad"), "--backend", "numpy", "--steps", "2", "--eval-every", "2",
+                    "--teacher", str(teacher), "--loss", "ad"])
+    assert summary["loss"] == "ad" and summary["tokenizer"] == tok.key            # samples decode as text
+    assert np.isfinite(summary["val_loss"]) and np.isfinite(summary["teacher_val_loss"])
