@@ -78,7 +78,7 @@ def prepare_in_process(source, out, tokenizer, vocab, workers, shard_mb) -> dict
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def fetch_ms(folder, batch, rows, steps=20) -> float:
+def fetch_ms(folder, batch, rows, steps=50) -> float:
     """Median ms to read `rows` of global batch k (k = 0..steps-1) from the prepared shards."""
     sampler = BatchSampler(open_prepared(folder, checksums=False).train, batch, 2048, seed=0, rows=rows)
     times = []
@@ -132,7 +132,7 @@ def bench(args):
                                slice(0, per_rank)), ("1024 x 2049 (the whole batch)", PAPER_130M["batch"], slice(None))):
         ms = fetch_ms(out / "amber", batch, sel)
         results[f"fetch {label}"] = ms
-        print(f"  fetch {label:38s} {ms:8.2f} ms (median of 20 steps, shards in the page cache)")
+        print(f"  fetch {label:38s} {ms:8.2f} ms (median of 50 steps, shards in the page cache)")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
 
