@@ -105,6 +105,22 @@ def test_ppl_clamps_seq_len_and_limits_windows(tmp_path, ckpt, capsys):
     assert r["ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
 
 
+def test_ptb_from_a_local_file_is_read_as_the_authors_get_ptb_does(tmp_path, ckpt, capsys):
+    # ptb.test.txt: one sentence a line, each starting with a space; get_ptb joins them with " "
+    folder, _ = ckpt
+    lines = [" no it was n't black monday ", " but while the new york stock exchange did n't fall apart ",
+             " some circuit breakers installed after the october N crash failed their first test "] * 8
+    ptb = tmp_path / "ptb.test.txt"
+    ptb.write_text("\n".join(lines) + "\n\n")
+    joined = tmp_path / "joined.txt"
+    joined.write_text(" ".join(line.strip() for line in lines))      # the oracle text, written out by hand
+    out, _ = run_ok(capsys, ["--ckpt", str(folder), "--ppl", f"ptb:{ptb},{joined}", "--seq-len", "32", "--json"])
+    results = json.loads(out)["results"]
+    assert results[f"ptb:{ptb}"] == results[str(joined)]
+    code, _, err = run_cli(capsys, ["--ckpt", str(folder), "--ppl", "ptb", "--seq-len", "32"])
+    assert code == 2 and err.count("\n") == 1 and "could not load ptb" in err and "ptb:PATH" in err, err
+
+
 def test_ppl_errors_offline_and_bad_input(tmp_path, ckpt, capsys, monkeypatch):
     folder, _ = ckpt
     # the hub dataset with HF_DATASETS_OFFLINE=1 (set by conftest): one line, in seconds
@@ -239,3 +255,62 @@ def test_lm_eval_adapter_offline_tasks(tmp_path, ckpt, monkeypatch):
     assert len(windows) == math.ceil(len(ids) / 64)
     expected = sum(oracle_logprob(model, c, t) for c, t in windows)
     assert roll[1]["resps"][0][0] == pytest.approx(expected, abs=1e-3)
+
+
+def byte_tokenizer_for_transformers():
+    """tinyfbi's byte tokenizer (id = UTF-8 byte) as a transformers tokenizer, built with `tokenizers`:
+    a BPE without merges over the 256 byte symbols of the ByteLevel alphabet, so ids are byte values."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_of = {ch: b for b, ch in enumerate(sorted(alphabet, key=lambda c: bytes_to_unicode_inverse(c)))}
+    tok = Tokenizer(models.BPE(vocab=byte_of, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    newline = next(ch for ch, b in byte_of.items() if b == 10)   # what both condition an empty context on
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=newline)
+
+
+def bytes_to_unicode_inverse(ch):
+    """GPT-2's byte -> printable character table, inverted (what ByteLevel maps byte b to)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table[ch]
+
+
+def test_exported_checkpoint_scores_in_lm_evals_hf_model_what_the_adapter_scores(tmp_path, ckpt, monkeypatch):
+    lm_eval = pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")   # lm-eval's hf model needs it: it is in requirements.txt
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from tinyfbi.export import main as export_main
+    from tinyfbi.lm_eval_adapter import TinyFBILM  # noqa: F401  (registers the adapter as `tinyfbi`)
+    folder, _ = ckpt
+    tok = byte_tokenizer_for_transformers()
+    assert tok("The sky is blue")["input_ids"] == list(b"The sky is blue")       # the same ids as tinyfbi's
+    export_main(["--hf", str(folder), str(tmp_path / "hf")])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mc.yaml").write_text(TASKS["mc.yaml"])
+    (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MC))
+    scores = {}
+    for name, model in (("adapter", "tinyfbi"),
+                        ("hf", HFLM(pretrained=str(tmp_path / "hf"), tokenizer=tok, batch_size=2, device="cpu",
+                                    dtype="float32", add_bos_token=False))):
+        res = lm_eval.simple_evaluate(model=model, model_args=f"ckpt={folder}" if name == "adapter" else None,
+                                      tasks=["tfbi_mc"], bootstrap_iters=0, log_samples=True, verbosity="ERROR",
+                                      task_manager=TaskManager(include_path="tasks", include_defaults=False))
+        scores[name] = ([r[0][0] for s in sorted(res["samples"]["tfbi_mc"], key=lambda s: s["doc_id"])
+                         for r in s["resps"]], res["results"]["tfbi_mc"]["acc,none"])
+    # the same float32 model in two runtimes (tinyfbi's NumPy inference, transformers' torch): sums in
+    # another order, log-probabilities of a few bytes each
+    np.testing.assert_allclose(scores["hf"][0], scores["adapter"][0], atol=1e-4)
+    assert scores["hf"][1] == scores["adapter"][1]

@@ -8,12 +8,14 @@ and ppl = exp(mean NLL over all predicted tokens). The tail shorter than a windo
 with at least L - S tokens of context (HF's perplexity recipe; usually lower than the paper's).
 
   wikitext2  Salesforce/wikitext, wikitext-2-raw-v1, test split, rows joined with "\\n\\n"
+  ptb        ptb_text_only penn_treebank, test split, sentences joined with " "; datasets >= 4 no
+             longer serves it: `ptb:PATH` reads a local ptb.test.txt the same way
   c4         allenai/c4 en/c4-validation.00000-of-00008.json.gz, first 1100 documents joined
              with " ", cut to 256 windows (256 x seq_len tokens), as GPTQ
   PATH       a local UTF-8 text file (no hub needed)
 
     python -m tinyfbi.evaluate --ckpt runs/tiny-ad --ppl README.md --seq-len 256
-    python -m tinyfbi.evaluate --ckpt FBI-LLM_1.3B --ppl wikitext2,c4 --backend torch --device cuda --json
+    python -m tinyfbi.evaluate --ckpt FBI-LLM_1.3B --ppl wikitext2,ptb,c4 --backend torch --device cuda --json
 
 --backend numpy (default) runs tinyfbi's NumPy inference path (each W~ materialized once);
 --backend torch runs the torch model (tinyfbi.torch_backend), much faster for the paper's sizes (--device cuda).
@@ -35,7 +37,7 @@ from .formats.run_checkpoint import resolve_checkpoint
 def build_parser():
     ap = CLIParser("python -m tinyfbi.evaluate", __doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", help="tinyfbi checkpoint, run folder, or HF LLaMA folder (released FBI-LLM)")
-    ap.add_argument("--ppl", help="comma-separated: wikitext2, c4, or paths to text files")
+    ap.add_argument("--ppl", help="comma-separated: wikitext2, ptb (or ptb:PATH to ptb.test.txt), c4, or paths to text files")
     ap.add_argument("--seq-len", type=int, default=2048, help="window length (clamped to the model's)")
     ap.add_argument("--stride", type=int, default=None, help="window step (default: --seq-len, no overlap)")
     ap.add_argument("--max-windows", type=int, default=None, help="evaluate at most N windows per text")
@@ -51,7 +53,7 @@ def check_args(args):
     if not args.ckpt:
         raise TinyFBIError("--ckpt is required: a checkpoint folder, runs/NAME or an HF LLaMA folder")
     if not args.ppl:
-        raise TinyFBIError("--ppl is required: wikitext2, c4 or a text file (comma-separated)")
+        raise TinyFBIError("--ppl is required: wikitext2, ptb, c4 or a text file (comma-separated)")
     for flag in ("seq_len", "stride", "max_windows", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value <= 0:

@@ -1,6 +1,8 @@
 """The texts perplexity is measured on, as FBI-LLM's Table 2 (arXiv 2407.07093) and GPTQ read them.
 
   wikitext2  Salesforce/wikitext, wikitext-2-raw-v1, test split, rows joined with "\\n\\n"
+  ptb        ptb_text_only, penn_treebank, test split, sentences joined with " " (datasets < 4), or
+             ptb:PATH, a local ptb.test.txt read the same way
   c4         allenai/c4 en/c4-validation.00000-of-00008.json.gz, first 1100 documents joined
              with " ", cut to 256 windows (256 x seq_len tokens), as GPTQ
   PATH       a local UTF-8 text file (no hub needed)
@@ -21,11 +23,19 @@ from ..corpus.sources import read_text
 
 C4_SHARD = "en/c4-validation.00000-of-00008.json.gz"
 C4_DOCS, C4_WINDOWS = 1100, 256   # GPTQ's c4 evaluation set
-DATASETS = {"wikitext2": "Salesforce/wikitext wikitext-2-raw-v1 (test)", "c4": f"allenai/c4 {C4_SHARD}"}
+PTB = ("ptb_text_only", "penn_treebank")   # its loading script: datasets < 4 only
+DATASETS = {"wikitext2": "Salesforce/wikitext wikitext-2-raw-v1 (test)", "ptb": "ptb_text_only penn_treebank (test)",
+            "c4": f"allenai/c4 {C4_SHARD}"}
 
 
 def eval_text(name: str) -> str:
-    """The text a --ppl name stands for: a dataset through `datasets`, or a local file."""
+    """The text a --ppl name stands for: a dataset through `datasets`, `ptb:PATH` (a local copy of
+    ptb.test.txt, one sentence per line), or a local file."""
+    if name.startswith("ptb:"):
+        path = Path(name[len("ptb:"):])
+        if not path.is_file():
+            raise TinyFBIError(f"--ppl {name}: {path} is not a file (expected ptb.test.txt, one sentence a line)")
+        return ptb_text(read_text(path).splitlines())
     if name not in DATASETS:
         path = Path(name)
         if not path.is_file():
@@ -41,11 +51,21 @@ def eval_text(name: str) -> str:
     try:
         if name == "wikitext2":
             return "\n\n".join(datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")["text"])
+        if name == "ptb":
+            return ptb_text(datasets.load_dataset(*PTB, split="test")["sentence"])
         rows = datasets.load_dataset("allenai/c4", data_files={"validation": C4_SHARD}, split="validation")
         return " ".join(rows[:C4_DOCS]["text"])
     except Exception as e:  # datasets raises many types (offline, no such file, network)
+        hint = (" (datasets >= 4 no longer runs PTB's loading script: pass a local ptb.test.txt as --ppl ptb:PATH)"
+                if name == "ptb" else "")
         raise TinyFBIError(f"could not load {name} ({DATASETS[name]}) with datasets ({type(e).__name__}: "
-                           f"{first_line(e)}); the first load needs internet, a local file always works") from None
+                           f"{first_line(e)}){hint}; the first load needs internet, a local file always works") from None
+
+
+def ptb_text(sentences) -> str:
+    """PTB as the authors' datautils.get_ptb reads it (after GPTQ): the test split's sentences
+    joined with single spaces (each line of ptb.test.txt is one sentence, its spaces stripped)."""
+    return " ".join(line.strip() for line in sentences if line.strip())
 
 
 def _offline() -> bool:
