@@ -44,7 +44,8 @@ def build_parser():
                          "peak memory and the instruction set, instead of sampling text")
     ap.add_argument("--prompt-tokens", type=int, default=128, help="--bench: random prompt length")
     ap.add_argument("--json", action="store_true", help="--bench: one JSON object instead of text")
-    ap.add_argument("--threads", type=int, default=None, help="numba threads for the kernels (default: all cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for the kernels and NumPy's BLAS (default: all cores)")
     return ap
 
 
@@ -79,9 +80,13 @@ def sample(args):
     new_tokens = args.max_new_tokens if args.max_new_tokens is not None else (32 if args.bench else 100)
     if new_tokens < 0 or args.top_k < 0 or args.temperature < 0:
         raise TinyFBIError("--max-new-tokens, --top-k and --temperature must be >= 0")
-    if args.threads is not None:
+    if args.threads is not None:  # the kernels' threads and NumPy's OpenBLAS threads (prefill, f32 head)
         import numba
+
+        from kernels.bench import OPENBLAS_SET
         numba.set_num_threads(args.threads)
+        if OPENBLAS_SET is not None:
+            OPENBLAS_SET(args.threads)
     if args.random_init:
         runner, tokenizer = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head), None
     else:
