@@ -128,6 +128,26 @@ def test_resume_redoes_no_finished_shard(tmp_path):
     assert quiet(src, out, "byte", shard_mb=1, val_every=10) == first                    # complete: reused
 
 
+def test_sigkilled_prepare_resumes_to_the_same_shards(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text((TEXT * 3)[:1 << 20] * 12)                                   # 12 MB: 11 train shards of 1 MB
+    whole = quiet(src, tmp_path / "whole", "byte", shard_mb=1, val_every=10)
+    cmd = [sys.executable, "-m", "tinyfbi.prepare", str(src), "--out", str(tmp_path / "out"), "--tokenizer", "byte",
+           "--shard-mb", "1", "--val-every", "10", "--workers", "1", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    killed = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while killed.poll() is None and len(list((tmp_path / "out").glob("train-*.json"))) < 3:
+        time.sleep(0.005)
+    killed.kill()
+    assert killed.wait() == -9 and not (tmp_path / "out" / "manifest.json").exists()      # died mid-way
+    done = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("train-*.json")}
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["train"] == whole["train"] and manifest["val"] == whole["val"]      # same bytes (sha256)
+    assert all((tmp_path / "out" / n).stat().st_mtime_ns == t for n, t in done.items())  # finished: not redone
+
+
 def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     """Peak RSS of the main process (VmHWM: ru_maxrss would start from pytest's, kept across exec)
     and of the workers, for 8 MB and 32 MB of text in 2 MB shards: measured 50 / 52 MB (main) and
