@@ -27,9 +27,9 @@ def build_parser() -> CLIParser:
     ap.add_argument("--out", help="the folder to prepare (new or empty, or a killed preparation to resume)")
     ap.add_argument("--tokenizer", default=None,
                     help="byte, sentencepiece (BPE trained on the first 8M characters), tiktoken, or "
-                         "PATH/tokenizer.model (default: sentencepiece for text; none for token_ids rows)")
+                         "PATH/tokenizer.model; None: sentencepiece for text, no tokenizer for token_ids rows")
     ap.add_argument("--vocab-size", type=int, default=None,
-                    help="vocabulary of a tokenizer trained here (default 4096); for token_ids rows without "
+                    help="vocabulary of a tokenizer trained here (None: 4096); for token_ids rows without "
                          "--tokenizer, the vocabulary their ids must lie in (32000 for Amber)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizing processes")
     ap.add_argument("--shard-mb", type=int, default=64, help="input per shard (MB of text, or of token rows)")
