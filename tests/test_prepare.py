@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from pydoc_data.topics import topics
 
@@ -98,6 +99,34 @@ def test_parquet_through_datasets(tmp_path):
     quiet(tmp_path / "t.parquet", tmp_path / "out", "byte", val_every=4)
     train = shard_bytes(tmp_path / "out", "train").astype(np.uint8).tobytes().decode()
     assert train == "".join(t + "\n\n" for i, t in enumerate(texts) if i % 4 != 3)
+
+
+class FakeStream:
+    """What datasets.load_dataset(..., streaming=True) returns: an iterable with take()."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def take(self, n):
+        return self.rows[:n]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+def test_hub_rows_are_streamed_through_datasets(tmp_path, monkeypatch):
+    texts = [f"story {i}: " + topics[k][:100] for i, k in enumerate(sorted(topics)[:12])]
+    calls = []
+
+    def load_dataset(name, config=None, split=None, streaming=False):
+        calls.append((name, config, split, streaming))
+        return FakeStream([{"text": t, "id": i} for i, t in enumerate(texts)])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    manifest = quiet("hf:someone/stories:small", tmp_path / "out", "byte", val_every=4)
+    assert calls[0] == ("someone/stories", "small", "train", True) and manifest["source"] == "hf:someone/stories:small"
+    val = shard_bytes(tmp_path / "out", "val").astype(np.uint8).tobytes().decode()
+    assert val == "".join(texts[i] + "\n\n" for i in (3, 7, 11))
 
 
 def test_amber_rows_are_stored_as_they_are(tmp_path):
