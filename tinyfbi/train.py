@@ -15,6 +15,7 @@ from .cli import CLIParser, run_cli
 from .core.config import PRESETS, SCALINGS
 from .core.errors import TinyFBIError
 from .training.numpy_learner import NumpyBackend
+from .training.recipe import apply_recipe
 from .training.run import run
 from .training.setup import DEFAULT_STEPS, PAPER_SIZES
 
@@ -28,7 +29,13 @@ def build_parser() -> CLIParser:
                     help=f"student optimizer steps (default {DEFAULT_STEPS} for numpy)")
     ap.add_argument("--teacher-steps", type=int, default=None,
                     help="steps for a teacher trained here by --teacher auto (default: --steps)")
-    ap.add_argument("--batch-size", type=int, default=16, help="sequences per step")
+    ap.add_argument("--recipe", choices=["none", "paper"], default="none",
+                    help="paper: the authors' batch, sequence length, schedule and token budget for the chosen "
+                         "size (130m, 1.3b, 7b, 13b; torch backend), filling the flags left unset")
+    ap.add_argument("--tokens", type=float, default=None,
+                    help="--recipe paper: token budget the steps follow from (default Amber's 1.26e12)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="sequences per optimizer step, the global batch (default 16; --recipe paper: the authors')")
     ap.add_argument("--seq-len", type=int, default=None,
                     help="tokens per sequence (default 128; the paper's 2048 for 130m+)")
     ap.add_argument("--lr", type=float, default=None,
@@ -71,8 +78,17 @@ def build_parser() -> CLIParser:
     ap.add_argument("--dry-run", action="store_true", help="torch: plan parameters and memory, train nothing")
     ap.add_argument("--world-size", type=int, default=None, help="torch --dry-run: GPUs to plan for")
     ap.add_argument("--json", action="store_true", help="torch --dry-run: one JSON object")
-    ap.add_argument("--grad-accum", type=int, default=1, metavar="N",
-                    help="torch: each rank's rows of the batch in N micro-batches (the batch stays --batch-size)")
+    ap.add_argument("--grad-accum", type=int, default=None, metavar="N",
+                    help="torch: each rank's rows of the batch in N micro-batches (the batch stays --batch-size); "
+                         "default 1, or what --micro-batch / --recipe paper's memory plan implies")
+    ap.add_argument("--micro-batch", type=int, default=None, metavar="M",
+                    help="torch: sequences per GPU per forward; sets --grad-accum = batch / (world size x M)")
+    ap.add_argument("--gpu-gib", type=float, default=None,
+                    help="torch --recipe paper: GPU memory to fit micro-batches in (default: the device's; "
+                         "80 when planning without one)")
+    ap.add_argument("--tok-s", type=float, default=None,
+                    help="torch --dry-run: tokens/s of the whole run, for the wall-clock estimate "
+                         "(default: 40%% MFU on H100s)")
     ap.add_argument("--fsdp", choices=["auto", "on", "off"], default="auto",
                     help="torch: shard with FSDP2 per decoder layer (auto: under torchrun, for 1B+ parameters); "
                          "else DDP")
@@ -84,10 +100,12 @@ def build_parser() -> CLIParser:
 
 
 def check_args(args):
+    apply_recipe(args)
+    args.batch_size = args.batch_size or 16
     if args.seq_len is None:
         args.seq_len = 2048 if args.size in PAPER_SIZES else 128
     for flag in ("steps", "teacher_steps", "batch_size", "seq_len", "eval_every", "eval_batches",
-                 "save_every", "vocab_size", "world_size", "grad_accum"):
+                 "save_every", "vocab_size", "world_size", "grad_accum", "micro_batch"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise TinyFBIError(f"--{flag.replace('_', '-')} must be positive, got {value}")

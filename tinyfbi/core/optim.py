@@ -22,12 +22,13 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0      # global L2 norm; 0 disables
+    warmup_from_zero: bool = False  # the authors' schedule: lr * step / warmup (step 0 at lr 0)
 
 
 def lr_at(step: int, cfg: OptimConfig) -> float:
     """Learning rate for optimizer step `step` (0-based): warmup, then cosine to the floor."""
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return cfg.lr * (step + (0 if cfg.warmup_from_zero else 1)) / cfg.warmup_steps
     decay_steps = max(1, cfg.total_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))

@@ -28,7 +28,7 @@ from ..training.setup import PAPER_SIZES, model_config
 from .distributed import Dist, put_full, replicate, setup, shard, teardown, use_fsdp
 from .learner import TorchLearner, autocast
 from .model import TorchModel
-from .planner import flops_per_token, main_plan
+from .planner import GiB, flops_per_token, main_plan, plan
 
 # bf16 dense peak of the GPUs MFU is reported against (FLOP/s); others report no MFU
 PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -108,11 +108,8 @@ class TorchBackend:
         return f" on {d.world_size} x {device_name(d)}{parallel}"
 
     def check_args(self, args):
-        per_step = self.d.world_size * args.grad_accum
-        if args.batch_size % per_step:
-            raise TinyFBIError(f"--batch-size {args.batch_size} must be divisible by world size "
-                               f"{self.d.world_size} x --grad-accum {args.grad_accum}: every rank takes "
-                               "equal micro-batches")
+        # the micro-batch: given, or for --recipe paper the largest the memory plan fits on this device
+        plan(args, world=self.d.world_size, device_gib=args.gpu_gib or device_gib(self.d), strict=True)
         if args.teacher == "auto" and args.size in PAPER_SIZES and not args.full_precision:
             raise TinyFBIError(f"--size {args.size} distills a full-precision teacher: give --teacher PATH "
                                "(e.g. a Llama-2-7b-hf folder, as the paper does), or --teacher none --loss ce")
@@ -192,6 +189,13 @@ class TorchBackend:
         return {"device": device_name(self.d), "world_size": self.d.world_size, "fsdp": self.sharded,
                 "tok_s_per_device": tok_s and tok_s / self.d.world_size, "flops_per_token": flops,
                 "mfu": mfu(tok_s, self.d, flops)}
+
+
+def device_gib(d: Dist) -> float:
+    """Memory of this rank's device: the GPU's, or on a CPU the machine's RAM."""
+    if d.device.type == "cuda":
+        return torch.cuda.get_device_properties(d.device).total_memory / GiB
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
 
 
 def device_name(d: Dist) -> str:

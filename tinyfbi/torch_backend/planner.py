@@ -36,7 +36,7 @@ from ..core.config import PRESETS, ModelConfig
 from ..core.errors import TinyFBIError
 from ..formats.hf_folder import config_from_hf
 from ..formats.run_checkpoint import resolve_checkpoint
-from ..training.setup import PAPER_SIZES, model_config
+from ..training.setup import DEFAULT_STEPS, PAPER_SIZES, model_config
 from .distributed import use_fsdp
 from .model import TorchModel
 
@@ -141,12 +141,43 @@ def teacher_for_plan(args, vocab_size):
     return ModelConfig.from_name(args.size, vocab_size=vocab_size, binarized=False), f"full-precision {args.size}"
 
 
-def plan(args) -> dict:
-    world = args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    per_rank = world * args.grad_accum
-    if args.batch_size % per_rank:
-        raise TinyFBIError(f"--batch-size {args.batch_size} must be divisible by world size {world} "
-                           f"x --grad-accum {args.grad_accum}: every rank takes equal micro-batches")
+def accumulation(args, per_rank: int, gib_at, device_gib: float, strict: bool) -> int:
+    """Micro-batches per rank per optimizer step: from --micro-batch or --grad-accum, else (for
+    --recipe paper) the largest micro-batch dividing the rank's rows whose estimate fits; 1 otherwise."""
+    if args.micro_batch:
+        if per_rank % args.micro_batch:
+            raise TinyFBIError(f"--micro-batch {args.micro_batch} does not divide the {per_rank} rows each rank "
+                               "takes of the batch")
+        accum = per_rank // args.micro_batch
+        if args.grad_accum and args.grad_accum != accum:
+            raise TinyFBIError(f"--grad-accum {args.grad_accum} and --micro-batch {args.micro_batch} disagree: "
+                               f"{per_rank} rows per rank make {accum} micro-batches")
+        return accum
+    if args.grad_accum:
+        if per_rank % args.grad_accum:
+            raise TinyFBIError(f"--batch-size {args.batch_size} must be divisible by world size x --grad-accum "
+                               f"{args.grad_accum}: every rank takes equal micro-batches")
+        return args.grad_accum
+    if getattr(args, "recipe", "none") != "paper":
+        return 1
+    for micro in sorted((m for m in range(1, per_rank + 1) if per_rank % m == 0), reverse=True):
+        if gib_at(micro) <= device_gib:
+            return per_rank // micro
+    if not strict:   # a dry run shows the plan that does not fit, and says so
+        return per_rank
+    raise TinyFBIError(f"even one sequence per GPU needs {gib_at(1):.1f} GiB by the planner's estimate, the "
+                       f"device has {device_gib:.0f}: use more GPUs (FSDP shards weights and optimizer state), "
+                       "--cpu-offload, or --activation-checkpointing on")
+
+
+def plan(args, world=None, device_gib=None, strict=False) -> dict:
+    """The run's plan; sets args.grad_accum (from --micro-batch, or for --recipe paper the largest
+    micro-batch whose estimate fits device_gib, default --gpu-gib or 80). strict: refuse a plan
+    that cannot fit (a real run) instead of showing it (a dry run)."""
+    world = world or args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if args.batch_size % world:
+        raise TinyFBIError(f"--batch-size {args.batch_size} must be divisible by world size {world}: every rank "
+                           "takes equal rows")
     teacher, teacher_name = teacher_for_plan(args, args.vocab_size or PRESETS[args.size].vocab_size)
     vocab = teacher.vocab_size if teacher is not None else args.vocab_size or PRESETS[args.size].vocab_size
     config = model_config(args, vocab, binarized=not args.full_precision)
@@ -155,9 +186,16 @@ def plan(args) -> dict:
     checkpointing = (args.size in PAPER_SIZES if args.activation_checkpointing == "auto"
                      else args.activation_checkpointing == "on")
     distill = teacher is not None and (args.loss != "ce" and not args.full_precision)
-    micro = args.batch_size // per_rank
-    memory = memory_per_gpu(config, counts, teacher, world, sharded, args.cpu_offload, micro, args.seq_len,
-                            checkpointing, distill)
+    device_gib = device_gib or args.gpu_gib or GPU_GIB
+
+    def memory_at(micro):
+        return memory_per_gpu(config, counts, teacher, world, sharded, args.cpu_offload, micro, args.seq_len,
+                              checkpointing, distill)
+
+    args.grad_accum = accumulation(args, args.batch_size // world, lambda m: memory_at(m)["gpu"]["total"] / GiB,
+                                   device_gib, strict)
+    micro = args.batch_size // world // args.grad_accum
+    memory = memory_at(micro)
     flops = flops_per_token(config, teacher if distill else None, args.seq_len)
     return {
         "size": args.size, "binarized": config.binarized, "scaling": config.scaling if config.binarized else None,
@@ -169,7 +207,8 @@ def plan(args) -> dict:
         "world_size": world, "parallel": "fsdp" if sharded else "ddp" if world > 1 else "single",
         "cpu_offload": bool(args.cpu_offload), "activation_checkpointing": checkpointing,
         "batch_size": args.batch_size, "seq_len": args.seq_len, "grad_accum": args.grad_accum,
-        "micro_batch_per_gpu": micro,
+        "micro_batch_per_gpu": micro, "tokens_per_step": args.batch_size * args.seq_len,
+        "device_gib": device_gib, "fits_device": memory["gpu"]["total"] / GiB <= device_gib,
         "teacher": {"source": teacher_name, "params": teacher.num_params() if teacher is not None else 0,
                     "used_for_loss": distill},
         "memory_gib_per_gpu": {k: v / GiB for k, v in memory["gpu"].items()},
@@ -180,7 +219,18 @@ def plan(args) -> dict:
                      "rank0_to_write_a_checkpoint": memory["host_rank0_checkpoint"] / GiB},
         "flops_per_token": flops,
         "tok_s_per_h100_at_40pct_mfu": TARGET_MFU * H100_BF16 / flops["total"],
+        "budget": budget(args, world, TARGET_MFU * H100_BF16 / flops["total"]),
     }
+
+
+def budget(args, world: int, tok_s_per_h100: float) -> dict:
+    """Steps, tokens and wall-clock time of the run at --tok-s (measured), else at 40% MFU on H100s."""
+    steps = args.steps or DEFAULT_STEPS
+    tokens = steps * args.batch_size * args.seq_len
+    tok_s, source = ((args.tok_s, "given") if args.tok_s else
+                     (tok_s_per_h100 * world, f"40% MFU on {world} H100(s), an assumption, not a measurement"))
+    return {"steps": steps, "tokens": tokens, "token_budget": getattr(args, "tokens", None), "tok_s": tok_s,
+            "tok_s_source": source, "hours": tokens / tok_s / 3600}
 
 
 def format_plan(p: dict) -> str:
@@ -215,7 +265,8 @@ def format_plan(p: dict) -> str:
         f"{p['activations_gib']['with_checkpointing']:.2f}, off {p['activations_gib']['without_checkpointing']:.2f})",
         f"    logits and loss               {m['logits_and_loss']:8.2f}",
         f"    total                         {m['total']:8.2f}   "
-        f"{'fits' if p['fits_80gib'] else 'does NOT fit'} an 80 GiB GPU (plus CUDA context and fragmentation)",
+        f"{'fits' if p['fits_device'] else 'does NOT fit'} a {p['device_gib']:g} GiB GPU (plus CUDA context and "
+        "fragmentation)",
         f"  host memory: {p['host_gib']['rank0_to_write_a_checkpoint']:.0f} GiB on rank 0 to gather and write a "
         "checkpoint (fp32 weights + AdamW moments)"
         + (f"; {p['host_gib']['per_process_offload']:.1f} GiB per process for offloaded state"
@@ -223,6 +274,9 @@ def format_plan(p: dict) -> str:
         f"  model FLOPs per token: {p['flops_per_token']['total'] / 1e9:.2f} GFLOP (student forward+backward "
         f"{p['flops_per_token']['student'] / 1e9:.2f}, teacher forward {p['flops_per_token']['teacher'] / 1e9:.2f}); "
         f"40% MFU on an H100 is {p['tok_s_per_h100_at_40pct_mfu']:,.0f} tokens/s per GPU",
+        f"  budget: {p['budget']['steps']:,} optimizer steps x {p['tokens_per_step']:,} tokens = "
+        f"{p['budget']['tokens']:.4g} tokens; at {p['budget']['tok_s']:,.0f} tokens/s ({p['budget']['tok_s_source']}) "
+        f"that is {p['budget']['hours']:,.1f} hours ({p['budget']['hours'] / 24:,.1f} days)",
     ]
     return "\n".join(lines)
 

@@ -57,7 +57,8 @@ def default_lr(size):
 def optim_config(args, steps) -> OptimConfig:
     lr = args.lr or default_lr(args.size)
     warmup = args.warmup if args.warmup is not None else min(2000, steps // 10)
-    return OptimConfig(lr=lr, min_lr=lr / 10, warmup_steps=warmup, total_steps=steps)
+    return OptimConfig(lr=lr, min_lr=lr / 10, warmup_steps=warmup, total_steps=steps,
+                       warmup_from_zero=getattr(args, "recipe", "none") == "paper")
 
 
 def train_config(args, steps, loss, binarized) -> TrainConfig:
