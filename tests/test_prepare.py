@@ -134,7 +134,7 @@ def test_amber_rows_are_stored_as_they_are(tmp_path):
     src = rows_file(tmp_path / "train_000.jsonl.gz", rows, gz=True)
     manifest = quiet(src, tmp_path / "amber", vocab_size=32000, val_every=10, shard_mb=1)
     assert (manifest["layout"], manifest["row_len"], manifest["tokenizer"]["kind"]) == ("token_ids", 2049, "ids")
-    assert len(manifest["train"]) == 1                                      # 1 MB of rows: 255 rows, 45 here
+    assert len(manifest["train"]) == 1                                      # 1 MB of input: 76 rows, 45 here
     keep = [i for i in range(50) if i % 10 != 9]
     assert np.array_equal(shard_bytes(tmp_path / "amber", "train"), rows[keep].ravel())
     assert np.array_equal(shard_bytes(tmp_path / "amber", "val"), rows[9::10].ravel())

@@ -32,7 +32,9 @@ def build_parser() -> CLIParser:
                     help="vocabulary of a tokenizer trained here (None: 4096); for token_ids rows without "
                          "--tokenizer, the vocabulary their ids must lie in (32000 for Amber)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenizing processes")
-    ap.add_argument("--shard-mb", type=int, default=64, help="input per shard (MB of text, or of token rows)")
+    ap.add_argument("--shard-mb", type=int, default=64,
+                    help="input per shard, MB (text, or jsonl rows: Amber's 14 KB lines give 4.6k rows, 19 MB of "
+                         "ids); memory holds about 2 x --workers pieces")
     ap.add_argument("--val-every", type=int, default=100,
                     help="hold out every N-th document (file, row) for validation; of one .txt file, its last 1/N")
     ap.add_argument("--val-max-mb", type=int, default=64, help="stop holding out documents past this much input")

@@ -1,7 +1,7 @@
 """Prepare a corpus of any size: a stream of documents -> token shards + manifest (corpus.shards).
 
 The main process reads the source (corpus.streams) and cuts it into pieces of about --shard-mb
-of input (or that many MB of pre-tokenized rows); worker processes tokenize (or parse and check)
+of input (text cut at line ends, or a fixed number of rows); worker processes tokenize (or parse and check)
 each piece and write its shard atomically, with a sidecar naming the input's sha256. Memory
 stays bounded: at most 2 pieces per worker are in flight. A killed run, rerun with the same
 flags, skips every piece whose shard and sidecar are complete. The manifest is written last.
@@ -172,8 +172,10 @@ def choose_tokenizer(src: Source, name: str | None, vocab_size: int | None) -> T
 # ---- pieces (main process) -----------------------------------------------------------------
 
 def pieces(src: Source, job: Job, shard_bytes: int):
-    """The source cut into pieces per split: about shard_bytes of input, or that many bytes of rows."""
-    rows_per_shard = max(1, shard_bytes // (job.row_len * np.dtype(job.dtype).itemsize)) if job.row_len else None
+    """The source cut into pieces per split of about shard_bytes of input: text up to a line end, or a
+    fixed number of rows (shard_bytes over the first row's size), so that memory is bounded by
+    pieces in flight x shard_bytes whatever the layout."""
+    rows_per_shard = None
     units, size, index = {"train": [], "val": []}, {"train": 0, "val": 0}, {"train": 0, "val": 0}
 
     def cut(split):
@@ -186,6 +188,8 @@ def pieces(src: Source, job: Job, shard_bytes: int):
         return piece
 
     for unit in src.units():
+        if job.row_len and rows_per_shard is None:
+            rows_per_shard = max(1, shard_bytes // len(unit.data))   # the source's first row: deterministic
         units[unit.split].append(unit)
         size[unit.split] += len(unit.data)
         full = (len(units[unit.split]) >= rows_per_shard) if rows_per_shard else size[unit.split] >= shard_bytes
