@@ -123,3 +123,34 @@ def test_tiny_model_overfits_one_batch(binarized):
         losses.append(loss)
     assert losses[0] > 3.5
     assert losses[-1] < 0.01, f"final loss {losses[-1]:.3g}"
+
+
+@pytest.mark.parametrize("zero", [1, 0], ids=["sign0=+1", "sign0=0"])
+def test_fused_fbi_linear_has_the_unfused_gradients_and_saves_less(zero):
+    """FusedFBILinear against the plain autograd graph of the same model: same logits and gradients
+    (float64, to rounding), and less kept for the backward (no sign(W) and W~ copies per linear)."""
+    import torch
+    config = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, max_position_embeddings=16, sign_of_zero=zero)
+    model = Model(config, seed=3, dtype=np.float64)
+    for name in model.binarized_names:   # exact zeros, so sign(0) is exercised
+        model.params[name][:, :3] = 0.0
+    tokens = torch.from_numpy(np.random.default_rng(0).integers(0, 64, (2, 12)))
+    runs = {}
+    for fused in (True, False):
+        t_model = TorchModel.from_numpy(model, torch.float64).use_fused_linear(fused)
+        saved, params = [], {p.data_ptr() for p in t_model.parameters()}
+
+        def keep(t):  # bytes autograd keeps beyond the parameters themselves
+            saved.append(0 if t.data_ptr() in params else t.numel() * t.element_size())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            logits = t_model(tokens)
+        logits.square().mean().backward()
+        runs[fused] = (logits.detach().numpy(), {n: p.grad.numpy() for n, p in t_model.named_parameters()},
+                       sum(saved))
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-12, atol=1e-12)
+    for name, grad in runs[False][1].items():
+        np.testing.assert_allclose(runs[True][1][name], grad, rtol=1e-10, atol=1e-12, err_msg=name)
+    linears = sum(np.prod(s) for n, s in config.param_shapes().items() if n in set(config.binarized_weight_names()))
+    assert runs[False][2] - runs[True][2] >= 2 * 8 * linears   # at least sign(W) and W~, float64, per linear

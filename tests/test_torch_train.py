@@ -279,8 +279,8 @@ def test_activation_estimate_matches_what_autograd_saves(fsdp):
     from tinyfbi.torch_backend.model import TorchModel
     from tinyfbi.torch_backend.planner import count_params, memory_per_gpu
 
-    def saved_bytes(config):
-        model = TorchModel(config).to(torch.bfloat16 if fsdp else torch.float32)
+    def saved_bytes(config, fused):
+        model = TorchModel(config).to(torch.bfloat16 if fsdp else torch.float32).use_fused_linear(fused)
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         seen = {}
 
@@ -294,6 +294,7 @@ def test_activation_estimate_matches_what_autograd_saves(fsdp):
 
     config = ModelConfig(vocab_size=64, hidden_size=96, num_hidden_layers=1, num_attention_heads=4,
                          num_key_value_heads=4, intermediate_size=160, max_position_embeddings=64)
-    measured = saved_bytes(config.replace(num_hidden_layers=3)) - saved_bytes(config)   # two layers' worth
-    planned = memory_per_gpu(config, count_params(config), None, 1, fsdp, False, 2, 64, False, False)
-    assert measured == pytest.approx(2 * planned["activations_without_checkpointing"], rel=0.02)
+    for fused in (True, False):
+        measured = saved_bytes(config.replace(num_hidden_layers=3), fused) - saved_bytes(config, fused)  # two layers
+        planned = memory_per_gpu(config, count_params(config), None, 1, fsdp, False, 2, 64, False, False, fused)
+        assert measured == pytest.approx(2 * planned["activations_without_checkpointing"], rel=0.02), fused

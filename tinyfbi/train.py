@@ -94,6 +94,9 @@ def build_parser() -> CLIParser:
                          "else DDP")
     ap.add_argument("--cpu-offload", action="store_true",
                     help="torch: FSDP with weights, gradients and AdamW state in host memory")
+    ap.add_argument("--fbi-linear", choices=["fused", "unfused"], default="fused",
+                    help="torch: FBI-Linear as one autograd function that forms W~ on the fly (keeps no copy of "
+                         "sign(W) or W~ for the backward), or the plain autograd graph (for comparison)")
     ap.add_argument("--activation-checkpointing", choices=["auto", "on", "off"], default="auto",
                     help="torch: recompute each decoder layer in the backward (auto: on for 130m+ on a GPU)")
     return ap

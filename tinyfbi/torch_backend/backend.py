@@ -145,6 +145,7 @@ class TorchBackend:
                          else args.activation_checkpointing == "on")
         module = build_model(config, d, init_params, sharded=self.sharded, cpu_offload=args.cpu_offload,
                              compute_dtype=torch.bfloat16 if cuda else None, checkpoint_layers=checkpointing).train()
+        module.use_fused_linear(args.fbi_linear == "fused")
         wrapped = replicate(module, d) if d.world_size > 1 and not self.sharded else module
         d.barrier()
         return TorchLearner(module, wrapped, cfg, optim, run_dir, tokenizer, d, teacher, teacher_cache,

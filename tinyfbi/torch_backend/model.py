@@ -38,6 +38,32 @@ def ternary_ste(w):
     return w + (q - w).detach()
 
 
+class FusedFBILinear(torch.autograd.Function):
+    """y = x @ (alpha * sign(W) + beta).T with W~ formed on the fly in the forward and again in the
+    backward: autograd keeps x, W, alpha, beta (which exist anyway), not a copy of sign(W) and of W~
+    per linear. Gradients are the unfused path's: dx = dy W~, dW~ = dy^T x, dW = alpha * dW~ (the
+    identity STE), dalpha = sum_rows dW~ * sign(W), dbeta = sum_rows dW~. Column scaling only."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x, weight, wscale, wbias, zero=1):
+        ctx.save_for_backward(x, weight, wscale, wbias)
+        ctx.zero = zero
+        w_tilde = wscale * SignSTE.forward(None, weight, zero) + wbias                # (out, in)
+        return F.linear(x, w_tilde.to(x.dtype))
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dy):
+        x, weight, wscale, wbias = ctx.saved_tensors
+        signs = SignSTE.forward(None, weight, ctx.zero)                              # (out, in)
+        w_tilde = (wscale * signs + wbias).to(dy.dtype)
+        dx = dy @ w_tilde                                                            # (..., in)
+        dw_tilde = (dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(weight.dtype)  # (out, in)
+        return (dx, dw_tilde * wscale, (dw_tilde * signs).sum(0, keepdim=True), dw_tilde.sum(0, keepdim=True),
+                None)
+
+
 class FBILinear(nn.Module):
     """y = x @ W~.T, W~ = wscale * sign(W) + wbias; wscale/wbias (1, in): one per input column."""
 
@@ -58,7 +84,11 @@ class FBILinear(nn.Module):
             return signs
         return self.wscale * signs + self.wbias
 
+    fused = True   # FusedFBILinear for column scaling; False: the plain autograd graph (for comparison)
+
     def forward(self, x):
+        if self.fused and self.scaling == "column":
+            return FusedFBILinear.apply(x, self.weight, self.wscale, self.wbias, self.sign_of_zero)
         return F.linear(x, self.effective_weight().to(x.dtype))
 
 
@@ -157,6 +187,13 @@ class TorchModel(nn.Module):
         self.model = Decoder(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.checkpoint_layers = False  # activation checkpointing per decoder layer
+
+    def use_fused_linear(self, fused: bool = True):
+        """FusedFBILinear (the default) or the unfused autograd graph, for every FBI-Linear."""
+        for module in self.modules():
+            if isinstance(module, FBILinear):
+                module.fused = fused
+        return self
 
     def forward(self, tokens):
         cfg = self.config

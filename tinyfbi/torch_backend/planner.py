@@ -16,9 +16,9 @@ weights, gradients and moments), sharded over the world size under FSDP:
   gradient exists unsharded before its reduce-scatter;
 - the teacher's weights in bf16 (sharded like the student under FSDP);
 - activations per decoder layer per token, measured from the tensors autograd saves (CPU autocast,
-  this model): 34 C + 8 I bytes with float32 master weights (DDP), 28 C + 8 I with bf16 FSDP
-  weights; each binarized linear also saves sign(W) and W~ until its backward (6 B per weight, 4 B
-  under FSDP). Activation checkpointing keeps only each layer's input (C floats per token) plus one
+  this model): with the fused FBI-Linear (the default) 32 C + 8 I bytes with float32 master weights
+  (DDP), 28 C + 8 I with bf16 FSDP weights; with --fbi-linear unfused 34 C + 8 I, and each
+  binarized linear also saves sign(W) and W~ until its backward (6 B per weight, 4 B under FSDP). Activation checkpointing keeps only each layer's input (C floats per token) plus one
   layer being recomputed;
 - logits and loss: bf16 logits, float32 log-probabilities, teacher probabilities and logit
   gradient, about 14 V bytes per token when distilling (10 V with the label loss).
@@ -96,7 +96,8 @@ def flops_per_token(config: ModelConfig, teacher: ModelConfig | None, seq_len: i
 
 
 def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | None, world: int, sharded: bool,
-                   cpu_offload: bool, micro_batch: int, seq_len: int, checkpointing: bool, distill: bool) -> dict:
+                   cpu_offload: bool, micro_batch: int, seq_len: int, checkpointing: bool, distill: bool,
+                   fused: bool = True) -> dict:
     """Bytes per GPU by item (see the module docstring), plus host bytes."""
     P, L, C, I, V = (counts["total"], config.num_hidden_layers, config.hidden_size, config.intermediate_size,
                      config.vocab_size)
@@ -114,7 +115,9 @@ def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | Non
         teacher_bytes = 2 * t["total"] / split + ((2 * t["root"] + 2 * 2 * t["layer"]) if sharded else 0)
     tokens = micro_batch * seq_len
     per_token = (28 if sharded else 34) * C + 8 * I + 24
-    if config.binarized:
+    if config.binarized and fused:   # FusedFBILinear keeps its input as it comes, and no weight copies
+        per_token, saved_weights = (28 if sharded else 32) * C + 8 * I + 24, 0
+    elif config.binarized:
         saved_weights = (4 if sharded else 6) * counts["layer_linears"]
     else:
         saved_weights = 0 if sharded else 2 * counts["layer_linears"]
@@ -190,7 +193,7 @@ def plan(args, world=None, device_gib=None, strict=False) -> dict:
 
     def memory_at(micro):
         return memory_per_gpu(config, counts, teacher, world, sharded, args.cpu_offload, micro, args.seq_len,
-                              checkpointing, distill)
+                              checkpointing, distill, getattr(args, "fbi_linear", "fused") == "fused")
 
     args.grad_accum = accumulation(args, args.batch_size // world, lambda m: memory_at(m)["gpu"]["total"] / GiB,
                                    device_gib, strict)
