@@ -62,7 +62,7 @@ class PackedRunner(Runner):
         if kind not in ("exact", "int8"):
             raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
         self.layers, self.kind = layers, kind
-        self.head = DenseHead(dense["lm_head.weight"], head)
+        self.head = DenseHead(dense.pop("lm_head.weight"), head)        # the head owns it (int8: only its copy)
         self.times = defaultdict(float)                                 # part -> seconds, summed
         positions = np.arange(config.max_position_embeddings)
         self.cos, self.sin = L.rope_cos_sin(positions, config.head_dim, config.rope_theta)  # (P, D) each
@@ -80,16 +80,14 @@ class PackedRunner(Runner):
 
     def weight_bytes(self) -> int:
         packed = sum(getattr(layer, g).nbytes for layer in self.layers for g in GROUPS)
-        dense = sum(v.nbytes for k, v in self.params.items() if k != "lm_head.weight")
-        return packed + dense + self.head.nbytes
+        return packed + sum(v.nbytes for v in self.params.values()) + self.head.nbytes
 
     def kernel_names(self, tokens: int) -> dict:
         """Which kernel runs each part for a step of this many tokens."""
         layer = self.layers[0]
-        if tokens == 1:
-            body = stacked_kernel_name(layer.qkv, self.kind)
-        else:
-            body = kernel_name(layer.qkv.segment(0), tokens, self.kind)
+        body = kernel_name(layer.qkv.segment(0), tokens, self.kind)
+        if not is_batch_kernel(body):                                   # decode, short prompts: stacked rows
+            body = f"stacked {stacked_kernel_name(layer.qkv, self.kind)}" + (" per token" if tokens > 1 else "")
         return {"linears": body, "head": f"dense_head_{self.head.kind}" if self.head.kind != "f32" else "numpy_f32"}
 
     def describe(self) -> dict:
