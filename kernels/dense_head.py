@@ -86,13 +86,18 @@ def _head_int8(w, scale, x, y):
             y[t, r] = scale[r] * dot_i8(w[r], x[t])
 
 
-def quantize_rows_int8(w: np.ndarray):
-    """(V, C) float -> (int8 (V, C), float32 scale (V,)): symmetric, one scale per row."""
-    w = np.asarray(w, np.float32)
-    scale = np.abs(w).max(axis=1) / np.float32(127.0)                  # (V,)
-    inv = np.where(scale > 0, 1.0 / np.where(scale > 0, scale, 1.0), 0.0).astype(np.float32)
-    q = np.clip(np.rint(w * inv[:, None]), -127, 127).astype(np.int8)
-    return q, scale.astype(np.float32)
+def quantize_rows_int8(w: np.ndarray, rows: int = 4096):
+    """(V, C) float -> (int8 (V, C), float32 scale (V,)): symmetric, one scale per row; widened to
+    float32 a block of rows at a time, so a memory-mapped fp16 head never exists whole in float32."""
+    q = np.empty(w.shape, np.int8)
+    scale = np.empty(w.shape[0], np.float32)
+    for r0 in range(0, w.shape[0], rows):
+        blk = np.asarray(w[r0:r0 + rows], np.float32)                   # (rows, C)
+        s = np.abs(blk).max(axis=1) / np.float32(127.0)
+        inv = np.where(s > 0, 1.0 / np.where(s > 0, s, 1.0), 0.0).astype(np.float32)
+        q[r0:r0 + rows] = np.clip(np.rint(blk * inv[:, None]), -127, 127)
+        scale[r0:r0 + rows] = s
+    return q, scale
 
 
 def _pad_cols(a: np.ndarray, dtype) -> np.ndarray:

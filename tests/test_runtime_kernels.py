@@ -195,6 +195,8 @@ def test_dense_head_equals_float64_of_its_stored_values(kind, shape):
     if kind == "int8":                                                          # each weight within s_r / 2
         q, scale = quantize_rows_int8(w)
         assert np.all(np.abs(q.astype(np.float64) * scale[:, None] - w) <= scale[:, None] * (0.5 + 1e-6))
+        q7, scale7 = quantize_rows_int8(w, rows=7)                              # block by block, same values
+        assert np.array_equal(q7, q) and np.array_equal(scale7, scale)
     if kind == "f16":
         assert np.array_equal(stored, w.astype(np.float16).astype(np.float64))
 
