@@ -298,3 +298,20 @@ def test_activation_estimate_matches_what_autograd_saves(fsdp):
         measured = saved_bytes(config.replace(num_hidden_layers=3), fused) - saved_bytes(config, fused)  # two layers
         planned = memory_per_gpu(config, count_params(config), None, 1, fsdp, False, 2, 64, False, False, fused)
         assert measured == pytest.approx(2 * planned["activations_without_checkpointing"], rel=0.02), fused
+
+
+def test_gpu_check_runs_its_cases_and_refuses_without_a_gpu(tmp_path, capsys):
+    """The GPU check's logic at CPU sizes (the figures need a GPU; none is lent to CI)."""
+    from tinyfbi.torch_backend.bench_gpu import main as bench_gpu
+    out = tmp_path / "bench.json"
+    bench_gpu(["--device", "cpu", "--sizes", "tiny", "--teacher-size", "tiny", "--seq-len", "32",
+               "--micro-batch", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["fbi_linear"] for r in rows] == ["fused", "unfused"]
+    assert all(r["tok_s"] > 0 and np.isfinite(r["loss"]) and r["planned_memory_gib"] > 0 for r in rows)
+    # the same model, data and steps: the two FBI-Linears differ only in where bf16 rounds
+    assert abs(rows[0]["loss"] - rows[1]["loss"]) / rows[1]["loss"] < 1e-2
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            bench_gpu(["--out", str(tmp_path / "x.json")])
+        assert e.value.code == 2 and "no CUDA GPU is visible" in capsys.readouterr().err

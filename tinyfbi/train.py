@@ -94,6 +94,8 @@ def build_parser() -> CLIParser:
                          "else DDP")
     ap.add_argument("--cpu-offload", action="store_true",
                     help="torch: FSDP with weights, gradients and AdamW state in host memory")
+    ap.add_argument("--cpu-bf16", action="store_true",
+                    help="torch on a CPU: bf16 autocast as on GPUs (to rehearse their numerics; slower than float32)")
     ap.add_argument("--fbi-linear", choices=["fused", "unfused"], default="fused",
                     help="torch: FBI-Linear as one autograd function that forms W~ on the fly (keeps no copy of "
                          "sign(W) or W~ for the backward), or the plain autograd graph (for comparison)")

@@ -40,6 +40,7 @@ def run_torch(args):
     if args.cpu_offload and not torch.cuda.is_available():
         raise TinyFBIError("--cpu-offload moves FSDP's weights and AdamW state off the GPU: it needs CUDA")
     d = setup(force_group=args.fsdp == "on" or args.cpu_offload)
+    d.cpu_bf16 = args.cpu_bf16
     try:
         with contextlib.ExitStack() as stack:
             if not d.is_main:  # one rank speaks: the others' prints (data, samples) would repeat it

@@ -40,6 +40,7 @@ class Dist:
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     grouped: bool = False  # a process group exists (torchrun, or FSDP in a single process)
+    cpu_bf16: bool = False  # bf16 autocast on a CPU too (rehearsing the GPU numerics; --cpu-bf16)
 
     @property
     def is_main(self) -> bool:

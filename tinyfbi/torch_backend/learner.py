@@ -24,9 +24,10 @@ from .model import TorchModel
 
 
 def autocast(d: Dist):
-    """bf16 autocast on GPUs (float32 master weights); plain float32 on a CPU, like NumPy."""
-    if d.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on GPUs (float32 master weights); plain float32 on a CPU, like NumPy, unless
+    --cpu-bf16 rehearses the GPU's numerics there."""
+    if d.device.type == "cuda" or d.cpu_bf16:
+        return torch.autocast(d.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -58,8 +58,10 @@ class FusedFBILinear(torch.autograd.Function):
         x, weight, wscale, wbias = ctx.saved_tensors
         signs = SignSTE.forward(None, weight, ctx.zero)                              # (out, in)
         w_tilde = (wscale * signs + wbias).to(dy.dtype)
-        dx = dy @ w_tilde                                                            # (..., in)
-        dw_tilde = (dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])).to(weight.dtype)  # (out, in)
+        dx = (dy @ w_tilde).to(x.dtype)                                              # (..., in)
+        # dy may be bf16 and x float32 (autocast): the weight gradient in the weight's precision
+        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
+        dw_tilde = dy2.T.to(weight.dtype) @ x2.to(weight.dtype)                      # (out, in)
         return (dx, dw_tilde * wscale, (dw_tilde * signs).sum(0, keepdim=True), dw_tilde.sum(0, keepdim=True),
                 None)
 

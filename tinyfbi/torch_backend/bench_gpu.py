@@ -1,0 +1,157 @@
+"""`python -m tinyfbi.torch_backend.bench_gpu`: the GPU check, no download needed (a few minutes on one GPU).
+
+For the 130m and 1.3b students with a random LLaMA-2-7B-shaped bf16 teacher (the paper's pairing),
+one distillation step as the torch backend takes it (bf16 autocast, float32 master weights and
+AdamW, activation checkpointing, sequences of 2048), with the fused and the unfused FBI-Linear:
+tokens/s, MFU (student forward+backward and teacher forward FLOPs over the device's bf16 dense
+peak), peak memory against the planner's estimate. The micro-batch is the planner's for the
+device (`--micro-batch` overrides). Writes one JSON object per case (`--out`, default
+bench_gpu.json) and prints a table.
+
+    python -m tinyfbi.torch_backend.bench_gpu                        # 130m and 1.3b, fused and unfused
+    python -m tinyfbi.torch_backend.bench_gpu --device cpu --sizes tiny --teacher-size tiny --seq-len 64
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..cli import CLIParser, run_cli
+from ..core.config import ModelConfig
+from ..core.errors import TinyFBIError
+from ..formats.atomic import atomic_write_json
+from .model import TorchModel
+from .planner import GiB, count_params, flops_per_token, memory_per_gpu
+
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+TIMED_STEPS, WARMUP_STEPS = 5, 2
+
+
+def random_model(config: ModelConfig, device, dtype) -> TorchModel:
+    """A model in place on the device, N(0, 0.02) weights: no host copy, no checkpoint."""
+    with torch.device(device):
+        model = TorchModel(config).to(dtype)
+    if device.type == "cpu":
+        model.init_weights(0)
+    else:
+        init_on_device(model)
+    return model
+
+
+@torch.no_grad()
+def init_on_device(model):
+    for name, p in model.named_parameters():
+        if "norm" in name or name.endswith(".wscale"):
+            p.fill_(1.0)
+        else:
+            p.normal_(0, 0.02)
+
+
+def peak_flops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((f for key, f in PEAK_BF16.items() if key in name), None)
+
+
+def measure(size, teacher, args, device, fused) -> dict:
+    config = ModelConfig.from_name(size, vocab_size=teacher.config.vocab_size,
+                                   max_position_embeddings=max(args.seq_len, 16))
+    counts = count_params(config)
+    micro = args.micro_batch or pick_micro_batch(config, counts, teacher.config, args.seq_len, device)
+    student = random_model(config, device, torch.float32).use_fused_linear(fused).train()
+    student.checkpoint_layers = True
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    x = torch.randint(0, config.vocab_size, (micro, args.seq_len), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step in range(WARMUP_STEPS + TIMED_STEPS):
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast:
+            probs = torch.softmax(teacher(x).float(), dim=-1)                         # (b, T, V)
+        with autocast:
+            logits = student(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), probs.flatten(0, 1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= WARMUP_STEPS:
+            times.append(time.perf_counter() - t0)
+    tok_s = micro * args.seq_len / sorted(times)[len(times) // 2]
+    flops = flops_per_token(config, teacher.config, args.seq_len)["total"]
+    planned = memory_per_gpu(config, counts, teacher.config, 1, False, False, micro, args.seq_len, True, True,
+                             fused)["gpu"]["total"]
+    peak = peak_flops(device)
+    measured = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    del student, opt
+    return {"size": size, "fbi_linear": "fused" if fused else "unfused", "device": device_name(device),
+            "micro_batch": micro, "seq_len": args.seq_len, "tok_s": tok_s, "loss": float(loss),
+            "mfu": tok_s * flops / peak if peak else None, "flops_per_token": flops,
+            "peak_memory_gib": measured / GiB if measured is not None else None, "planned_memory_gib": planned / GiB}
+
+
+def pick_micro_batch(config, counts, teacher_config, seq_len, device) -> int:
+    """The largest power of two whose planned memory fits 90% of the device (the planner's estimate)."""
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 8 * GiB
+    micro = 1
+    while micro < 256 and memory_per_gpu(config, counts, teacher_config, 1, False, False, 2 * micro, seq_len, True,
+                                         True)["gpu"]["total"] <= 0.9 * total:
+        micro *= 2
+    return micro
+
+
+def device_name(device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def build_parser():
+    ap = CLIParser("python -m tinyfbi.torch_backend.bench_gpu", __doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="130m,1.3b", help="comma-separated student presets")
+    ap.add_argument("--teacher-size", default="7b", help="preset of the random full-precision bf16 teacher")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--micro-batch", type=int, default=None, help="sequences per step (default: the planner's)")
+    ap.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a smoke test at small sizes)")
+    ap.add_argument("--out", default="bench_gpu.json", help="JSON file to write")
+    ap.add_argument("--fbi-linear", choices=["both", "fused", "unfused"], default="both")
+    return ap
+
+
+def bench(args: argparse.Namespace):
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TinyFBIError("no CUDA GPU is visible: the GPU check needs one (--device cpu runs a smoke test)")
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    teacher_config = ModelConfig.from_name(args.teacher_size, binarized=False,
+                                           max_position_embeddings=max(args.seq_len, 16))
+    teacher = random_model(teacher_config, device, torch.bfloat16).eval().requires_grad_(False)
+    rows = []
+    for size in sizes:
+        for fused in {"both": (True, False), "fused": (True,), "unfused": (False,)}[args.fbi_linear]:
+            rows.append(measure(size, teacher, args, device, fused))
+            r = rows[-1]
+            print(f"{size:>5} {r['fbi_linear']:>8}: micro-batch {r['micro_batch']} x {r['seq_len']}, "
+                  f"{r['tok_s']:,.0f} tokens/s" + (f", MFU {r['mfu']:.1%}" if r["mfu"] else "")
+                  + (f", peak {r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] is not None else "")
+                  + f" (planned {r['planned_memory_gib']:.1f} GiB)", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    atomic_write_json(args.out, {"teacher": args.teacher_size, "results": rows})
+    print(f"wrote {args.out}")
+    return rows
+
+
+def main(argv=None):
+    return run_cli(bench, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
