@@ -315,3 +315,16 @@ def test_gpu_check_runs_its_cases_and_refuses_without_a_gpu(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             bench_gpu(["--out", str(tmp_path / "x.json")])
         assert e.value.code == 2 and "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_a_run_that_cannot_fit_rank_0s_host_memory_is_refused_before_allocating(corpus, tmp_path, capsys,
+                                                                               monkeypatch):
+    from tinyfbi.torch_backend import backend
+    monkeypatch.setattr(backend, "available_host_bytes", lambda: 16 << 30)   # a 16 GiB machine
+    with pytest.raises(SystemExit) as e:
+        run("--backend", "torch", "--size", "7b", "--teacher", "none", "--loss", "ce", "--data", corpus,
+            "--tokenizer", "byte", "--out", tmp_path)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert "rank 0 needs about 75.3 GiB of host memory" in err and "16.0 GiB available" in err
+    assert not (tmp_path / "7b-ce").exists()

@@ -110,7 +110,8 @@ class TorchBackend:
 
     def check_args(self, args):
         # the micro-batch: given, or for --recipe paper the largest the memory plan fits on this device
-        plan(args, world=self.d.world_size, device_gib=args.gpu_gib or device_gib(self.d), strict=True)
+        p = plan(args, world=self.d.world_size, device_gib=args.gpu_gib or device_gib(self.d), strict=True)
+        self.d.on_main(lambda: check_host_memory(p["params"]["total"]))
         if args.teacher == "auto" and args.size in PAPER_SIZES and not args.full_precision:
             raise TinyFBIError(f"--size {args.size} distills a full-precision teacher: give --teacher PATH "
                                "(e.g. a Llama-2-7b-hf folder, as the paper does), or --teacher none --loss ce")
@@ -191,6 +192,29 @@ class TorchBackend:
         return {"device": device_name(self.d), "world_size": self.d.world_size, "fsdp": self.sharded,
                 "tok_s_per_device": tok_s and tok_s / self.d.world_size, "flops_per_token": flops,
                 "mfu": mfu(tok_s, self.d, flops)}
+
+
+def check_host_memory(num_params: int):
+    """Pre-flight for rank 0, which builds the student's first weights in NumPy (float32) and gathers
+    every tensor with its AdamW moments to write a checkpoint (12 B per parameter at once): refuse in
+    one line, before allocating, where that cannot fit."""
+    need = 12 * num_params
+    available = available_host_bytes()
+    if available is not None and need > available:
+        raise TinyFBIError(f"rank 0 needs about {need / GiB:.1f} GiB of host memory to write a checkpoint "
+                           f"({num_params / 1e9:.2f}B parameters: float32 weights and AdamW moments, gathered "
+                           f"whole), this machine has {available / GiB:.1f} GiB available: use a node with more "
+                           "RAM (sharded checkpoints and per-shard initialization are not implemented yet)")
+
+
+def available_host_bytes() -> int | None:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def device_gib(d: Dist) -> float:
