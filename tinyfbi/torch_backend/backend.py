@@ -125,6 +125,9 @@ class TorchBackend:
         out = self.d.on_main(fn)
         return out if self.d.is_main else fn()
 
+    def rows(self, n: int) -> slice:
+        return self.d.rows(n)   # this rank's rows of a global batch of n
+
     def sync(self):
         if self.d.device.type == "cuda":
             torch.cuda.synchronize()

@@ -126,6 +126,9 @@ class NumpyBackend:
     def sync(self):
         pass
 
+    def rows(self, n: int) -> slice:
+        return slice(None)   # one process reads the whole batch
+
     def load_teacher(self, path, vocab_size):
         return load_model(path, dtype=np.float32)
 

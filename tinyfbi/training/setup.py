@@ -129,10 +129,9 @@ def prepared_data(args, teacher_dir=None):
 
 def make_batches(args, backend, train_tokens, val_tokens):
     """The one batch path of both backends: (sampler, val_batches). Global batch k is a function of
-    (--seed, k); under torchrun each rank reads only its rows (backend.d.rows) of it."""
-    d = getattr(backend, "d", None)                  # the torch backend's ranks; NumPy has one process
-    rows = d.rows(args.batch_size) if d is not None else slice(None)
-    sampler = BatchSampler(train_tokens, args.batch_size, args.seq_len, args.seed, "training split", rows)
+    (--seed, k); under torchrun each rank reads only its rows (backend.rows) of it."""
+    sampler = BatchSampler(train_tokens, args.batch_size, args.seq_len, args.seed, "training split",
+                           backend.rows(args.batch_size))
 
     def val_batches():
         return iter_eval_batches(val_tokens, args.batch_size, args.seq_len, args.eval_batches)
