@@ -23,7 +23,9 @@ import pytest
 from conftest import metrics
 
 from tinyfbi import Model, ModelConfig, save_model
+from tinyfbi.core.errors import TinyFBIError
 from tinyfbi.corpus.tokenizers import ByteTokenizer, SentencePieceTokenizer
+from tinyfbi.formats.run_checkpoint import resolve_checkpoint
 from tinyfbi.prepare import main as prepare
 from tinyfbi.train import main
 
@@ -89,15 +91,20 @@ def global_batches(record_dir) -> dict:
 def test_sigkilled_two_rank_run_resumes_exactly_on_two_ranks_and_on_one(prepared, tmp_path, monkeypatch):
     whole = launch(flags(prepared, tmp_path / "a", "run"), tmp_path / "rec-a", tmp_path)
     killed = launch(flags(prepared, tmp_path / "b", "run"), tmp_path / "rec-b", tmp_path)
-    state = tmp_path / "b" / "run" / "checkpoint" / "trainer.json"
+    def step_saved():  # the checkpoint may be mid-swap (only .checkpoint.old there) at any read
+        try:
+            return json.loads((resolve_checkpoint(tmp_path / "b" / "run") / "trainer.json").read_text())["step"]
+        except (TinyFBIError, FileNotFoundError, ValueError):
+            return -1
+
     deadline = time.time() + 240
     while time.time() < deadline and killed.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["step"] >= 4:
+        if step_saved() >= 4:
             break
         time.sleep(0.02)
     os.killpg(killed.pid, signal.SIGKILL)                # the launcher and both ranks at once
     killed.wait()
-    at_kill = json.loads(state.read_text())["step"]
+    at_kill = step_saved()
     assert 4 <= at_kill < STEPS                          # it really died mid-run
     shutil.copytree(tmp_path / "b", tmp_path / "c")      # the same state, to resume on one process
     shutil.copytree(tmp_path / "rec-b", tmp_path / "rec-c")

@@ -24,7 +24,7 @@ from conftest import metrics
 
 from tinyfbi import load_model
 from tinyfbi.core.errors import TinyFBIError
-from tinyfbi.formats import checkpoint as checkpoint_format
+from tinyfbi.formats import run_checkpoint
 from tinyfbi.train import main
 from tinyfbi.training import loop as loop_module
 from tinyfbi.training.run_lock import RunLock
@@ -84,15 +84,15 @@ def test_a_teacher_being_built_is_waited_for(tmp_path):
 
 
 def test_a_failed_checkpoint_write_keeps_the_last_one(corpus, tmp_path, monkeypatch, capsys):
-    real, saves = checkpoint_format.save_file, []
+    real, saves = run_checkpoint.save_file, []
 
     def full_disk(tensors, path, metadata=None):
         saves.append(path)
-        if len(saves) == 4:   # the step-0, -2 and -4 checkpoints are written; step 6's model file fails
+        if len(saves) == 7:   # weights + moments of the step-0, -2 and -4 checkpoints; step 6's weights fail
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(checkpoint_format, "save_file", full_disk)
+    monkeypatch.setattr(run_checkpoint, "save_file", full_disk)
     train(corpus, tmp_path, "--steps", 8, "--save-every", 2, expect_exit=2)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "could not write the step-6 checkpoint" in err and "No space left on device" in err
@@ -188,3 +188,30 @@ def test_a_reader_gets_the_newer_checkpoint_when_its_own_is_swapped_out(tmp_path
     assert [f.name for f in calls] == [".checkpoint.old", "checkpoint"]
     for name, value in new.params.items():
         np.testing.assert_array_equal(params[name], value)
+
+
+def test_a_checkpoint_past_the_shard_size_is_written_in_shards_and_reads_back(tmp_path):
+    """Weights and moments stream into shards (rank 0 of a 7B run holds one, not the model); the
+    loaders read the shards as one checkpoint."""
+    from tinyfbi import Model, ModelConfig
+    from tinyfbi.formats.loading import load_checkpoint
+    from tinyfbi.formats.run_checkpoint import load_trainer_state, save_run_checkpoint
+
+    config = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=16)
+    model = Model(config, seed=1)
+    rng = np.random.default_rng(2)
+    m = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in model.params.items()}
+    v = {k: rng.random(v.shape).astype(np.float32) for k, v in model.params.items()}
+    save_run_checkpoint(tmp_path, config, model.params, {"step": 7, "m": m, "v": v}, {"step": 7},
+                        shard_bytes=20_000)
+    folder = tmp_path / "checkpoint"
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1 and (folder / "model.safetensors.index.json").is_file()
+    assert len(list(folder.glob("optimizer-*-of-*.safetensors"))) > 1
+    _, params, _ = load_checkpoint(tmp_path)
+    state, opt = load_trainer_state(folder)
+    assert state["step"] == opt["step"] == 7
+    for name, value in model.params.items():
+        np.testing.assert_array_equal(params[name], value)
+        np.testing.assert_array_equal(opt["m"][name], m[name])
+        np.testing.assert_array_equal(opt["v"][name], v[name])

@@ -14,7 +14,6 @@ Tolerances, float32 on a CPU (measured):
 """
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,9 +24,7 @@ from gradcheck import assert_close
 from tinyfbi import Model, ModelConfig, load_model, save_model
 from tinyfbi.core import layers as L
 from tinyfbi.formats import run_checkpoint
-from tinyfbi.torch_backend import learner as torch_learner
 from tinyfbi.train import main
-from tinyfbi.training import numpy_learner
 
 SMALL_RUN = ["--tokenizer", "byte", "--batch-size", "4", "--seq-len", "64", "--eval-every", "10",
              "--eval-batches", "2", "--sample-tokens", "4", "--lr", "1e-3", "--save-every", "10"]
@@ -60,18 +57,17 @@ def teacher(tmp_path_factory):
 def runs(corpus, teacher, tmp_path_factory):
     """20 steps in each backend, same flags; each run's step-10 checkpoint is kept aside."""
     out = tmp_path_factory.mktemp("runs")
-    real = run_checkpoint.save_run_checkpoint
+    real = run_checkpoint.RunCheckpointWriter.finish
 
-    def save_and_keep_step_10(run_dir, *args):
-        final = real(run_dir, *args)
-        if args[3]["step"] == 10:
-            shutil.copytree(final, out / "step10" / Path(run_dir).name)
+    def finish_and_keep_step_10(writer, trainer_state, optimizer_step):
+        final = real(writer, trainer_state, optimizer_step)
+        if trainer_state["step"] == 10:
+            shutil.copytree(final, out / "step10" / writer.run_dir.name)
         return final
 
     summaries = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(numpy_learner, "save_run_checkpoint", save_and_keep_step_10)
-        mp.setattr(torch_learner, "save_run_checkpoint", save_and_keep_step_10)
+        mp.setattr(run_checkpoint.RunCheckpointWriter, "finish", finish_and_keep_step_10)
         for backend in ("numpy", "torch"):
             summaries[backend] = run("--backend", backend, "--name", backend, "--data", corpus, "--data-dir",
                                      out / "data", "--out", out, "--steps", 20, "--loss", "mix", "--teacher",

@@ -75,11 +75,17 @@ def save_checkpoint(directory, config: ModelConfig, params: dict, tokenizer=None
     go into config.json)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:
-        tokenizer.save(directory)
     tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})  # "pt" so transformers accepts it
+    save_config(directory, config, tokenizer, extra_fbi)
+
+
+def save_config(directory, config: ModelConfig, tokenizer=None, extra_fbi=None):
+    """config.json, and the tokenizer's files (its spec and bos/eos ids go into config.json)."""
+    directory = Path(directory)
+    if tokenizer is not None:
+        tokenizer.save(directory)
     spec = tokenizer.spec if tokenizer is not None else None
     bos, eos = getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)
     atomic_write_json(directory / CONFIG_FILE, config_to_json(config, spec, extra_fbi, bos, eos))

@@ -17,7 +17,7 @@ from ..core.binarize import positive_mask
 from ..core.errors import TinyFBIError
 from ..core.optim import OptimConfig
 from ..formats.loading import load_checkpoint
-from ..formats.run_checkpoint import load_trainer_state, save_run_checkpoint
+from ..formats.run_checkpoint import RunCheckpointWriter, load_trainer_state
 from ..training.loop import TrainConfig
 from .distributed import Dist, get_full, local, put_full
 from .model import TorchModel
@@ -107,22 +107,20 @@ class TorchLearner:
         return out
 
     def save(self, trainer_state):
-        """Gather every parameter and AdamW moment to rank 0, tensor by tensor, and write the one run
-        checkpoint layout (optimizer.safetensors keys m.<name> / v.<name>, as NumPy's AdamW)."""
-        params, m, v = {}, {}, {}
+        """Gather every parameter and its AdamW moments to rank 0 one tensor at a time, and stream them
+        into the one run checkpoint layout (formats.run_checkpoint): rank 0 holds a shard, not the model.
+        A failed write is raised on every rank (on_main), so none waits in a collective for it."""
+        writer = self.d.on_main(lambda: RunCheckpointWriter(self.run_dir, self.model.config, self.tokenizer,
+                                                            self.extra_fbi))
         for name, p in self.named:
-            params[name] = get_full(p, self.d)
             st = self.opt.state.get(p)
-            m[name] = get_full(st["exp_avg"], self.d) if st else None
-            v[name] = get_full(st["exp_avg_sq"], self.d) if st else None
-
-        def write():  # on rank 0; a failed write is raised on every rank, so none waits for it
-            moments = {"step": trainer_state["step"],
-                       "m": {k: np.zeros_like(params[k]) if a is None else a for k, a in m.items()},
-                       "v": {k: np.zeros_like(params[k]) if a is None else a for k, a in v.items()}}
-            save_run_checkpoint(self.run_dir, self.model.config, params, moments, trainer_state, self.tokenizer,
-                                self.extra_fbi)
-        self.d.on_main(write)
+            full = get_full(p, self.d)
+            m = get_full(st["exp_avg"], self.d) if st else None
+            v = get_full(st["exp_avg_sq"], self.d) if st else None
+            if writer is not None:
+                zeros = np.zeros_like(full) if st is None else None    # no step taken yet
+                writer.add(name, full, zeros if m is None else m, zeros if v is None else v)
+        self.d.on_main(lambda: writer.finish(trainer_state, trainer_state["step"]))
 
     def restore(self, ckpt_dir) -> dict:
         """Params, AdamW moments and the trainer state from a checkpoint written by either backend,
