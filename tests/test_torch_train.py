@@ -322,5 +322,5 @@ def test_a_run_that_cannot_fit_rank_0s_host_memory_is_refused_before_allocating(
             "--tokenizer", "byte", "--out", tmp_path)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1, err
-    assert "rank 0 needs about 75.3 GiB of host memory" in err and "16.0 GiB available" in err
+    assert "rank 0 needs about 31.1 GiB of host memory" in err and "16.0 GiB available" in err
     assert not (tmp_path / "7b-ce").exists()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..core.errors import TinyFBIError
 from ..formats.hf_folder import config_from_hf
 from ..formats.loading import load_checkpoint
-from ..formats.run_checkpoint import resolve_checkpoint
+from ..formats.run_checkpoint import SHARD_BYTES, resolve_checkpoint
 from ..runtime.inference import sample_next
 from ..training.run import run
 from ..training.setup import PAPER_SIZES, model_config
@@ -111,7 +111,7 @@ class TorchBackend:
     def check_args(self, args):
         # the micro-batch: given, or for --recipe paper the largest the memory plan fits on this device
         p = plan(args, world=self.d.world_size, device_gib=args.gpu_gib or device_gib(self.d), strict=True)
-        self.d.on_main(lambda: check_host_memory(p["params"]["total"]))
+        self.d.on_main(lambda: check_host_memory(p["params"]["total"], args.resume))
         if args.teacher == "auto" and args.size in PAPER_SIZES and not args.full_precision:
             raise TinyFBIError(f"--size {args.size} distills a full-precision teacher: give --teacher PATH "
                                "(e.g. a Llama-2-7b-hf folder, as the paper does), or --teacher none --loss ce")
@@ -197,17 +197,17 @@ class TorchBackend:
                 "mfu": mfu(tok_s, self.d, flops)}
 
 
-def check_host_memory(num_params: int):
-    """Pre-flight for rank 0, which builds the student's first weights in NumPy (float32) and gathers
-    every tensor with its AdamW moments to write a checkpoint (12 B per parameter at once): refuse in
-    one line, before allocating, where that cannot fit."""
-    need = 12 * num_params
+def check_host_memory(num_params: int, resume: bool):
+    """Pre-flight for rank 0, which builds a new student's first weights whole in NumPy (float32, 4 B per
+    parameter) and streams checkpoints in shards of SHARD_BYTES (weights, m, v): refuse in one line,
+    before allocating, where that cannot fit."""
+    need = (0 if resume else 4 * num_params) + 3 * SHARD_BYTES
     available = available_host_bytes()
     if available is not None and need > available:
-        raise TinyFBIError(f"rank 0 needs about {need / GiB:.1f} GiB of host memory to write a checkpoint "
-                           f"({num_params / 1e9:.2f}B parameters: float32 weights and AdamW moments, gathered "
-                           f"whole), this machine has {available / GiB:.1f} GiB available: use a node with more "
-                           "RAM (sharded checkpoints and per-shard initialization are not implemented yet)")
+        raise TinyFBIError(f"rank 0 needs about {need / GiB:.1f} GiB of host memory to build the student's first "
+                           f"weights ({num_params / 1e9:.2f}B parameters in float32) and write checkpoint shards, "
+                           f"this machine has {available / GiB:.1f} GiB available: use a node with more RAM "
+                           "(initializing each shard where it lives is not implemented yet)")
 
 
 def available_host_bytes() -> int | None:
