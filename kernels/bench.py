@@ -41,6 +41,7 @@ from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
 from kernels.v8_vnni_int8 import matmul_vnni_int8, matvec_vnni_int8
 from tinyfbi.cli import CLIParser, run_cli
 from tinyfbi.core.errors import TinyFBIError
+from tinyfbi.runtime.benchmark import cpu_name
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 BATCHES = [1, 64, 512]
@@ -277,7 +278,7 @@ def bench(args):
     import torch
     threads = [args.threads] if args.threads else [1, 2]
     meter = LoadMeter()
-    header = {"cpu": _cpu_name(), "cores": os.cpu_count(), "isa": ISA, "numba": numba.__version__,
+    header = {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": ISA, "numba": numba.__version__,
               "numpy": np.__version__, "torch": torch.__version__, "numpy_blas_threads_set": OPENBLAS_SET is not None}
     if args.json:
         print(json.dumps({"header": header}), flush=True)
@@ -298,17 +299,6 @@ def bench(args):
     footer = {"numba_threading_layer": numba.threading_layer(),
               "other_load_whole_run": None if share is None else round(share, 3)}
     print(json.dumps({"footer": footer}) if args.json else "# " + ", ".join(f"{k}={v}" for k, v in footer.items()))
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -31,6 +29,7 @@ import numpy as np
 from .cli import CLIParser, run_cli
 from .corpus.batches import BatchSampler
 from .corpus.shards import open_prepared
+from .runtime.benchmark import cpu_name
 
 MB = 1 << 20
 PAPER_130M = dict(batch=1024, seq=2048, world=32)   # the figure: 32 rows per rank at world size 32
@@ -87,13 +86,6 @@ def fetch_ms(folder, batch, rows, steps=50) -> float:
         sampler.batch(k)
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        return re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    except (OSError, AttributeError):
-        return platform.processor() or "unknown CPU"
 
 
 def bench(args):

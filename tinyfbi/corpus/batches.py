@@ -104,11 +104,15 @@ class BatchSampler:
             raise TinyFBIError(f"seed must be a non-negative integer, got {seed!r}")
         self.sequences = Sequences(as_split(tokens, name), seq_len)
         self.seed, self.batch_size, self.seq_len, self.rows = int(seed), int(batch_size), int(seq_len), rows
+        self._last = None                    # (step, its sequence ids)
 
     def windows(self, step: int) -> np.ndarray:
-        """The sequence ids of global batch `step`, (B,): a teacher top-K cache is indexed by them."""
-        positions = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
-        return stream_order(positions, len(self.sequences), self.seed)
+        """The sequence ids of global batch `step`, (B,): a teacher top-K cache is indexed by them.
+        The last step's are kept: the loop asks for them beside batch(step)."""
+        if self._last is None or self._last[0] != step:
+            positions = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+            self._last = (step, stream_order(positions, len(self.sequences), self.seed))
+        return self._last[1]
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         ids = self.windows(step)

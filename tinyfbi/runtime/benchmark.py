@@ -26,6 +26,7 @@ def _forward(runner, tokens, cache, last_only):
 
 
 def cpu_name() -> str:
+    """The CPU model /proc/cpuinfo names, for the header of every benchmark."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -76,9 +76,9 @@ def load_torch_model(path, dtype=torch.float32, device="cpu") -> TorchModel:
                        storage_dtype=dtype)
 
 
-def load_teacher_torch(path, d: Dist, sharded: bool) -> TorchModel:
+def load_teacher_torch(path, d: Dist, sharded: bool, config=None) -> TorchModel:
     """A frozen teacher: bf16 on GPUs, float32 on a CPU; sharded like the student under FSDP."""
-    config = config_from_hf(resolve_checkpoint(path))   # config.json and the weights' headers: cheap on every rank
+    config = config or config_from_hf(resolve_checkpoint(path))   # config.json and the weights' headers
     dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
     teacher = build_model(config, d, lambda: load_checkpoint(path)[1], sharded=sharded, storage_dtype=dtype)
     return teacher.eval().requires_grad_(False)
@@ -132,12 +132,12 @@ class TorchBackend:
         if self.d.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def load_teacher(self, path, vocab_size):
+    def load_teacher(self, path, config):
         # sharded when the student is; a teacher cache is built by rank 0 alone, so then replicated
-        student = model_config(self.args, vocab_size, binarized=not self.args.full_precision)
+        student = model_config(self.args, config.vocab_size, binarized=not self.args.full_precision)
         sharded = use_fsdp(self.args.fsdp, student.num_params(), self.d.world_size,
                            self.args.cpu_offload) and not self.args.teacher_cache
-        return load_teacher_torch(path, self.d, sharded)
+        return load_teacher_torch(path, self.d, sharded, config)
 
     def numpy_forward(self, model):
         return NumpyForward(model, self.d)

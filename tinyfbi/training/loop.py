@@ -163,7 +163,7 @@ def train(learner: Learner, evaluate, sync, cfg: TrainConfig, optim: OptimConfig
             t0 = time.perf_counter()
             data_step = state.next_data_step()
             x, y = sampler.batch(data_step)                                    # the global batch (B, T)
-            windows = sampler.windows(data_step) if hasattr(sampler, "windows") else None
+            windows = sampler.windows(data_step)                                # (B,) sequence ids
             before = learner.sign_masks() if cfg.track_flips else None
             loss = learner.forward_backward(x, y, windows)
             if state.is_spike(loss, cfg):

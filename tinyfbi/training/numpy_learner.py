@@ -129,7 +129,7 @@ class NumpyBackend:
     def rows(self, n: int) -> slice:
         return slice(None)   # one process reads the whole batch
 
-    def load_teacher(self, path, vocab_size):
+    def load_teacher(self, path, config):
         return load_model(path, dtype=np.float32)
 
     def numpy_forward(self, model):

@@ -57,8 +57,7 @@ def run_locked(args, backend) -> dict:
     data = (tokenizer, train_tokens, val_tokens)
     if teacher_dir is None and args.teacher == "auto" and not args.full_precision:
         teacher_dir = teacher_auto(args, backend, corpus, data)
-    teacher = None if teacher_dir is None else backend.load_teacher(check_teacher(teacher_dir, tokenizer),
-                                                                    tokenizer.vocab_size)
+    teacher = None if teacher_dir is None else backend.load_teacher(teacher_dir, check_teacher(teacher_dir, tokenizer))
 
     config = model_config(args, tokenizer.vocab_size, binarized=not args.full_precision)
     print(f"{'full-precision' if args.full_precision else 'FBI student'}: {args.size}, "
@@ -108,15 +107,16 @@ def run_locked(args, backend) -> dict:
     return summary
 
 
-def check_teacher(teacher_dir, tokenizer) -> Path:
-    """The teacher's vocabulary must be the student's tokenizer's (read from its config and headers)."""
+def check_teacher(teacher_dir, tokenizer):
+    """The teacher's ModelConfig (from its config and weight headers); its vocabulary must be the
+    student's tokenizer's."""
     config = config_from_hf(teacher_dir)
     if config.vocab_size != tokenizer.vocab_size:
         raise TinyFBIError(f"teacher {teacher_dir} has vocabulary {config.vocab_size}, the student's tokenizer "
                            f"has {tokenizer.vocab_size}: they must match")
     if config.binarized:
         print(f"note: teacher {teacher_dir} is itself binarized")
-    return teacher_dir
+    return config
 
 
 def train_model(args, backend, run_dir, config, init, data, steps, loss, teacher=None, desc="student",
