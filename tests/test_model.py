@@ -154,3 +154,25 @@ def test_fused_fbi_linear_has_the_unfused_gradients_and_saves_less(zero):
         np.testing.assert_allclose(runs[True][1][name], grad, rtol=1e-10, atol=1e-12, err_msg=name)
     linears = sum(np.prod(s) for n, s in config.param_shapes().items() if n in set(config.binarized_weight_names()))
     assert runs[False][2] - runs[True][2] >= 2 * 8 * linears   # at least sign(W) and W~, float64, per linear
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_authors_sign_of_zero_matches_torch_float64(fused):
+    """A released checkpoint's rule, sign(0) = 0, with exact-zero latent weights: the NumPy forward and
+    hand-written backward (alpha's gradient sums dW~ * sign(W), so the zeros drop out) against torch
+    autograd, fused and unfused, in float64."""
+    config = SMALL.replace(sign_of_zero=0)
+    model = Model(config, seed=4, dtype=np.float64)
+    for name in model.binarized_names:
+        model.params[name][:, ::3] = 0.0
+    tokens = np.random.default_rng(5).integers(0, config.vocab_size, (2, 10))
+    loss, cache = L.cross_entropy_forward(model.forward(tokens), np.roll(tokens, -1, 1))
+    grads = model.backward(L.cross_entropy_backward(cache))
+    t_model = TorchModel.from_numpy(model, torch.float64).use_fused_linear(fused)
+    t_loss = F.cross_entropy(t_model(torch.from_numpy(tokens)).reshape(-1, config.vocab_size),
+                             torch.from_numpy(np.roll(tokens, -1, 1)).reshape(-1))
+    t_loss.backward()
+    assert_close(loss, t_loss.item(), rtol=1e-10, atol=0, name="loss")
+    for name, p in t_model.named_parameters():
+        scale = np.max(np.abs(p.grad.numpy()))
+        assert_close(grads[name], p.grad.numpy(), rtol=1e-6, atol=1e-9 * scale, name=name)
