@@ -297,3 +297,13 @@ def test_float32_stays_float32():
     y, c = L.rmsnorm_forward(x, w, 1e-5)
     dx, dw = L.rmsnorm_backward(np.ones_like(y), c)
     assert y.dtype == dx.dtype == dw.dtype == np.float32
+
+
+def test_attention_float32_stays_float32():
+    # a float64 softmax scale once promoted scores and probabilities to float64 (2x slower GEMMs)
+    rng = np.random.default_rng(16)
+    q, k, v = (rand(rng, 2, 4, 8, 6).astype(np.float32) for _ in range(3))
+    out, cache = L.attention_forward(q, k, v)
+    grads = L.attention_backward(np.ones_like(out), cache)
+    assert out.dtype == np.float32 and all(p.dtype == np.float32 for p in cache[3])
+    assert all(g.dtype == np.float32 for g in grads)

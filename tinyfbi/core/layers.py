@@ -5,6 +5,8 @@ float32 (training) and float64 (gradient checks): outputs keep the input dtype. 
 T time, C model width, H heads, D head_dim, V vocab.
 FBI-Linear follows FBI-LLM (arXiv 2407.07093, section 3.1) and the authors' released code.
 """
+import math
+
 import numpy as np
 
 from .binarize import binarize
@@ -111,7 +113,8 @@ def attention_forward(q, k, v):
     """
     B, H, T, D = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
-    G, offset, scale = H // Hkv, Tk - T, 1.0 / np.sqrt(D)
+    # a Python float scale: a np.float64 one would promote float32 q, scores and probs to float64
+    G, offset, scale = H // Hkv, Tk - T, 1.0 / math.sqrt(D)
     qg = q.reshape(B, Hkv, G, T, D)                                    # queries grouped by kv head
     out = np.empty_like(qg)
     probs = []
@@ -130,7 +133,7 @@ def attention_backward(dout, cache):
     qg, k, v, probs = cache
     B, Hkv, G, T, D = qg.shape
     Tk = k.shape[2]
-    offset, scale = Tk - T, 1.0 / np.sqrt(D)
+    offset, scale = Tk - T, 1.0 / math.sqrt(D)
     dog = dout.reshape(B, Hkv, G, T, D)
     dq, dk, dv = np.empty_like(qg), np.zeros_like(k), np.zeros_like(v)
     for i, s in enumerate(range(0, T, ATTENTION_CHUNK)):
