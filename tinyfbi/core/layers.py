@@ -72,12 +72,22 @@ def rotate_half_transpose(g):
 
 def rope_forward(x, cos, sin):
     # x (B, H, T, D), cos/sin (T, D): a rotation per position and frequency
-    return x * cos + rotate_half(x) * sin, (cos, sin)
+    # = x * cos + rotate_half(x) * sin, written half by half so no rotated copy is made
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half] -= x[..., half:] * sin[:, :half]
+    out[..., half:] += x[..., :half] * sin[:, half:]
+    return out, (cos, sin)
 
 
 def rope_backward(dout, cache):
+    # = dout * cos + rotate_half_transpose(dout * sin), half by half
     cos, sin = cache
-    return dout * cos + rotate_half_transpose(dout * sin)
+    half = dout.shape[-1] // 2
+    dx = dout * cos
+    dx[..., :half] += dout[..., half:] * sin[:, half:]
+    dx[..., half:] -= dout[..., :half] * sin[:, :half]
+    return dx
 
 
 # ----------------------------------------------------------------------------- attention
@@ -184,13 +194,15 @@ def effective_weight(weight, wscale, wbias, scaling="column", zero=1):
     return wscale * binarize(weight, zero) + wbias
 
 
-def effective_weight_backward(dw_tilde, weight, wscale, scaling="column", clip_ste=False, zero=1):
-    """dL/dW~ (out, in) -> (dW, dwscale, dwbias): the chain rule through W~ = alpha * sign(W) + beta."""
+def effective_weight_backward(dw_tilde, weight, wscale, scaling="column", clip_ste=False, zero=1, signs=None):
+    """dL/dW~ (out, in) -> (dW, dwscale, dwbias): the chain rule through W~ = alpha * sign(W) + beta.
+    `signs`: binarize(weight, zero) if the forward kept it (saves recomputing it)."""
     if scaling in ("column", "row"):
+        signs = binarize(weight, zero) if signs is None else signs
         # straight-through estimator: d sign(W)/dW := 1 (identity, the paper's choice), times alpha
         dweight = dw_tilde * wscale
         reduce_axis = 0 if scaling == "column" else 1                  # alpha runs along columns / rows
-        dwscale = np.sum(dw_tilde * binarize(weight, zero), axis=reduce_axis, keepdims=True)
+        dwscale = np.sum(dw_tilde * signs, axis=reduce_axis, keepdims=True)
         dwbias = np.sum(dw_tilde, axis=reduce_axis, keepdims=True)
     else:  # `none` / `ternary` have no learnable scales
         dweight, dwscale, dwbias = dw_tilde, None, None
@@ -235,11 +247,20 @@ def swiglu_forward(gate, up):
     return silu * up, (gate, up, sig, silu)
 
 
-def swiglu_backward(dout, cache):
+def swiglu_backward(dout, cache, out=None):
+    # out: an optional (..., 2I) buffer that receives [dgate | dup] (the stacked gate/up GEMM's input)
     gate, up, sig, silu = cache
-    dup = dout * silu
-    # d silu/dg = sig * (1 + g * (1 - sig))
-    dgate = dout * up * sig * (1.0 + gate * (1.0 - sig))
+    I = gate.shape[-1]
+    out = np.empty((*gate.shape[:-1], 2 * I), dout.dtype) if out is None else out
+    dgate, dup = out[..., :I], out[..., I:]
+    np.multiply(dout, silu, out=dup)
+    # d silu/dg = sig * (1 + g * (1 - sig)); dgate = dout * up * sig * that, in place
+    np.multiply(dout, up, out=dgate)
+    dgate *= sig
+    dsilu = np.subtract(1.0, sig)
+    dsilu *= gate
+    dsilu += 1.0
+    dgate *= dsilu
     return dgate, dup
 
 
@@ -247,30 +268,31 @@ def swiglu_backward(dout, cache):
 
 
 def _softmax_rows(logits):
-    # logits (..., V) -> probs (N, V) and log-sum-exp (N, 1), one (N, V) buffer in all
+    # logits (..., V) -> exp(z - max) (N, V), its row sums (N, 1), log-sum-exp (N, 1): one (N, V)
+    # buffer in all; softmax = exps / total, the division left to the backward's scaling pass
     z = logits.reshape(-1, logits.shape[-1])
     m = np.max(z, axis=-1, keepdims=True)
-    probs = np.subtract(z, m)
-    np.exp(probs, out=probs)
-    total = np.sum(probs, axis=-1, keepdims=True)
-    probs /= total
-    return probs, m + np.log(total)
+    exps = np.subtract(z, m)
+    np.exp(exps, out=exps)
+    total = np.sum(exps, axis=-1, keepdims=True)
+    return exps, total, m + np.log(total)
 
 
 def cross_entropy_forward(logits, targets):
     # logits (B, T, V), targets (B, T) int -> mean negative log-likelihood
-    probs, lse = _softmax_rows(logits)                                # (N, V), (N, 1)
-    z = logits.reshape(probs.shape)
+    exps, total, lse = _softmax_rows(logits)                          # (N, V), (N, 1), (N, 1)
+    z = logits.reshape(exps.shape)
     nll = lse[:, 0] - z[np.arange(z.shape[0]), targets.reshape(-1)]   # log sum exp(z) - z_target
-    return float(nll.mean()), (probs, targets, logits.shape)
+    return float(nll.mean()), (exps, total, targets, logits.shape)
 
 
 def cross_entropy_backward(cache, scale=1.0):
-    # softmax(z) - onehot(target), averaged; reuses the cached probabilities as the output (call once)
-    probs, targets, shape = cache
-    probs[np.arange(probs.shape[0]), targets.reshape(-1)] -= 1.0
-    probs *= scale / probs.shape[0]
-    return probs.reshape(shape)
+    # (softmax(z) - onehot(target)) * scale / N; normalizes the cached exps in place (call once)
+    exps, total, targets, shape = cache
+    k = scale / exps.shape[0]
+    exps *= k / total                                                  # softmax * scale / N, one pass
+    exps[np.arange(exps.shape[0]), targets.reshape(-1)] -= k
+    return exps.reshape(shape)
 
 
 def distill_forward(logits, teacher_probs):
@@ -280,20 +302,20 @@ def distill_forward(logits, teacher_probs):
     loss = -mean over positions of sum_v p_teacher * log p_student
          = mean of sum_v p (logsumexp(z) - z_v), computed without a (B, T, V) log-prob array.
     """
-    probs, lse = _softmax_rows(logits)
-    p = teacher_probs.reshape(probs.shape)
+    exps, total, lse = _softmax_rows(logits)
+    p = teacher_probs.reshape(exps.shape)
     mass = np.sum(p, axis=-1, keepdims=True)                          # 1 unless p is a truncated top-K
-    loss = np.sum(mass * lse) - np.einsum("nv,nv->", p, logits.reshape(probs.shape))
-    return float(loss / probs.shape[0]), (probs, p, mass, logits.shape)
+    loss = np.sum(mass * lse) - np.einsum("nv,nv->", p, logits.reshape(exps.shape))
+    return float(loss / exps.shape[0]), (exps, total, p, mass, logits.shape)
 
 
 def distill_backward(cache, scale=1.0):
-    # d/dz of -sum p log softmax(z) = softmax(z) * sum(p) - p; reuses the cached probabilities
-    probs, p, mass, shape = cache
-    probs *= mass
-    probs -= p
-    probs *= scale / probs.shape[0]
-    return probs.reshape(shape)
+    # d/dz of -sum p log softmax(z) = softmax(z) * sum(p) - p; normalizes the cached exps in place
+    exps, total, p, mass, shape = cache
+    exps *= mass / total                                               # softmax * sum(p)
+    exps -= p
+    exps *= scale / exps.shape[0]
+    return exps.reshape(shape)
 
 
 def mixed_forward(logits, targets, teacher_probs, lam):

@@ -64,25 +64,44 @@ class Model:
         return L.effective_weight(p[prefix + ".weight"], p.get(prefix + ".wscale"),
                                   p.get(prefix + ".wbias"), self.config.scaling, self.config.sign_of_zero)
 
+    def _stacked_weight(self, prefixes):
+        """(sum out, in): the block linears' matrices one under the other, and the signs of each
+        binarized one (kept for the backward's dalpha). W~ = alpha * sign(W) + beta is written
+        straight into its rows of the stack: no per-linear W~ and no concatenated copy."""
+        p, cfg = self.params, self.config
+        if not cfg.binarized or not cfg.has_scales:
+            weights = [self._weight(prefix) for prefix in prefixes]
+            return (np.concatenate(weights) if len(weights) > 1 else weights[0]), [None] * len(prefixes)
+        rows = [p[prefix + ".weight"].shape[0] for prefix in prefixes]
+        stacked = np.empty((sum(rows), p[prefixes[0] + ".weight"].shape[1]), self.dtype)
+        signs, start = [], 0
+        for prefix, n in zip(prefixes, rows):
+            s = L.binarize(p[prefix + ".weight"], cfg.sign_of_zero)                     # (out, in)
+            w_tilde = stacked[start:start + n]
+            np.multiply(p[prefix + ".wscale"], s, out=w_tilde)
+            w_tilde += p[prefix + ".wbias"]
+            signs.append(s)
+            start += n
+        return stacked, signs
+
     def _linears(self, prefixes, x):
         """Linears that share their input (q/k/v, gate/up) as one GEMM on stacked weights."""
-        weights = [self._weight(prefix) for prefix in prefixes]
-        stacked = np.concatenate(weights) if len(weights) > 1 else weights[0]   # (sum out, in)
+        stacked, signs = self._stacked_weight(prefixes)                                 # (sum out, in)
         y, cache = L.linear_forward(x, stacked)
-        splits = np.cumsum([w.shape[0] for w in weights])[:-1]
-        return np.split(y, splits, axis=-1), (prefixes, splits, cache)
+        splits = np.cumsum([self.params[prefix + ".weight"].shape[0] for prefix in prefixes])[:-1]
+        return np.split(y, splits, axis=-1), (prefixes, splits, signs, cache)
 
-    def _linears_backward(self, douts, cache, grads):
-        prefixes, splits, lin_cache = cache
-        dout = np.concatenate(douts, axis=-1) if len(douts) > 1 else douts[0]
+    def _linears_backward(self, dout, cache, grads):
+        """dout (..., sum out): the stacked outputs' gradient, already side by side."""
+        prefixes, splits, signs, lin_cache = cache
         dx, dstacked = L.linear_backward(dout, lin_cache)
-        for prefix, dw in zip(prefixes, np.split(dstacked, splits, axis=0)):
+        for prefix, dw, s in zip(prefixes, np.split(dstacked, splits, axis=0), signs):
             if not self.config.binarized:
                 grads[prefix + ".weight"] = dw
                 continue
             dweight, dscale, dbias = L.effective_weight_backward(
                 dw, self.params[prefix + ".weight"], self.params.get(prefix + ".wscale"),
-                self.config.scaling, self.clip_ste, self.config.sign_of_zero)
+                self.config.scaling, self.clip_ste, self.config.sign_of_zero, signs=s)
             grads[prefix + ".weight"] = dweight
             if self.config.has_scales:
                 grads[prefix + ".wscale"], grads[prefix + ".wbias"] = dscale, dbias
@@ -148,20 +167,21 @@ class Model:
         dx, grads["model.norm.weight"] = L.rmsnorm_backward(dh, norm_cache)
         for i in reversed(range(cfg.num_hidden_layers)):
             pre, c = f"model.layers.{i}.", blocks[i]
-            dm = self._linears_backward([dx], c["down"], grads)
-            dg, du = L.swiglu_backward(dm, c["swiglu"])
-            dh = self._linears_backward([dg, du], c["gate_up"], grads)
+            dm = self._linears_backward(dx, c["down"], grads)
+            dgu = np.empty((B, T, 2 * cfg.intermediate_size), dm.dtype)                 # [dgate | dup]
+            L.swiglu_backward(dm, c["swiglu"], out=dgu)
+            dh = self._linears_backward(dgu, c["gate_up"], grads)
             dln2, grads[pre + "post_attention_layernorm.weight"] = L.rmsnorm_backward(dh, c["ln2"])
             dx = dx + dln2
-            da = self._linears_backward([dx], c["o"], grads)
+            da = self._linears_backward(dx, c["o"], grads)
             da = da.reshape(B, T, H, D).transpose(0, 2, 1, 3)                           # (B, H, T, D)
             dq, dk, dv = L.attention_backward(da, c["att"])
-            dq = L.rope_backward(dq, c["rq"])
-            dk = L.rope_backward(dk, c["rk"])
-            dq = dq.transpose(0, 2, 1, 3).reshape(B, T, H * D)
-            dk = dk.transpose(0, 2, 1, 3).reshape(B, T, Hkv * D)
-            dv = dv.transpose(0, 2, 1, 3).reshape(B, T, Hkv * D)
-            dh = self._linears_backward([dq, dk, dv], c["qkv"], grads)
+            # the stacked q/k/v GEMM's output gradient, heads written straight into it: (B, T, H + 2Hkv, D)
+            dqkv = np.empty((B, T, H + 2 * Hkv, D), dq.dtype)
+            dqkv[:, :, :H] = L.rope_backward(dq, c["rq"]).transpose(0, 2, 1, 3)
+            dqkv[:, :, H:H + Hkv] = L.rope_backward(dk, c["rk"]).transpose(0, 2, 1, 3)
+            dqkv[:, :, H + Hkv:] = dv.transpose(0, 2, 1, 3)
+            dh = self._linears_backward(dqkv.reshape(B, T, (H + 2 * Hkv) * D), c["qkv"], grads)
             dln1, grads[pre + "input_layernorm.weight"] = L.rmsnorm_backward(dh, c["ln1"])
             dx = dx + dln1
         grads["model.embed_tokens.weight"] = L.embedding_backward(dx, emb_cache)
