@@ -10,6 +10,7 @@ nothing heavy, and crowded folders. The rule itself is written down here, once:
     training        core, formats, corpus, runtime
     torch_backend   core, formats, corpus, runtime, training
     evaluation      core, formats, corpus, runtime, torch_backend (only deferred: torch is optional)
+    reproduction    core, formats, training (the claims' plan, statistics and report)
     tinyfbi.cli     core;  tinyfbi/__init__: core, formats
     entry points    (tinyfbi/*.py, and the benchmarks kernels.bench, torch_backend.bench_gpu) anything
 The NumPy path (core, formats, corpus, training, runtime.inference) never imports torch or numba:
@@ -35,13 +36,14 @@ ALLOWED = {
     "training": {"training", "runtime", "corpus", "formats", "core"},
     "torch_backend": {"torch_backend", "training", "runtime", "corpus", "formats", "core"},
     "evaluation": {"evaluation", "runtime", "corpus", "formats", "core"},
+    "reproduction": {"reproduction", "training", "formats", "core"},
     "cli": {"core"},
     "facade": {"core", "formats"},
 }
 DEFERRED_ONLY = {"evaluation": {"torch_backend"}}
 HEAVY = {"torch", "numba", "llvmlite", "datasets", "lm_eval", "matplotlib", "transformers", "sentencepiece",
          "tiktoken", "regex"}
-NUMPY_PATH = ("core", "formats", "corpus", "training")
+NUMPY_PATH = ("core", "formats", "corpus", "training", "reproduction")
 MAX_NESTED_PROJECT_IMPORTS = 10
 MAX_MODULES_PER_FOLDER = 12
 

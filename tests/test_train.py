@@ -72,7 +72,7 @@ def test_generate_cli_greedy_is_deterministic(trained, capsys):
     assert texts[0] == texts[1] and texts[0].startswith("The ")
 
 
-def test_teacher_cache_sparse_distillation(trained, corpus, tmp_path):
+def test_teacher_cache_sparse_distillation(trained, corpus, tmp_path, capsys):
     # the cache covers every window of the training split once: a 60 kB slice keeps that quick
     out, _ = trained
     small = tmp_path / "small.txt"
@@ -83,8 +83,15 @@ def test_teacher_cache_sparse_distillation(trained, corpus, tmp_path):
     # top-32 of a weak 40-step byte teacher holds ~85% of its mass; the student still learns
     # (measured ~3.3 nats; uniform is 5.55)
     assert summary["val_loss"] < 4.0
-    idx = np.load(tmp_path / "cached.teacher-top32" / "idx.npy", mmap_mode="r")
+    (cache,) = (tmp_path / "teacher-caches").iterdir()
+    idx = np.load(cache / "idx.npy", mmap_mode="r")
     assert idx.shape[1:] == (64, 32)
+    assert capsys.readouterr().out.count("teacher cache: top-32") == 1
+    # a second run on the same teacher, data and sequence length reads the same cache, computes nothing
+    run("--data", small, "--data-dir", tmp_path / "data", "--out", tmp_path, "--steps", 2,
+        "--name", "cached-again", "--teacher", teacher, "--teacher-cache", 32, *SMALL_RUN)
+    assert "teacher cache: top-32" not in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "teacher-caches").iterdir()] == [cache.name]
 
 
 def test_nan_loss_rolls_back_and_skips_the_batch(corpus, tmp_path, monkeypatch, capsys):

@@ -1,188 +1,177 @@
-"""`python -m tinyfbi.reproduce`: the paper's claims, tested at a scale a laptop can run.
+"""`python -m tinyfbi.reproduce`: the paper's claims at laptop scale, each judged over seeds.
 
-Every arm trains the same `tiny` shape on Shakespeare (4096-token BPE) with the same seed, batch,
-sequence length and number of steps, so each sees the same tokens:
-  (a) the FBI student with autoregressive distillation vs next-token labels vs the 0.5/0.5 mix;
-  (b) FBI's per-column alpha/beta vs no scaling vs per-row scaling vs BitNet b1.58 ternary (absmean);
-  (c) from scratch vs initialized from the trained full-precision teacher's weights (flip-flop curves);
-  (d) the full-precision model of the same shape (it is also the teacher of every distilled arm).
-Writes runs/reproduce/{results.md, results.json, ppl.png, flips.png, loss.png}. Finished arms are
-reused on a rerun (delete runs/reproduce/<arm> to redo one).
+First a full-precision teacher, larger than any student and trained for 3x a student's tokens
+(once, reused by every arm and every rerun), with its top-K next-token probabilities cached. Then
+every arm (training.reproduction.plan.ARMS) over the same seeds, each arm of a size on the same
+tokens with the same initial weights and batch order per seed:
+  (a) FBI with autoregressive distillation vs next-token labels vs the 0.5/0.5 mix;
+  (b) FBI's per-column alpha/beta vs none vs per-row vs BitNet b1.58 ternary;
+  (c) from scratch vs from the trained full-precision model of the same shape (flip-flop curves);
+  (d) the full-precision model of the students' shape and budget;
+  (e) FBI and full precision at a second, smaller size: does the gap narrow as the model grows?
+Each claim is supported, contradicted or inconclusive by the rule printed with the table
+(reproduction.claims.RULE). Writes OUT/{results.md, results.json, ppl.png, flips.png}; finished runs
+are reused (a killed one resumes), so a rerun only trains what is missing.
 
-    python -m tinyfbi.reproduce            # ~25 minutes on 2 cores (8 arms x 150 steps; 100 steps took 18 min)
-    python -m tinyfbi.reproduce --fast     # ~4 minutes: fewer, shorter steps
+    python -m tinyfbi.reproduce          # tiny + mini students, 3 seeds; ~55 min teacher + ~45 min students on 2 cores
+    python -m tinyfbi.reproduce --fast   # the same structure, one size down, a few steps: a few minutes
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
+import shlex
+import sys
+import time
 from pathlib import Path
 
 from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
+from .formats.atomic import atomic_write_bytes, atomic_write_json
+from .formats.run_checkpoint import has_checkpoint, resolve_checkpoint
+from .reproduction.claims import RULE, evaluate_claims
+from .reproduction.plan import ARMS, FAST, FULL, INIT_FROM_FP
+from .reproduction.report import markdown, plots
+from .runtime.benchmark import cpu_name
 from .train import build_parser as train_parser
 from .train import train
-from .training.loop import read_metrics
-
-# arm name -> (question, extra train flags); the teacher arm is trained by --teacher auto
-ARMS = {
-    "fbi-ad":       ("(a)(b)(c) FBI student, distillation (the paper's recipe)", []),
-    "fbi-ce":       ("(a) FBI student, label loss", ["--loss", "ce", "--teacher", "none"]),
-    "fbi-mix":      ("(a) FBI student, 0.5 label + 0.5 distillation", ["--loss", "mix"]),
-    "noscale-ad":   ("(b) sign(W) only, no alpha/beta", ["--scaling", "none"]),
-    "rowscale-ad":  ("(b) alpha/beta per output row", ["--scaling", "row"]),
-    "ternary-ad":   ("(b) BitNet b1.58 ternary absmean", ["--scaling", "ternary"]),
-    "fbi-init-ad":  ("(c) FBI student initialized from the teacher's weights", ["--init", "TEACHER"]),
-}
+from .training.teacher_cache import cache_folder, cache_identity
 
 
 def build_parser():
     ap = CLIParser("python -m tinyfbi.reproduce", __doc__.split("\n\n")[0])
-    ap.add_argument("--fast", action="store_true", help="short arms (CI, a first look)")
-    ap.add_argument("--steps", type=int, default=None, help="steps per arm (default 150, --fast 50)")
-    ap.add_argument("--out", default="runs/reproduce", help="where arms, table and plots go")
+    ap.add_argument("--fast", action="store_true", help="a few steps per arm: the structure in minutes (CI, a first look)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"optimizer steps per student arm (default {FULL.steps}, --fast {FAST.steps})")
+    ap.add_argument("--teacher-steps", type=int, default=None,
+                    help=f"the teacher's steps (default {FULL.teacher_steps}, --fast {FAST.teacher_steps})")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per arm, the same in every arm (at least 2 "
+                    "for an interval; the verdicts need 3+)")
+    ap.add_argument("--out", default=None, help="where runs, table and plots go (default runs/reproduce, "
+                    "--fast: runs/reproduce-fast)")
     ap.add_argument("--data", default=None, help="corpus (default: Shakespeare)")
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--tokenizer", default="sentencepiece")
-    ap.add_argument("--seed", type=int, default=0)
     return ap
 
 
-def common_flags(args, steps):
-    seq, batch = (64, 8) if args.fast else (128, 16)
-    flags = ["--size", "tiny", "--steps", steps, "--batch-size", batch, "--seq-len", seq, "--seed", args.seed,
-             "--out", args.out, "--data-dir", args.data_dir, "--tokenizer", args.tokenizer,
-             "--eval-every", max(steps // 5, 1), "--save-every", steps, "--eval-batches", 8 if args.fast else 16,
-             "--sample-tokens", 30]
-    if args.data:
-        flags += ["--data", args.data]
-    return [str(f) for f in flags]
-
-
-def run_arm(name, flags, out):
-    summary_path = Path(out) / name / "summary.json"
-    if summary_path.is_file():
-        print(f"== {name}: reusing {summary_path}")
-        return json.loads(summary_path.read_text())
-    print(f"\n== {name}: {ARMS[name][0] if name in ARMS else 'full-precision reference'}")
-    return train(train_parser().parse_args(flags + ["--name", name]))
-
-
-def flip_curve(run_dir):
-    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-    return [r["step"] for r in rows if "flips" in r], [r["flips"]["all"] for r in rows if "flips" in r]
-
-
-def plots(out, results):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(results)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.bar(names, [results[n]["val_ppl"] for n in names],
-           color=["tab:gray" if n == "fp-reference" else "tab:blue" for n in names])
-    ax.set_ylabel("validation perplexity")
-    ax.tick_params(axis="x", rotation=30)
-    ax.set_title("same shape, same tokens: validation perplexity per arm")
-    fig.tight_layout()
-    fig.savefig(Path(out) / "ppl.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in ("fbi-ad", "fbi-init-ad"):
-        steps, flips = flip_curve(Path(out) / name)
-        ax.plot(steps, [100 * f for f in flips], label=name, lw=1)
-    ax.set_yscale("log")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("flip-flop ratio (%)")
-    ax.set_title("signs that change per step: from scratch vs from the teacher's weights")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(Path(out) / "flips.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in names:
-        rows = [r for r in read_metrics(Path(results[name]["run"]) / "metrics.jsonl") if "val_loss" in r]
-        ax.plot([r["step"] for r in rows], [r["val_loss"] for r in rows], "o-", label=name, ms=3)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(Path(out) / "loss.png", dpi=110)
-    plt.close(fig)
-
-
-def verdicts(r):
-    """Which of the paper's claims the numbers support, stated from the measured perplexities."""
-    p = {k: v["val_ppl"] for k, v in r.items()}
-    lines = []
-    def claim(text, ok, detail):
-        lines.append(f"- {'supported' if ok else 'NOT supported'}: {text} ({detail})")
-    claim("distillation trains a better binarized student than the label loss (paper section 3.2)",
-          p["fbi-ad"] < p["fbi-ce"], f"ad {p['fbi-ad']:.1f} vs ce {p['fbi-ce']:.1f}")
-    claim("pure distillation is at least as good as the 0.5/0.5 mix (the released recipe uses ad alone)",
-          p["fbi-ad"] <= p["fbi-mix"], f"ad {p['fbi-ad']:.1f} vs mix {p['fbi-mix']:.1f}")
-    claim("FBI's learnable column scale and bias beat sign(W) alone",
-          p["fbi-ad"] < p["noscale-ad"], f"column {p['fbi-ad']:.1f} vs none {p['noscale-ad']:.1f}")
-    claim("per-column alpha/beta are at least as good as per-row",
-          p["fbi-ad"] <= p["rowscale-ad"], f"column {p['fbi-ad']:.1f} vs row {p['rowscale-ad']:.1f}")
-    claim("1-bit FBI is competitive with BitNet b1.58 ternary at the same size (paper Table 2: FBI 1.3B "
-          "beats BitNet b1.58 1.3B on perplexity)", p["fbi-ad"] <= p["ternary-ad"],
-          f"FBI {p['fbi-ad']:.1f} vs ternary {p['ternary-ad']:.1f}")
-    gap = abs(p["fbi-init-ad"] - p["fbi-ad"]) / p["fbi-ad"]
-    claim("training from scratch is about as good as starting from the teacher's weights (section 5, "
-          "flip-flop analysis; 'about' = within 10%)", gap <= 0.10,
-          f"scratch {p['fbi-ad']:.1f} vs init {p['fbi-init-ad']:.1f}, {100 * gap:.0f}% apart")
-    claim("binarization costs perplexity against the full-precision model of the same shape",
-          p["fp-reference"] < p["fbi-ad"], f"FP {p['fp-reference']:.1f} vs FBI {p['fbi-ad']:.1f}")
-    return lines
-
-
 def main(argv=None):
-    return run_cli(reproduce, build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = build_parser().parse_args(argv)
+    args.command = shlex.join(["python", "-m", "tinyfbi.reproduce", *argv])
+    return run_cli(reproduce, args)
+
+
+def choose_plan(args):
+    plan = FAST if args.fast else FULL
+    changes = {"seeds": tuple(range(args.seeds))}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.teacher_steps is not None:
+        changes["teacher_steps"] = args.teacher_steps
+    plan = dataclasses.replace(plan, **changes)
+    if plan.steps <= 0 or plan.teacher_steps <= 0:
+        raise TinyFBIError(f"--steps and --teacher-steps must be positive, got {plan.steps} and {plan.teacher_steps}")
+    if args.seeds < 1:
+        raise TinyFBIError(f"--seeds must be at least 1, got {args.seeds}")
+    return plan
+
+
+def common_flags(args, plan, out, size, steps, seed, name):
+    flags = ["--size", size, "--steps", steps, "--batch-size", plan.batch_size, "--seq-len", plan.seq_len,
+             "--seed", seed, "--out", out, "--name", name, "--data-dir", args.data_dir, "--tokenizer", args.tokenizer,
+             "--eval-batches", plan.eval_batches, "--sample-tokens", plan.sample_tokens]
+    return [str(f) for f in flags + (["--data", args.data] if args.data else [])]
+
+
+def run_once(flags, name, out, size, steps) -> dict:
+    """Train one run, or reuse it if finished (resume it if killed); -> its summary plus wall_s."""
+    run_dir = Path(out) / name
+    summary_path, timing_path = run_dir / "summary.json", run_dir / "reproduce.json"
+    if summary_path.is_file() and timing_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary["steps"] != steps or summary["size"] != size:
+            raise TinyFBIError(f"{run_dir} was trained with another plan ({summary['size']}, {summary['steps']} steps, "
+                               f"not {size}, {steps}): delete it or choose another --out")
+        print(f"== {name}: reusing {run_dir}")
+        return {**summary, "wall_s": json.loads(timing_path.read_text())["wall_s"]}
+    resume = ["--resume"] if has_checkpoint(run_dir) else []
+    print(f"\n== {name}{' (resuming)' if resume else ''}")
+    start = time.perf_counter()
+    summary = train(train_parser().parse_args(flags + resume))
+    wall = time.perf_counter() - start
+    atomic_write_json(timing_path, {"wall_s": wall})
+    return {**summary, "wall_s": wall}
+
+
+def train_teacher(args, plan, out) -> dict:
+    name = f"teacher-{plan.teacher}"
+    flags = common_flags(args, plan, out, plan.teacher, plan.teacher_steps, plan.teacher_seed, name) + [
+        "--full-precision", "--teacher", "none", "--lr", str(plan.teacher_lr), "--warmup", str(plan.teacher_warmup),
+        "--eval-every", str(max(plan.teacher_steps // 3, 1)),
+        "--save-every", str(plan.teacher_steps // 12 if plan.teacher_steps >= 24 else plan.teacher_steps)]
+    return run_once(flags, name, out, plan.teacher, plan.teacher_steps)
+
+
+def train_arm(args, plan, out, arm, seed, teacher_ckpt) -> dict:
+    size = plan.small if arm.small else plan.student
+    name = f"{arm.name}-s{seed}"
+    flags = common_flags(args, plan, out, size, plan.steps, seed, name) + [
+        "--eval-every", str(plan.eval_every), "--save-every", str(plan.steps // 2 if plan.steps >= 20 else plan.steps)]
+    extra = [str(resolve_checkpoint(Path(out) / f"fp-s{seed}")) if f == INIT_FROM_FP else f for f in arm.flags]
+    if arm.distilled:
+        extra += ["--teacher", str(teacher_ckpt), "--teacher-cache", str(plan.teacher_cache)]
+    return run_once(flags + extra + (["--track-flips"] if arm.track_flips else []), name, out, size, plan.steps)
+
+
+KEEP = ("run", "val_loss", "val_ppl", "tokens_seen", "rollbacks", "tok_s", "wall_s")
 
 
 def reproduce(args):
-    steps = args.steps or (50 if args.fast else 150)
-    if steps <= 0:
-        raise TinyFBIError(f"--steps must be positive, got {steps}")
-    out = Path(args.out)
+    plan = choose_plan(args)
+    out = Path(args.out or ("runs/reproduce-fast" if args.fast else "runs/reproduce"))
     out.mkdir(parents=True, exist_ok=True)
-    flags = common_flags(args, steps)
-    results = {}
-    results["fbi-ad"] = run_arm("fbi-ad", flags + ["--track-flips"], out)
-    teacher = results["fbi-ad"]["teacher"]
-    results["fp-reference"] = {"run": str(Path(teacher).parent), "val_ppl": results["fbi-ad"]["teacher_val_ppl"],
-                               "val_loss": results["fbi-ad"]["teacher_val_loss"]}
-    for name, (_, extra) in ARMS.items():
-        if name == "fbi-ad":
-            continue
-        extra = [teacher if f == "TEACHER" else f for f in extra]
-        results[name] = run_arm(name, flags + extra + (["--track-flips"] if "init" in name else []), out)
-    tokens = results["fbi-ad"]["tokens_seen"]
-    table = ["| arm | question | val loss | val ppl |", "|---|---|---|---|"]
-    for name, r in results.items():
-        question = ARMS[name][0] if name in ARMS else "(d) full precision, same shape (the teacher)"
-        table.append(f"| {name} | {question} | {r['val_loss']:.3f} | {r['val_ppl']:.1f} |")
-    s_flips, i_flips = flip_curve(out / "fbi-ad")[1], flip_curve(out / "fbi-init-ad")[1]
-    tail = max(1, len(s_flips) // 5)
-    flips_line = (f"Mean flip-flop ratio over the last 20% of steps: from scratch "
-                  f"{100 * sum(s_flips[-tail:]) / tail:.3f}%, from the teacher's weights "
-                  f"{100 * sum(i_flips[-tail:]) / tail:.3f}%.")
-    report = "\n".join([
-        f"# tinyfbi reproduction ({'fast' if args.fast else 'full'})", "",
-        f"`python -m tinyfbi.reproduce{' --fast' if args.fast else ''}`: `tiny` shape "
-        f"({results['fbi-ad']['params'] / 1e6:.2f}M parameters), {steps} steps x "
-        f"{tokens // steps} tokens = {tokens:,} tokens per arm, seed {args.seed}, "
-        f"data {results['fbi-ad']['data']}, tokenizer {results['fbi-ad']['tokenizer']}.", "",
-        *table, "", flips_line, "", "What the numbers say about the paper's claims:", *verdicts(results), "",
-        "![perplexity](ppl.png) ![flip-flop](flips.png) ![validation loss](loss.png)", ""])
-    (out / "results.md").write_text(report)
-    (out / "results.json").write_text(json.dumps({"steps": steps, "tokens_per_arm": tokens,
-                                                  "fast": args.fast, "arms": results}, indent=2))
+    start = time.perf_counter()
+    t = train_teacher(args, plan, out)
+    teacher_ckpt = resolve_checkpoint(t["run"])
+    teacher = {"run": t["run"], "size": plan.teacher, "params": t["params"], "steps": t["steps"],
+               "seed": plan.teacher_seed, "tokens_seen": t["tokens_seen"], "val_loss": t["val_loss"],
+               "val_ppl": t["val_ppl"], "wall_s": t["wall_s"]}
+
+    arms = {a.name: {"question": a.question, "size": plan.small if a.small else plan.student, "seeds": {}}
+            for a in ARMS}
+    for seed in plan.seeds:            # seed by seed: a run cut short still has whole seeds to compare
+        for arm in ARMS:
+            s = train_arm(args, plan, out, arm, seed, teacher_ckpt)
+            arms[arm.name]["params"] = s["params"]
+            arms[arm.name]["seeds"][str(seed)] = {k: s[k] for k in KEEP}
+            data, tokenizer = s["data"], s["tokenizer"]
+    budgets = {(a["size"], r["tokens_seen"]) for a in arms.values() for r in a["seeds"].values()}
+    if len({size for size, _ in budgets}) != len(budgets):
+        raise TinyFBIError(f"arms of one size saw different numbers of tokens: {sorted(budgets)}")
+
+    cache_s = 0.0
+    if plan.teacher_cache:
+        cache = cache_folder(out, cache_identity(teacher_ckpt, data, tokenizer), plan.seq_len, plan.teacher_cache)
+        cache_s = json.loads((cache / "build.json").read_text())["seconds"]
+    students_s = sum(r["wall_s"] for a in arms.values() for r in a["seeds"].values()) - cache_s
+    results = {
+        "command": getattr(args, "command", "python -m tinyfbi.reproduce"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
+        "fast": args.fast, "plan": dataclasses.asdict(plan), "student_tokens": plan.student_tokens(),
+        "student_params": {a["size"]: a["params"] for a in arms.values()}, "data": data, "tokenizer": tokenizer,
+        "teacher": teacher, "arms": arms,
+        "timing": {"teacher_s": teacher["wall_s"], "cache_s": cache_s, "students_s": students_s,
+                   "total_s": teacher["wall_s"] + cache_s + students_s, "this_invocation_s": time.perf_counter() - start},
+        "rule": RULE}
+    results["claims"] = evaluate_claims(results, plan.seeds)
+    atomic_write_json(out / "results.json", results)
+    report = markdown(results, results["command"])
+    atomic_write_bytes(out / "results.md", report.encode())
     plots(out, results)
     print("\n" + report)
-    print(f"wrote {out}/results.md, results.json, ppl.png, flips.png, loss.png")
+    print(f"wrote {out}/results.md, results.json, ppl.png, flips.png")
     return results
 
 

@@ -124,7 +124,7 @@ def check_args(args):
         raise TinyFBIError(f"--spike-factor must be > 1, got {args.spike_factor}")
     if args.seed < 0:
         raise TinyFBIError(f"--seed must be >= 0, got {args.seed}")
-    if args.loss in ("ad", "mix") and args.teacher == "none":
+    if args.loss in ("ad", "mix") and args.teacher == "none" and not args.full_precision:
         raise TinyFBIError(f"--loss {args.loss} distills a teacher: give --teacher auto or PATH, or use --loss ce")
     if args.full_precision and args.loss != "ce" and args.teacher == "auto":
         args.loss = "ce"  # a teacher of its own is trained on labels

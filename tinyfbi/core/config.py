@@ -2,7 +2,7 @@
 
 Field names follow transformers' LlamaConfig so a checkpoint's config.json is a valid LlamaConfig.
 Presets `130m`, `1.3b`, `7b`, `13b` are FBI-LLM's (arXiv 2407.07093, Table 1, LLaMA-2 vocab 32000);
-`tiny` and `20m` are CPU-sized.
+`micro`, `mini`, `tiny` and `20m` are CPU-sized.
 
     >>> from tinyfbi import ModelConfig
     >>> ModelConfig.from_name("7b").num_params()   # 6.74e9
@@ -126,6 +126,12 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
+    # about 0.6M parameters, nearly all embedding and head: the smaller student of `reproduce --fast`
+    "micro": ModelConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         intermediate_size=192),
+    # about 1.9M parameters (half of them the embedding and head): the reproduction's smaller student
+    "mini": ModelConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                        intermediate_size=384),
     # about 4.7M parameters: trains on a laptop CPU in minutes
     "tiny": ModelConfig(),
     # about 20M parameters: the second benchmark point of the NumPy-vs-torch training speed

@@ -34,7 +34,7 @@ from .setup import (
     run_folder,
     train_config,
 )
-from .teacher_cache import build_teacher_cache
+from .teacher_cache import build_teacher_cache, cache_folder, cache_identity
 
 
 def run(args, backend) -> dict:
@@ -65,8 +65,13 @@ def run_locked(args, backend) -> dict:
           f"{args.batch_size}x{args.seq_len} tokens{backend.describe()} -> {run_dir}")
     extra = {"teacher": str(teacher_dir) if teacher_dir else None, "init": str(args.init), "loss": loss}
     init = None if args.resume else (lambda: init_student(args, config))
+    cache = None
+    if args.teacher_cache and teacher is not None and loss != "ce":
+        identity = cache_identity(teacher_dir, corpus.source, tokenizer.key)
+        cache = (cache_folder(args.out, identity, args.seq_len, args.teacher_cache), identity)
     result, learner, val_batches = train_model(args, backend, run_dir, config, init, data, steps, loss, teacher,
-                                               "student", args.resume, extra)
+                                               "student" if config.binarized else "model", args.resume, extra,
+                                               cache)
 
     tok_s = args.batch_size * args.seq_len / statistics.median(result["step_times"][2:] or result["step_times"]) \
         if result["step_times"] else None   # the first steps pay for allocation and warm-up
@@ -120,22 +125,22 @@ def check_teacher(teacher_dir, tokenizer):
 
 
 def train_model(args, backend, run_dir, config, init, data, steps, loss, teacher=None, desc="student",
-                resume=False, extra_fbi=None):
+                resume=False, extra_fbi=None, cache=None):
     """Train one model into run_dir (the student, or a teacher of its own); init() gives its first
-    weights on the main process (None when resuming). -> (loop result, learner, val_batches)."""
+    weights on the main process (None when resuming); cache: (folder, identity) of the teacher's
+    top-K cache (teacher_cache.cache_folder), built here if missing. -> (loop result, learner, val_batches)."""
     tokenizer, train_tokens, val_tokens = data
     sampler, val_batches = make_batches(args, backend, train_tokens, val_tokens)
-    cache = None
-    if args.teacher_cache and teacher is not None and loss != "ce":
-        folder = run_dir.parent / f"{run_dir.name}.teacher-top{args.teacher_cache}"
+    targets = None
+    if cache is not None:
         # the main process runs the teacher over every sequence once; the others then load its files
-        cache = backend.on_main_first(lambda: build_teacher_cache(
-            backend.numpy_forward(teacher), sampler.sequences, args.teacher_cache, folder))
+        targets = backend.on_main_first(lambda: build_teacher_cache(
+            backend.numpy_forward(teacher), sampler.sequences, args.teacher_cache, cache[0], identity=cache[1]))
 
     if backend.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     cfg, optim = train_config(args, steps, loss, config.binarized), optim_config(args, steps)
-    learner = backend.learner(config, init, cfg, optim, run_dir, tokenizer, teacher, cache, extra_fbi)
+    learner = backend.learner(config, init, cfg, optim, run_dir, tokenizer, teacher, targets, extra_fbi)
     result = train(learner, backend.evaluate, backend.sync, cfg, optim, sampler, val_batches, run_dir, desc,
                    resolve_checkpoint(run_dir) if resume else None, backend.is_main)
     return result, learner, val_batches

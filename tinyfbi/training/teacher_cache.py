@@ -5,11 +5,14 @@ runs once over every training sequence (corpus.batches.Sequences: sequence i of 
 tokens[i*T : i*T + T + 1]), its K most likely tokens and their probabilities per position are
 stored (uint16/uint32 ids, float16 probabilities), and the student reads the targets of the
 sequences in its batch (BatchSampler.windows) from the cache. The tail mass (1 - sum of the top
-K) is spread evenly over the other tokens (TeacherTopK).
+K) is spread evenly over the other tokens (TeacherTopK). One cache serves every run in --out that
+distills the same teacher on the same data, tokenizer and sequence length (cache_folder).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +42,29 @@ class TeacherTopK:
         return dense
 
 
-def build_teacher_cache(teacher, sequences, k, folder, batch_size=16, log=print) -> TeacherTopK:
-    """Load the cache in `folder` if it matches, else compute it (atomically) and load it."""
+def cache_identity(teacher_dir, data_source, tokenizer_key) -> dict:
+    """What a cache was computed from: the teacher checkpoint (its path and its weight files' sizes and
+    mtimes: a teacher retrained in the same folder is a new teacher), the data and the tokenizer."""
+    folder = Path(teacher_dir).resolve()
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".npz", ".npy"))
+    return {"teacher": str(folder), "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+            "data": data_source, "tokenizer": tokenizer_key}
+
+
+def cache_folder(out, identity, seq_len, k) -> Path:
+    """out/teacher-caches/<teacher run>-topK-T<len>-<hash of identity>: shared by every run in `out`
+    that distills the same teacher with the same data, tokenizer and sequence length."""
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:10]
+    return Path(out) / "teacher-caches" / f"{Path(identity['teacher']).parent.name}-top{k}-T{seq_len}-{digest}"
+
+
+def build_teacher_cache(teacher, sequences, k, folder, batch_size=16, log=print, identity=None) -> TeacherTopK:
+    """Load the cache in `folder` if it matches, else compute it (atomically) and load it. `identity`
+    (cache_identity) is kept in meta.json, so a cache never serves another teacher or corpus."""
     folder = Path(folder)
     seq_len = sequences.seq_len
     meta = {"format": CACHE_FORMAT, "k": k, "seq_len": seq_len, "num_sequences": len(sequences),
-            "num_tokens": len(sequences.split), "vocab_size": teacher.config.vocab_size}
+            "num_tokens": len(sequences.split), "vocab_size": teacher.config.vocab_size, "identity": identity}
     found = complete_folder(folder)
     if found is not None and (found / "meta.json").is_file() and json.loads((found / "meta.json").read_text()) == meta:
         return _load(found, teacher.config.vocab_size)
@@ -57,6 +77,7 @@ def build_teacher_cache(teacher, sequences, k, folder, batch_size=16, log=print)
     idx = np.lib.format.open_memmap(tmp / "idx.npy", "w+", id_dtype, (num_windows, seq_len, k))
     prob = np.lib.format.open_memmap(tmp / "prob.npy", "w+", np.float16, (num_windows, seq_len, k))
     log(f"teacher cache: top-{k} probabilities for {num_windows} windows of {seq_len} tokens -> {folder}")
+    start = time.perf_counter()
     for s in tqdm(range(0, num_windows, batch_size), desc="teacher cache", unit="batch", mininterval=1.0):
         e = min(num_windows, s + batch_size)
         x = sequences.read(np.arange(s, e))[:, :-1]                                     # (b, T)
@@ -69,6 +90,7 @@ def build_teacher_cache(teacher, sequences, k, folder, batch_size=16, log=print)
     prob.flush()
     del idx, prob
     atomic_write_json(tmp / "meta.json", meta)
+    atomic_write_json(tmp / "build.json", {"seconds": time.perf_counter() - start})   # what the cache cost
     return _load(replace_folder(tmp, folder), V)
 
 

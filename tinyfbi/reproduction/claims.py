@@ -1,0 +1,102 @@
+"""The paper's claims as comparisons of arms, each judged by one rule from its seeds.
+
+A side of a comparison is an arm ("fbi-ad"), a difference of two arms ("fbi-ad - fp": the cost of
+binarization at that size, per seed), or "teacher" (one model, the same for every seed). Values are
+validation losses in nats per token (perplexity = e^loss; a difference of 0.01 nats is about 1%
+perplexity).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .stats import paired_interval
+
+ONE_PERCENT = math.log(1.01)       # "no worse": within 1% perplexity
+TEN_PERCENT = math.log(1.10)       # "about as good": within 10% perplexity
+LEVEL = 0.95
+
+RULE = (f"Each claim compares the validation loss (nats/token) of two sides trained with the same seeds "
+        f"(same initial weights and batch order): d = A - B per seed, and its {LEVEL:.0%} interval is "
+        f"mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n). 'A beats B' is supported when the interval lies below "
+        f"0, contradicted when it lies above 0. 'A is no worse than B (within m)' is supported below +m, "
+        f"contradicted above +m. 'A and B agree (within m)' is supported inside (-m, +m), contradicted "
+        f"entirely outside it. Anything else is inconclusive: the seeds cannot tell.")
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    text: str
+    a: str
+    b: str
+    kind: str = "beats"            # beats | no_worse | agree
+    margin: float = 0.0            # nats, for no_worse and agree
+
+
+CLAIMS = (
+    Claim("teacher", "the teacher is stronger than a full-precision model of the students' size at their "
+          "budget (the premise of distillation)", "teacher", "fp"),
+    Claim("a1", "autoregressive distillation trains a better 1-bit student than next-token labels "
+          "(section 3.2)", "fbi-ad", "fbi-ce"),
+    Claim("a2", "pure distillation is no worse than the 0.5/0.5 mix with labels (the released recipe "
+          "uses distillation alone)", "fbi-ad", "fbi-mix", "no_worse", ONE_PERCENT),
+    Claim("b1", "FBI's learnable per-column alpha/beta beat sign(W) alone", "fbi-ad", "noscale-ad"),
+    Claim("b2", "per-column alpha/beta are no worse than per-row", "fbi-ad", "rowscale-ad",
+          "no_worse", ONE_PERCENT),
+    Claim("b3", "1-bit FBI is no worse than BitNet b1.58 ternary at the same shape and budget "
+          "(Table 2: FBI-LLM 1.3B beats BitNet b1.58 1.3B)", "fbi-ad", "ternary-ad", "no_worse", ONE_PERCENT),
+    Claim("c", "training from scratch is about as good as starting from a trained full-precision model of "
+          "the same shape (section 5)", "fbi-ad", "fbi-init-ad", "agree", TEN_PERCENT),
+    Claim("d", "binarization costs perplexity: full precision beats FBI at the same shape and budget",
+          "fp", "fbi-ad"),
+    Claim("e", "the gap between FBI and full precision narrows as the model grows (smaller size -> "
+          "students' size)", "fbi-ad - fp", "small-fbi-ad - small-fp"),
+)
+
+WORDS = {"beats": "beats", "no_worse": "is no worse than", "agree": "agrees with"}
+
+
+def side(results, name, seeds) -> list[float]:
+    """Per-seed validation losses of one side of a comparison, in the order of `seeds`."""
+    if name == "teacher":
+        return [results["teacher"]["val_loss"]] * len(seeds)
+    if " - " in name:
+        plus, minus = name.split(" - ")
+        return [p - m for p, m in zip(side(results, plus, seeds), side(results, minus, seeds))]
+    runs = results["arms"][name]["seeds"]
+    return [runs[str(s)]["val_loss"] for s in seeds]
+
+
+def judge(kind, margin, low, high) -> str:
+    """supported / contradicted / inconclusive from the interval of d = A - B (lower is better)."""
+    if kind == "beats":
+        return "supported" if high < 0 else "contradicted" if low > 0 else "inconclusive"
+    if kind == "no_worse":
+        return "supported" if high < margin else "contradicted" if low > margin else "inconclusive"
+    if kind == "agree":
+        return ("supported" if -margin < low and high < margin
+                else "contradicted" if low > margin or high < -margin else "inconclusive")
+    raise ValueError(f"unknown claim kind {kind!r}")
+
+
+def evaluate_claims(results, seeds) -> list[dict]:
+    """One verdict per claim whose arms are in `results`; each with its per-seed differences."""
+    out = []
+    for c in CLAIMS:
+        names = [n for part in (c.a, c.b) for n in part.split(" - ") if n != "teacher"]
+        if not all(n in results["arms"] for n in names) or (c.a == "teacher" and "teacher" not in results):
+            continue
+        iv = paired_interval(side(results, c.a, seeds), side(results, c.b, seeds), LEVEL)
+        verdict = judge(c.kind, c.margin, iv["low"], iv["high"])
+        out.append({"key": c.key, "claim": c.text, "a": c.a, "b": c.b, "kind": c.kind, "margin": c.margin,
+                    **iv, "verdict": verdict})
+    return out
+
+
+def describe(v) -> str:
+    """One line: the verdict, the claim, the comparison and its interval."""
+    margin = f" within {v['margin']:.3f}" if v["kind"] != "beats" else ""
+    return (f"- **{v['verdict']}** ({v['key']}): {v['claim']}. [{v['a']}] {WORDS[v['kind']]} [{v['b']}]{margin}: "
+            f"d = {v['mean']:+.4f} nats, {LEVEL:.0%} interval [{v['low']:+.4f}, {v['high']:+.4f}] "
+            f"over {v['n']} seeds (per seed {', '.join(f'{d:+.4f}' for d in v['diffs'])})")
