@@ -54,6 +54,7 @@ class AdamW:
         self.step_count = 0
         self.m = {k: np.zeros_like(v) for k, v in params.items()}
         self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        self._work = {}   # dtype -> (2, largest parameter size) workspace
 
     def step(self, params: dict, grads: dict, lr: float | None = None) -> dict:
         """One update in place. Clips grads (in place) first; returns {'lr', 'grad_norm'}."""
@@ -65,13 +66,28 @@ class AdamW:
         bias1, bias2 = 1.0 - cfg.beta1 ** t, 1.0 - cfg.beta2 ** t
         for name, p in params.items():
             g, m, v = grads[name], self.m[name], self.v[name]
+            a, b = self._scratch(p)                               # two workspaces shaped like p
             m *= cfg.beta1
-            m += (1.0 - cfg.beta1) * g
+            m += np.multiply(g, 1.0 - cfg.beta1, out=a)           # m = b1 m + (1 - b1) g
+            np.multiply(g, g, out=a)
+            a *= 1.0 - cfg.beta2
             v *= cfg.beta2
-            v += (1.0 - cfg.beta2) * (g * g)
+            v += a                                                # v = b2 v + (1 - b2) g^2
+            np.divide(v, bias2, out=a)
+            np.sqrt(a, out=a)
+            a += cfg.eps                                          # sqrt(v_hat) + eps
+            np.multiply(m, lr / bias1, out=b)
+            b /= a
             p *= 1.0 - lr * cfg.weight_decay                      # decoupled decay (Loshchilov & Hutter)
-            p -= (lr / bias1) * m / (np.sqrt(v / bias2) + cfg.eps)
+            p -= b                                                # lr m_hat / (sqrt(v_hat) + eps)
         return {"lr": lr, "grad_norm": norm}
+
+    def _scratch(self, p):
+        """Two views shaped like p into buffers reused by every parameter (no temporaries per step)."""
+        work = self._work.get(p.dtype)
+        if work is None or work.shape[1] < p.size:
+            work = self._work[p.dtype] = np.empty((2, max(q.size for q in self.m.values())), p.dtype)
+        return work[0, :p.size].reshape(p.shape), work[1, :p.size].reshape(p.shape)
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "m": self.m, "v": self.v}
