@@ -307,3 +307,17 @@ def test_attention_float32_stays_float32():
     grads = L.attention_backward(np.ones_like(out), cache)
     assert out.dtype == np.float32 and all(p.dtype == np.float32 for p in cache[3])
     assert all(g.dtype == np.float32 for g in grads)
+
+
+@pytest.mark.parametrize("H,Hkv,Tk", [(4, 4, 5), (4, 2, 7)])
+def test_chunked_attention_matches_one_block(monkeypatch, H, Hkv, Tk):
+    # query blocks of 2 (some see fewer keys, a ragged last one) against all 5 queries in one block
+    rng = np.random.default_rng(17)
+    q, k, v, d = rand(rng, 2, H, 5, 4), rand(rng, 2, Hkv, Tk, 4), rand(rng, 2, Hkv, Tk, 4), rand(rng, 2, H, 5, 4)
+    out, cache = L.attention_forward(q, k, v)
+    grads = L.attention_backward(d, cache)
+    monkeypatch.setattr(L, "ATTENTION_CHUNK", 2)
+    out2, cache2 = L.attention_forward(q, k, v)
+    assert_close(out2, out, rtol=1e-12, atol=1e-14, name="out")
+    for name, g, g2 in zip("qkv", grads, L.attention_backward(d, cache2)):
+        assert_close(g2, g, rtol=1e-12, atol=1e-14, name="d" + name)
