@@ -41,9 +41,10 @@ def rmsnorm_backward(dout, cache):
     xhat, rstd, weight = cache
     C = xhat.shape[-1]
     dweight = (dout * xhat).reshape(-1, C).sum(axis=0)                 # (C,)
-    dxhat = dout * weight
-    # d/dx of x*rstd: rstd * (dxhat - xhat * mean(dxhat * xhat))
-    dx = rstd * (dxhat - xhat * (np.sum(dxhat * xhat, axis=-1, keepdims=True) / C))
+    dx = dout * weight                                                 # dxhat
+    # d/dx of x*rstd: rstd * (dxhat - xhat * mean(dxhat * xhat)), in place in dxhat
+    dx -= xhat * (np.sum(dx * xhat, axis=-1, keepdims=True) / C)
+    dx *= rstd
     return dx.astype(dout.dtype, copy=False), dweight.astype(dout.dtype, copy=False)
 
 
