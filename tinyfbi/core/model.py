@@ -73,7 +73,8 @@ class Model:
             weights = [self._weight(prefix) for prefix in prefixes]
             return (np.concatenate(weights) if len(weights) > 1 else weights[0]), [None] * len(prefixes)
         rows = [p[prefix + ".weight"].shape[0] for prefix in prefixes]
-        stacked = np.empty((sum(rows), p[prefixes[0] + ".weight"].shape[1]), self.dtype)
+        first = p[prefixes[0] + ".weight"]
+        stacked = np.empty((sum(rows), first.shape[1]), first.dtype)
         signs, start = [], 0
         for prefix, n in zip(prefixes, rows):
             s = L.binarize(p[prefix + ".weight"], cfg.sign_of_zero)                     # (out, in)
