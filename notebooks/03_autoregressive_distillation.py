@@ -19,18 +19,22 @@
 # $$\mathcal L = -\frac1{N}\sum_{t}\sum_{v} p^{\text{teacher}}_t(v)\,\log p^{\text{student}}_t(v)$$
 #
 # (temperature 1; LLaMA-2-7B is the teacher for every student size). Here we derive its gradient,
-# check it, and then train a tiny teacher and two binarized students, one with distillation and one
-# with labels, on the same tokens.
+# check it, then train a teacher stronger than its students and binarized students with distillation
+# and with labels on the same tokens, seed by seed.
 
 # %% tags=["parameters"]
 import os
 
 FAST = os.environ.get("TINYFBI_FAST") == "1"
 SEED = 0
-STEPS = 40 if FAST else 400       # per model
+STEPS = 30 if FAST else 300            # per student
+TEACHER_STEPS = 4 * STEPS               # the teacher trains for four times a student's budget
+SEEDS = (0, 1) if FAST else (0, 1, 2)   # each seed: the students' initial weights and batches
 BATCH, SEQ = (8, 64) if FAST else (16, 128)
 
 # %%
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -89,18 +93,31 @@ def val_loss(model, n=8):
 
 
 # %% [markdown]
-# ## Step 3 · train a full-precision teacher on labels, then two binarized students on the same batches
+# ## Step 3 · a teacher stronger than its students
+# Distillation pays when the teacher knows more than the labels can say: FBI-LLM's teacher is
+# LLaMA-2-7B for a 130M student. Here the teacher is a full-precision model twice as wide and deep as
+# the students, trained for four times their steps. It is trained once and saved in the notebook's
+# work folder; a rerun loads it.
 
 # %%
-cfg = ModelConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=4, intermediate_size=256, max_position_embeddings=SEQ)
-opt_cfg = OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=STEPS // 10, total_steps=STEPS)
+from tinyfbi import load_model, save_model
+
+work = Path("runs-notebook-03")
+student_cfg = ModelConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=4, intermediate_size=256, max_position_embeddings=SEQ)
+teacher_cfg = student_cfg.replace(hidden_size=256, num_hidden_layers=4, intermediate_size=512, binarized=False)
 
 
-def train(model, loss_kind, teacher=None):
-    opt, curve = AdamW(model.params, opt_cfg), []
-    for step in range(STEPS):
-        x, y = batch(train_bytes, step)
+def opt_config(steps):
+    return OptimConfig(lr=3e-3, min_lr=3e-4, warmup_steps=steps // 10, total_steps=steps)
+
+
+def train(model, loss_kind, steps, seed, teacher=None):
+    """steps of AdamW on the seed's batches; ce: labels, ad: the teacher's distribution."""
+    cfg = opt_config(steps)
+    opt = AdamW(model.params, cfg)
+    for step in range(steps):
+        x, y = batch(train_bytes, step, seed)
         logits = model.forward(x)
         if loss_kind == "ce":
             loss, c = L.cross_entropy_forward(logits, y)
@@ -108,34 +125,61 @@ def train(model, loss_kind, teacher=None):
         else:
             loss, c = L.distill_forward(logits, L.softmax(teacher.forward(x)))
             d = L.distill_backward(c)
-        opt.step(model.params, model.backward(d), lr_at(step, opt_cfg))
-        curve.append(L.cross_entropy_forward(logits, y)[0])   # label CE of the same batch, for comparison
-    return curve
+        opt.step(model.params, model.backward(d), lr_at(step, cfg))
+    return model
 
 
-teacher = Model(cfg.replace(binarized=False), seed=SEED)
-curves = {"teacher (full precision, labels)": train(teacher, "ce")}
-student_ad, student_ce = Model(cfg, seed=SEED), Model(cfg, seed=SEED)
-curves["FBI student, distillation"] = train(student_ad, "ad", teacher)
-curves["FBI student, labels"] = train(student_ce, "ce")
-for (name, curve), model in zip(curves.items(), (teacher, student_ad, student_ce)):
-    print(f"{name:<34} final train CE {np.mean(curve[-5:]):.3f}  validation CE {val_loss(model):.3f}")
+teacher_dir = work / f"teacher-{TEACHER_STEPS}steps"
+if (teacher_dir / "config.json").is_file():
+    teacher = load_model(teacher_dir)
+    print(f"loaded the teacher from {teacher_dir}")
+else:
+    teacher = train(Model(teacher_cfg, seed=100), "ce", TEACHER_STEPS, seed=100)
+    save_model(teacher, teacher_dir)
+same_size_fp = train(Model(student_cfg.replace(binarized=False), seed=SEED), "ce", STEPS, SEED)
+print(f"validation CE: teacher ({teacher_cfg.num_params() / 1e6:.2f}M, {TEACHER_STEPS} steps) {val_loss(teacher):.3f}; "
+      f"full precision of the students' shape ({student_cfg.num_params() / 1e6:.2f}M, {STEPS} steps) "
+      f"{val_loss(same_size_fp):.3f}")
+assert val_loss(teacher) < val_loss(same_size_fp)   # the premise: the teacher knows more
+
+# %% [markdown]
+# ## Step 4 · two binarized students per seed: distillation vs labels, same init, same batches
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 4))
-for name, curve in curves.items():
-    ax.plot(curve, label=name, lw=1)
-ax.set_xlabel("step")
-ax.set_ylabel("next-token cross-entropy (nats)")
+results = {"ad": [], "ce": []}
+for seed in SEEDS:
+    for kind in results:
+        student = train(Model(student_cfg, seed=seed), kind, STEPS, seed, teacher)
+        results[kind].append(val_loss(student))
+    print(f"seed {seed}: validation CE, distillation {results['ad'][-1]:.3f}, labels {results['ce'][-1]:.3f}")
+gain = np.array(results["ce"]) - np.array(results["ad"])     # > 0: distillation is better
+print(f"distillation's gain over labels: {gain.mean():+.3f} nats (per seed {np.round(gain, 3)}), "
+      f"about {100 * (np.exp(gain.mean()) - 1):.1f}% validation perplexity")
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for i, kind in enumerate(("ce", "ad")):
+    ax.plot([i] * len(SEEDS), results[kind], "o")
+ax.set_xticks([0, 1], ["FBI student, labels", "FBI student, distillation"])
+ax.axhline(val_loss(teacher), ls="--", color="tab:green", label="teacher")
+ax.set_ylabel("validation CE (nats/byte)")
 ax.legend()
-ax.set_title("same batches, same steps")
 plt.show()
 
 # %% [markdown]
-# The distilled student never sees the labels, yet its label cross-entropy falls: the teacher's
-# distribution carries the labels' information and more. At this toy scale the two students can
-# land close together; `python -m tinyfbi.reproduce` runs the comparison at a larger budget and
-# reports what it finds.
+# What we expect: with a teacher this much stronger, and enough steps for the students to use what it
+# knows, the distilled student beats the label-trained one on average over seeds (the same seed gives
+# both the same initial weights and batches). The distilled student never sees a label; the teacher's
+# whole distribution is a richer signal than the one token that came next.
+#
+# What `TINYFBI_FAST=1` can show: nothing about the gain. At 30 steps and 2 seeds the students have
+# barely left the unigram stage and the difference is within seed noise (measured once: -0.06 and
+# -0.00 nats at 40 steps, labels slightly ahead), so the fast run checks only that both students
+# learned. `python -m tinyfbi.reproduce` measures the comparison (claim a1) at a larger scale, with
+# a verdict over seeds; its README table says what it found.
 
 # %%
-assert np.mean(curves["FBI student, distillation"][-5:]) < np.log(256)   # it learned something
+for kind, losses in results.items():
+    assert max(losses) < np.log(256) - 1, f"{kind} students did not learn: {losses}"   # uniform bytes: 5.55 nats
+if not FAST:
+    assert gain.mean() > 0, f"distillation did not beat labels on average: {gain}"

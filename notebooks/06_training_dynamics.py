@@ -75,6 +75,10 @@ teacher_ckpt = scratch["teacher"]
 init_rows, init = run("from-teacher", "--init", teacher_ckpt)
 print(f"validation perplexity: from scratch {scratch['val_ppl']:.2f}, from the teacher's weights "
       f"{init['val_ppl']:.2f}, teacher {scratch['teacher_val_ppl']:.2f}")
+# one flip-flop record per optimizer step, each a fraction of the weights, in both runs
+for rows in (scratch_rows, init_rows):
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert all(0 <= r["flips"]["all"] <= 1 for r in rows)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -96,6 +100,8 @@ for name, rows in (("from scratch", scratch_rows), ("from teacher", init_rows)):
     last = np.mean([r["flips"]["all"] for r in rows[-tail:]])
     first = np.mean([r["flips"]["all"] for r in rows[:tail]])
     print(f"{name:<14} flip-flop ratio: first 20% of steps {100 * first:.3f}%, last 20% {100 * last:.3f}%")
+    # the cosine schedule ends at a tenth of the peak learning rate: fewer weights cross zero per step
+    assert last < first, f"{name}: the flip-flop ratio did not fall ({100 * first:.3f}% -> {100 * last:.3f}%)"
 
 # %% [markdown]
 # The learning-rate schedule (cosine to a floor) drives the flip rate down in both runs. Whether the two

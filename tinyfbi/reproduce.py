@@ -46,6 +46,8 @@ def build_parser():
                     help=f"optimizer steps per student arm (default {FULL.steps}, --fast {FAST.steps})")
     ap.add_argument("--teacher-steps", type=int, default=None,
                     help=f"the teacher's steps (default {FULL.teacher_steps}, --fast {FAST.teacher_steps})")
+    ap.add_argument("--teacher-only", action="store_true", help="train (or resume) the teacher and stop: "
+                    "build it ahead, e.g. overnight")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per arm, the same in every arm (at least 2 "
                     "for an interval; the verdicts need 3+)")
     ap.add_argument("--out", default=None, help="where runs, table and plots go (default runs/reproduce, "
@@ -137,7 +139,10 @@ def reproduce(args):
     teacher_ckpt = resolve_checkpoint(t["run"])
     teacher = {"run": t["run"], "size": plan.teacher, "params": t["params"], "steps": t["steps"],
                "seed": plan.teacher_seed, "tokens_seen": t["tokens_seen"], "val_loss": t["val_loss"],
-               "val_ppl": t["val_ppl"], "wall_s": t["wall_s"]}
+               "val_ppl": t["val_ppl"], "wall_s": t["wall_s"], "tok_s": t["tok_s"]}
+    if args.teacher_only:
+        print(f"teacher ready: {teacher_ckpt} (validation perplexity {t['val_ppl']:.1f})")
+        return {"teacher": teacher}
 
     arms = {a.name: {"question": a.question, "size": plan.small if a.small else plan.student, "seeds": {}}
             for a in ARMS}
