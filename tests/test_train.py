@@ -83,15 +83,19 @@ def test_teacher_cache_sparse_distillation(trained, corpus, tmp_path, capsys):
     # top-32 of a weak 40-step byte teacher holds ~85% of its mass; the student still learns
     # (measured ~3.3 nats; uniform is 5.55)
     assert summary["val_loss"] < 4.0
-    (cache,) = (tmp_path / "teacher-caches").iterdir()
+    (cache,) = (tmp_path / "teacher-caches").glob("teacher-*")
     idx = np.load(cache / "idx.npy", mmap_mode="r")
     assert idx.shape[1:] == (64, 32)
     assert capsys.readouterr().out.count("teacher cache: top-32") == 1
-    # a second run on the same teacher, data and sequence length reads the same cache, computes nothing
-    run("--data", small, "--data-dir", tmp_path / "data", "--out", tmp_path, "--steps", 2,
-        "--name", "cached-again", "--teacher", teacher, "--teacher-cache", 32, *SMALL_RUN)
+    (val_memo,) = (tmp_path / "teacher-caches").glob("val-*.json")
+    memo_time = val_memo.stat().st_mtime_ns
+    # a second run on the same teacher, data and sequence length reads the same cache and the teacher's
+    # validation loss from the first, computes neither
+    again = run("--data", small, "--data-dir", tmp_path / "data", "--out", tmp_path, "--steps", 2,
+                "--name", "cached-again", "--teacher", teacher, "--teacher-cache", 32, *SMALL_RUN)
     assert "teacher cache: top-32" not in capsys.readouterr().out
-    assert [p.name for p in (tmp_path / "teacher-caches").iterdir()] == [cache.name]
+    assert [p.name for p in (tmp_path / "teacher-caches").glob("teacher-*")] == [cache.name]
+    assert again["teacher_val_loss"] == summary["teacher_val_loss"] and val_memo.stat().st_mtime_ns == memo_time
 
 
 def test_nan_loss_rolls_back_and_skips_the_batch(corpus, tmp_path, monkeypatch, capsys):

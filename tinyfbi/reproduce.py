@@ -168,6 +168,9 @@ def reproduce(args):
         "student_params": {a["size"]: a["params"] for a in arms.values()}, "data": data, "tokenizer": tokenizer,
         "teacher": teacher, "arms": arms,
         "timing": {"teacher_s": teacher["wall_s"], "cache_s": cache_s, "students_s": students_s,
+                   # the teacher's whole budget at its median step time: its wall_s covers only the last
+                   # invocation's part when a killed teacher was resumed
+                   "teacher_at_median_step_s": teacher["tokens_seen"] / teacher["tok_s"] if teacher["tok_s"] else None,
                    "total_s": teacher["wall_s"] + cache_s + students_s, "this_invocation_s": time.perf_counter() - start},
         "rule": RULE}
     results["claims"] = evaluate_claims(results, plan.seeds)

@@ -41,6 +41,15 @@ def flip_tail(run_dir, fraction=0.2) -> float | None:
     return sum(tail) / len(tail)
 
 
+def teacher_note(timing) -> str:
+    """The teacher's whole budget at its median step, when that differs from the measured wall time
+    (a teacher resumed after a kill: the wall time counts only the last part)."""
+    est = timing.get("teacher_at_median_step_s")
+    if est is None or abs(est - timing["teacher_s"]) < 0.25 * timing["teacher_s"]:
+        return ""
+    return f" measured in this invocation; all its steps at its median step time: {est / 60:.1f} min"
+
+
 def markdown(results, command) -> str:
     plan, timing = results["plan"], results["timing"]
     flips = {name: [flip_tail(r["run"]) for r in results["arms"][name]["seeds"].values()]
@@ -50,8 +59,8 @@ def markdown(results, command) -> str:
     return "\n".join([
         f"# tinyfbi reproduction ({'fast' if results['fast'] else 'full'})", "",
         f"`{command}` on {results['cpu']}, {results['date']}; wall time {timing['total_s'] / 60:.1f} min "
-        f"(teacher {timing['teacher_s'] / 60:.1f} min, its top-K cache {timing['cache_s'] / 60:.1f} min, "
-        f"students {timing['students_s'] / 60:.1f} min).", "",
+        f"(teacher {timing['teacher_s'] / 60:.1f} min{teacher_note(timing)}, its top-K cache "
+        f"{timing['cache_s'] / 60:.1f} min, students {timing['students_s'] / 60:.1f} min).", "",
         f"Students: {plan['steps']} steps x {plan['batch_size']} x {plan['seq_len']} tokens = "
         f"{results['student_tokens']:,} tokens per arm, seeds {', '.join(map(str, plan['seeds']))} in every arm; "
         f"teacher: {plan['teacher']}, {plan['teacher_steps']} steps (seed {plan['teacher_seed']}). "

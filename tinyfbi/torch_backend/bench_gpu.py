@@ -94,7 +94,7 @@ def measure(size, teacher, args, device, fused) -> dict:
     measured = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     del student, opt
     return {"size": size, "fbi_linear": "fused" if fused else "unfused", "device": device_name(device),
-            "micro_batch": micro, "seq_len": args.seq_len, "tok_s": tok_s, "loss": float(loss),
+            "micro_batch": micro, "seq_len": args.seq_len, "tok_s": tok_s, "loss": float(loss.detach()),
             "mfu": tok_s * flops / peak if peak else None, "flops_per_token": flops,
             "peak_memory_gib": measured / GiB if measured is not None else None, "planned_memory_gib": planned / GiB}
 

@@ -8,6 +8,8 @@ is the same for both, so a run can change backend at any checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import statistics
 from pathlib import Path
@@ -89,7 +91,7 @@ def run_locked(args, backend) -> dict:
     prompt = [int(t) for t in np.asarray(val_tokens[:8])]
     print(f"\nvalidation perplexity ({args.eval_batches} batches of {args.batch_size}x{args.seq_len}):")
     if teacher is not None:
-        t_loss = backend.evaluate(teacher, val_batches())
+        t_loss = teacher_val_loss(args, backend, teacher, teacher_dir, corpus, tokenizer, val_batches)
         summary.update(teacher=str(teacher_dir), teacher_val_loss=t_loss, teacher_val_ppl=math.exp(t_loss))
         print(f"  teacher (full precision) {math.exp(t_loss):8.2f}")
         if backend.is_main and (Path(teacher_dir).parent / "metrics.jsonl").is_file():
@@ -110,6 +112,22 @@ def run_locked(args, backend) -> dict:
         atomic_write_json(run_dir / "summary.json", summary)
     print(f"wrote {run_dir}/ (checkpoint/, metrics.jsonl, loss.png, summary.json)")
     return summary
+
+
+def teacher_val_loss(args, backend, teacher, teacher_dir, corpus, tokenizer, val_batches) -> float:
+    """The teacher's validation loss, computed once per teacher, data, validation windows and backend, kept in
+    out/teacher-caches/val-<hash>.json: every student of a reproduction shares its teacher. (Ranks read
+    the file before the first rank can write it: writing waits for the evaluation, which needs them all.)"""
+    key = {**cache_identity(teacher_dir, corpus.source, tokenizer.key), "batch_size": args.batch_size,
+           "seq_len": args.seq_len, "eval_batches": args.eval_batches, "backend": backend.name}
+    path = Path(args.out) / "teacher-caches" / f"val-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())["val_loss"]
+    loss = backend.evaluate(teacher, val_batches())
+    if backend.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {**key, "val_loss": loss})
+    return loss
 
 
 def check_teacher(teacher_dir, tokenizer):
