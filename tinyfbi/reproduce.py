@@ -1,8 +1,8 @@
 """`python -m tinyfbi.reproduce`: the paper's claims at laptop scale, each judged over seeds.
 
-First a full-precision teacher, larger than any student and trained for 3x a student's tokens
+First a full-precision teacher, 4x the students' size and trained for 5x a student's tokens
 (once, reused by every arm and every rerun), with its top-K next-token probabilities cached. Then
-every arm (training.reproduction.plan.ARMS) over the same seeds, each arm of a size on the same
+every arm (reproduction.plan.ARMS) over the same seeds, each arm of a size on the same
 tokens with the same initial weights and batch order per seed:
   (a) FBI with autoregressive distillation vs next-token labels vs the 0.5/0.5 mix;
   (b) FBI's per-column alpha/beta vs none vs per-row vs BitNet b1.58 ternary;
@@ -13,7 +13,7 @@ Each claim is supported, contradicted or inconclusive by the rule printed with t
 (reproduction.claims.RULE). Writes OUT/{results.md, results.json, ppl.png, flips.png}; finished runs
 are reused (a killed one resumes), so a rerun only trains what is missing.
 
-    python -m tinyfbi.reproduce          # tiny + mini students, 3 seeds; ~55 min teacher + ~45 min students on 2 cores
+    python -m tinyfbi.reproduce          # tiny + mini students, 3 seeds; teacher ~25 min, its cache ~13, students ~45 (2 cores)
     python -m tinyfbi.reproduce --fast   # the same structure, one size down, a few steps: a few minutes
 """
 from __future__ import annotations
