@@ -66,7 +66,7 @@ def test_each_claim_gets_each_outcome_from_constructed_seeds():
     assert verdict(constructed({"fbi-init-ad": [3.01, 2.99, 3.02]}), "c")["verdict"] == "supported"
     assert verdict(constructed({"fbi-init-ad": [2.5, 2.52, 2.49]}), "c")["verdict"] == "contradicted"
     # e: the gap (fbi - fp) at the students' size against the gap at the smaller size, seed by seed
-    gaps = constructed({"fp": [2.9] * 3, "small-fbi-ad": [3.5, 3.6, 3.55], "small-fp": [3.2] * 3})
+    gaps = constructed({"fp-ad": [2.9] * 3, "small-fbi-ad": [3.5, 3.6, 3.55], "small-fp-ad": [3.2] * 3})
     v = verdict(gaps, "e")
     assert v["diffs"] == pytest.approx([0.1 - 0.3, 0.1 - 0.4, 0.1 - 0.35]) and v["verdict"] == "supported"
     assert verdict(constructed({"teacher": 3.5}), "teacher")["verdict"] == "contradicted"

@@ -23,8 +23,9 @@ class Arm:
 
 
 ARMS = (
-    Arm("fp", "(d) full precision, next-token labels: the reference, and (c)'s initial weights",
+    Arm("fp", "full precision, next-token labels: the teacher's premise, and (c)'s initial weights",
         ("--full-precision", "--teacher", "none"), distilled=False),
+    Arm("fp-ad", "(d) full precision, distillation: the students' recipe without binarization", ("--full-precision",)),
     Arm("fbi-ad", "(a)(b)(c) FBI, distillation: the paper's recipe", track_flips=True),
     Arm("fbi-ce", "(a) FBI, next-token labels", ("--loss", "ce", "--teacher", "none"), distilled=False),
     Arm("fbi-mix", "(a) FBI, 0.5 labels + 0.5 distillation", ("--loss", "mix")),
@@ -33,8 +34,9 @@ ARMS = (
     Arm("ternary-ad", "(b) BitNet b1.58 ternary (absmean), same recipe", ("--scaling", "ternary")),
     Arm("fbi-init-ad", "(c) FBI, initialized from the trained `fp` model of the same seed",
         ("--init", INIT_FROM_FP), track_flips=True),
-    Arm("small-fp", "(e) full precision at the smaller size", ("--full-precision", "--teacher", "none"),
+    Arm("small-fp", "full precision, labels, at the smaller size (reference)", ("--full-precision", "--teacher", "none"),
         small=True, distilled=False),
+    Arm("small-fp-ad", "(e) full precision, distillation, at the smaller size", ("--full-precision",), small=True),
     Arm("small-fbi-ad", "(e) FBI, distillation, at the smaller size", small=True),
 )
 ARM_NAMES = tuple(a.name for a in ARMS)

@@ -83,7 +83,7 @@ def plots(out, results):
     fig, ax = plt.subplots(figsize=(9, 4.2))
     for i, name in enumerate(names):
         ppls = [math.exp(v) for v in seed_losses(results["arms"][name])]
-        color = "tab:gray" if name.endswith("fp") else "tab:blue"
+        color = "tab:gray" if "fp" in name.split("-") else "tab:blue"
         ax.bar(i, statistics.mean(ppls), color=color, alpha=0.6)
         ax.plot([i] * len(ppls), ppls, "k.", ms=5)
     ax.axhline(results["teacher"]["val_ppl"], color="tab:green", ls="--", label="teacher")

@@ -36,7 +36,7 @@ from ..core.config import PRESETS, ModelConfig
 from ..core.errors import TinyFBIError
 from ..formats.hf_folder import config_from_hf
 from ..formats.run_checkpoint import resolve_checkpoint
-from ..training.setup import DEFAULT_STEPS, PAPER_SIZES, model_config
+from ..training.setup import DEFAULT_STEPS, PAPER_SIZES, model_config, training_loss
 from .distributed import use_fsdp
 from .model import TorchModel
 
@@ -188,7 +188,7 @@ def plan(args, world=None, device_gib=None, strict=False) -> dict:
     sharded = use_fsdp(args.fsdp, counts["total"], world, args.cpu_offload)
     checkpointing = (args.size in PAPER_SIZES if args.activation_checkpointing == "auto"
                      else args.activation_checkpointing == "on")
-    distill = teacher is not None and (args.loss != "ce" and not args.full_precision)
+    distill = teacher is not None and training_loss(args) != "ce"
     device_gib = device_gib or args.gpu_gib or GPU_GIB
 
     def memory_at(micro):

@@ -25,16 +25,24 @@ PAPER_SIZES = ("130m", "1.3b", "7b", "13b")
 DEFAULT_STEPS = 400
 
 
+def training_loss(args) -> str:
+    """The loss this run trains with: --loss, except that a full-precision model learns from labels
+    unless it is given a teacher PATH to distill (--teacher auto trains a teacher for students only)."""
+    return "ce" if args.full_precision and args.teacher in ("auto", "none") else args.loss
+
+
 def run_folder(args) -> Path:
-    """runs/NAME: --name, else <size>-<loss> (<size>-fp for a full-precision model)."""
-    loss = "ce" if args.full_precision else args.loss
-    return Path(args.out) / (args.name or (f"{args.size}-fp" if args.full_precision else f"{args.size}-{loss}"))
+    """runs/NAME: --name, else <size>-<loss> (<size>-fp, or <size>-fp-<loss> when distilled, for a
+    full-precision model)."""
+    loss = training_loss(args)
+    default = (f"{args.size}-fp" + ("" if loss == "ce" else f"-{loss}")) if args.full_precision else f"{args.size}-{loss}"
+    return Path(args.out) / (args.name or default)
 
 
 def choose_run_folder(args):
     """(steps, loss, run folder) of this invocation; refuses to overwrite a run or resume nothing."""
     steps = args.steps or DEFAULT_STEPS
-    loss = "ce" if args.full_precision else args.loss
+    loss = training_loss(args)
     run_dir = run_folder(args)
     if has_checkpoint(run_dir) and not args.resume:
         raise TinyFBIError(f"{run_dir} already holds a run: pass --resume to continue it, or --name for a new one")
