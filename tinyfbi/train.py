@@ -17,7 +17,7 @@ from .core.errors import TinyFBIError
 from .training.numpy_learner import NumpyBackend
 from .training.recipe import apply_recipe
 from .training.run import run
-from .training.setup import DEFAULT_STEPS, PAPER_SIZES
+from .training.setup import DEFAULT_STEPS, PAPER_SIZES, training_loss
 
 
 def build_parser() -> CLIParser:
@@ -124,11 +124,10 @@ def check_args(args):
         raise TinyFBIError(f"--spike-factor must be > 1, got {args.spike_factor}")
     if args.seed < 0:
         raise TinyFBIError(f"--seed must be >= 0, got {args.seed}")
-    if args.loss in ("ad", "mix") and args.teacher == "none" and not args.full_precision:
-        raise TinyFBIError(f"--loss {args.loss} distills a teacher: give --teacher auto or PATH, or use --loss ce")
-    if args.full_precision and args.loss != "ce" and args.teacher == "auto":
-        args.loss = "ce"  # a teacher of its own is trained on labels
-    if args.teacher_cache and args.loss == "ce":
+    loss = training_loss(args)        # a full-precision model without a teacher PATH learns from labels
+    if loss in ("ad", "mix") and args.teacher == "none":
+        raise TinyFBIError(f"--loss {loss} distills a teacher: give --teacher auto or PATH, or use --loss ce")
+    if args.teacher_cache and loss == "ce":
         raise TinyFBIError("--teacher-cache needs a distillation loss (--loss ad or mix)")
 
 
