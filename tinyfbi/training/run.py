@@ -8,8 +8,6 @@ is the same for both, so a run can change backend at any checkpoint.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import statistics
 from pathlib import Path
@@ -36,7 +34,7 @@ from .setup import (
     run_folder,
     train_config,
 )
-from .teacher_cache import build_teacher_cache, cache_folder, cache_identity
+from .teacher_cache import build_teacher_cache, cache_folder, cache_identity, memo_val_loss
 
 
 def run(args, backend) -> dict:
@@ -67,9 +65,9 @@ def run_locked(args, backend) -> dict:
           f"{args.batch_size}x{args.seq_len} tokens{backend.describe()} -> {run_dir}")
     extra = {"teacher": str(teacher_dir) if teacher_dir else None, "init": str(args.init), "loss": loss}
     init = None if args.resume else (lambda: init_student(args, config))
+    identity = None if teacher is None else cache_identity(teacher_dir, corpus.source, tokenizer.key)
     cache = None
     if args.teacher_cache and teacher is not None and loss != "ce":
-        identity = cache_identity(teacher_dir, corpus.source, tokenizer.key)
         cache = (cache_folder(args.out, identity, args.seq_len, args.teacher_cache), identity)
     result, learner, val_batches = train_model(args, backend, run_dir, config, init, data, steps, loss, teacher,
                                                "student" if config.binarized else "model", args.resume, extra,
@@ -91,7 +89,10 @@ def run_locked(args, backend) -> dict:
     prompt = [int(t) for t in np.asarray(val_tokens[:8])]
     print(f"\nvalidation perplexity ({args.eval_batches} batches of {args.batch_size}x{args.seq_len}):")
     if teacher is not None:
-        t_loss = teacher_val_loss(args, backend, teacher, teacher_dir, corpus, tokenizer, val_batches)
+        # computed once per teacher, data, windows and backend: a reproduction's students share it
+        windows = {"batch_size": args.batch_size, "seq_len": args.seq_len, "eval_batches": args.eval_batches}
+        t_loss = memo_val_loss(args.out, {**identity, **windows, "backend": backend.name},
+                               lambda: backend.evaluate(teacher, val_batches()), backend.is_main)
         summary.update(teacher=str(teacher_dir), teacher_val_loss=t_loss, teacher_val_ppl=math.exp(t_loss))
         print(f"  teacher (full precision) {math.exp(t_loss):8.2f}")
         if backend.is_main and (Path(teacher_dir).parent / "metrics.jsonl").is_file():
@@ -112,22 +113,6 @@ def run_locked(args, backend) -> dict:
         atomic_write_json(run_dir / "summary.json", summary)
     print(f"wrote {run_dir}/ (checkpoint/, metrics.jsonl, loss.png, summary.json)")
     return summary
-
-
-def teacher_val_loss(args, backend, teacher, teacher_dir, corpus, tokenizer, val_batches) -> float:
-    """The teacher's validation loss, computed once per teacher, data, validation windows and backend, kept in
-    out/teacher-caches/val-<hash>.json: every student of a reproduction shares its teacher. (Ranks read
-    the file before the first rank can write it: writing waits for the evaluation, which needs them all.)"""
-    key = {**cache_identity(teacher_dir, corpus.source, tokenizer.key), "batch_size": args.batch_size,
-           "seq_len": args.seq_len, "eval_batches": args.eval_batches, "backend": backend.name}
-    path = Path(args.out) / "teacher-caches" / f"val-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]}.json"
-    if path.is_file():
-        return json.loads(path.read_text())["val_loss"]
-    loss = backend.evaluate(teacher, val_batches())
-    if backend.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {**key, "val_loss": loss})
-    return loss
 
 
 def check_teacher(teacher_dir, tokenizer):

@@ -51,11 +51,28 @@ def cache_identity(teacher_dir, data_source, tokenizer_key) -> dict:
             "data": data_source, "tokenizer": tokenizer_key}
 
 
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]
+
+
 def cache_folder(out, identity, seq_len, k) -> Path:
     """out/teacher-caches/<teacher run>-topK-T<len>-<hash of identity>: shared by every run in `out`
     that distills the same teacher with the same data, tokenizer and sequence length."""
-    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:10]
-    return Path(out) / "teacher-caches" / f"{Path(identity['teacher']).parent.name}-top{k}-T{seq_len}-{digest}"
+    return Path(out) / "teacher-caches" / f"{Path(identity['teacher']).parent.name}-top{k}-T{seq_len}-{_digest(identity)}"
+
+
+def memo_val_loss(out, key: dict, evaluate, is_main) -> float:
+    """The teacher's validation loss under `key` (cache_identity plus the validation windows and the
+    backend), computed once and kept in out/teacher-caches/val-<hash>.json for every later run.
+    (Ranks read the file before any rank can write it: writing waits for evaluate(), which needs them all.)"""
+    path = Path(out) / "teacher-caches" / f"val-{_digest(key)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())["val_loss"]
+    loss = evaluate()
+    if is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {**key, "val_loss": loss})
+    return loss
 
 
 def build_teacher_cache(teacher, sequences, k, folder, batch_size=16, log=print, identity=None) -> TeacherTopK:
