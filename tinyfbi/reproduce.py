@@ -87,6 +87,11 @@ def common_flags(args, plan, out, size, steps, seed, name):
     return [str(f) for f in flags + (["--data", args.data] if args.data else [])]
 
 
+def save_every(steps, checkpoints) -> int:
+    """Steps between checkpoints: `checkpoints` per run, or one at the end of a run too short for them."""
+    return steps // checkpoints if steps >= 2 * checkpoints else steps
+
+
 def run_once(flags, name, out, size, steps) -> dict:
     """Train one run, or reuse it if finished (resume it if killed); -> its summary plus wall_s."""
     run_dir = Path(out) / name
@@ -112,7 +117,7 @@ def train_teacher(args, plan, out) -> dict:
     flags = common_flags(args, plan, out, plan.teacher, plan.teacher_steps, plan.teacher_seed, name) + [
         "--full-precision", "--teacher", "none", "--lr", str(plan.teacher_lr), "--warmup", str(plan.teacher_warmup),
         "--eval-every", str(max(plan.teacher_steps // 3, 1)),
-        "--save-every", str(plan.teacher_steps // 12 if plan.teacher_steps >= 24 else plan.teacher_steps)]
+        "--save-every", str(save_every(plan.teacher_steps, 12))]
     return run_once(flags, name, out, plan.teacher, plan.teacher_steps)
 
 
@@ -120,7 +125,7 @@ def train_arm(args, plan, out, arm, seed, teacher_ckpt) -> dict:
     size = plan.small if arm.small else plan.student
     name = f"{arm.name}-s{seed}"
     flags = common_flags(args, plan, out, size, plan.steps, seed, name) + [
-        "--eval-every", str(plan.eval_every), "--save-every", str(plan.steps // 2 if plan.steps >= 20 else plan.steps)]
+        "--eval-every", str(plan.eval_every), "--save-every", str(save_every(plan.steps, 2))]
     extra = [str(resolve_checkpoint(Path(out) / f"fp-s{seed}")) if f == INIT_FROM_FP else f for f in arm.flags]
     if arm.distilled:
         extra += ["--teacher", str(teacher_ckpt), "--teacher-cache", str(plan.teacher_cache)]
