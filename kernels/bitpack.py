@@ -16,6 +16,10 @@ blocked    uint8 (out, 32*ceil(in/256)): inputs in blocks of 256; byte 32*blk + 
 lut3       uint32 (ceil(out/8), ceil(in/30), 8): rows in groups of 8, one row per 32-bit lane;
            bits 3g+t (g < 10, t < 3) of lane l in word w are row 8R+l, input 30*w + 3*g + t;
            bits 30 and 31 are 0. Each 3-bit field indexes an 8-entry table (v3_lut3_f32).
+nib4       uint8 (ceil(out/32), 32*ceil(in/256), 32): rows in tiles of 32, inputs in groups of 4
+           (one nibble, bit i = input 4g+i); byte [t, p, 16*l + k] holds group g = 2p + l, row
+           32t + k in its low nibble and row 32t + 16 + k in its high nibble. Each nibble indexes a
+           16-entry table, 16 rows per `vpshufb` lane (v9_lut4_int8). Same 1 bit per weight.
 
 Round trip (run from the repo root): python -c "import kernels.bitpack as b; b._selfcheck()"
 """
@@ -29,6 +33,7 @@ BLOCK = 256        # inputs per block in the blocked layout (32 bytes = one AVX2
 LUT_GROUP = 3      # inputs per table index in the lut3 layout (8-entry tables)
 LUT_WORD = 30      # inputs per 32-bit lane in the lut3 layout (10 groups of 3)
 LUT_ROWS = 8       # rows per lut3 group (8 lanes of a 256-bit register)
+NIB_ROWS = 32      # rows per nib4 tile (2 nibbles x 16 bytes of a 128-bit lane)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -123,6 +128,37 @@ def unpack_lut3_mask(lanes: np.ndarray, out_features: int, in_features: int) -> 
     return m.reshape(ng * LUT_ROWS, nw * LUT_WORD)[:out_features, :in_features].astype(bool)
 
 
+# ---- nib4: 32-row tiles of 4-input nibbles, two groups per 32-byte vector ----
+
+def nib4_from_blocked(bits: np.ndarray) -> np.ndarray:
+    """blocked uint8 (out, 32*nblk) -> nib4 uint8 (ceil(out/32), 32*nblk, 32), straight from the bits.
+
+    Blocked byte 32*blk + 4m + i, bit b is input 256*blk + 32*b + 4m + i: group g = 64*blk + 8*b + m,
+    nibble bit i. Read 4 bytes as one little-endian uint32 w: (w >> b) & 0x01010101 keeps bit b of
+    each byte at bits 0, 8, 16, 24, and multiplying by 0x01020408 moves them, without carries, to
+    bits 24..27 (a 4 x 8 bit transpose in 4 operations)."""
+    out_f, nbytes = bits.shape
+    nblk, tiles = nbytes // 32, _ceil_div(out_f, NIB_ROWS)
+    words = np.zeros((tiles * NIB_ROWS, nblk, 8), "<u4")                  # (rows, blk, m)
+    words[:out_f] = np.ascontiguousarray(bits).view("<u4").reshape(out_f, nblk, 8)
+    nib = np.empty((tiles * NIB_ROWS, nblk, 8, 8), np.uint8)              # (rows, blk, b, m)
+    for b in range(8):
+        nib[:, :, b] = (((words >> np.uint32(b)) & np.uint32(0x01010101)) * np.uint32(0x01020408)) >> np.uint32(24)
+    n = nib.reshape(tiles, 2, 16, 32 * nblk, 2)                           # (t, half, k, p, l)
+    packed = n[:, 0] | (n[:, 1] << 4)                                     # (t, k, p, l)
+    return np.ascontiguousarray(packed.transpose(0, 2, 3, 1)).reshape(tiles, 32 * nblk, 32)
+
+
+def unpack_nib4_mask(nib: np.ndarray, out_features: int, in_features: int) -> np.ndarray:
+    """uint8 (tiles, P, 32) -> bool (out_features, in_features): the inverse, from the nib4 rules."""
+    tiles, pairs, _ = nib.shape
+    b = nib.reshape(tiles, pairs, 2, 16)                                  # (t, p, l, k)
+    halves = np.stack([b & 15, b >> 4], axis=1)                           # (t, half, p, l, k)
+    n = halves.transpose(0, 1, 4, 2, 3).reshape(tiles * NIB_ROWS, 2 * pairs)   # (row, group)
+    m = (n[:, :, None] >> np.arange(4, dtype=np.uint8)) & 1               # (row, group, i)
+    return m.reshape(tiles * NIB_ROWS, -1)[:out_features, :in_features].astype(bool)
+
+
 @dataclass
 class PackedSigns:
     """sign(W) of one binarized linear, kept packed: what the kernels and a packed runtime hold.
@@ -130,15 +166,18 @@ class PackedSigns:
     bits: blocked layout, uint8 (out, 32*ceil(in/256)), read by every kernel except lut3.
     lut:  optional lut3 layout, uint32 (ceil(out/8), ceil(in/30), 8): one more bit per weight, for
           the fastest exact batch-1 kernel (v3_lut3_f32).
+    nib4: optional nib4 layout, uint8 (ceil(out/32), 32*ceil(in/256), 32): one more bit per weight,
+          for the fastest int8 batch-1 kernel (v9_lut4_int8).
     """
     out_features: int
     in_features: int
     bits: np.ndarray
     lut: np.ndarray | None = None
+    nib4: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.bits.nbytes + (0 if self.lut is None else self.lut.nbytes)
+        return self.bits.nbytes + sum(0 if a is None else a.nbytes for a in (self.lut, self.nib4))
 
     def mask(self) -> np.ndarray:
         """bool (out, in), True where sign(W) = +1."""
@@ -152,7 +191,13 @@ class PackedSigns:
         """The same signs with the lut3 layout added (built from the bits, not from W)."""
         if self.lut is not None:
             return self
-        return PackedSigns(self.out_features, self.in_features, self.bits, pack_lut3_mask(self.mask()))
+        return PackedSigns(self.out_features, self.in_features, self.bits, pack_lut3_mask(self.mask()), self.nib4)
+
+    def with_nib4(self) -> "PackedSigns":
+        """The same signs with the nib4 layout added (built from the bits)."""
+        if self.nib4 is not None:
+            return self
+        return PackedSigns(self.out_features, self.in_features, self.bits, self.lut, nib4_from_blocked(self.bits))
 
 
 def pack_signs_mask(mask: np.ndarray, lut: bool = False) -> PackedSigns:
@@ -185,4 +230,5 @@ def _selfcheck() -> None:
     packed = pack_signs(w, lut=True)
     assert np.array_equal(unpack_signs(packed), signs)
     assert np.array_equal(mask_to_signs(unpack_lut3_mask(packed.lut, 13, 301)), signs)
+    assert np.array_equal(mask_to_signs(unpack_nib4_mask(packed.with_nib4().nib4, 13, 301)), signs)
     print("bitpack round trips: ok")

@@ -9,10 +9,11 @@ and the tail of one matrix overlaps the head of the next.
 
     y_s = sign(W_s) @ (alpha_s * h) + beta_s . h          for s = 0 .. n-1, y = [y_0 | y_1 | ...]
 
-Each segment's rows are padded to a multiple of 8 (the lut3 row group), so segment s starts at
-`starts[s]` in y and the padding rows (zero bits) produce values nobody reads.
-Kernels: int8 -> v5's maddubs row (v8's vpdpbusd row with AVX-512 VNNI), v4 popcount rows without
-AVX2; exact -> v3's lookup row groups with AVX2, v2 per segment without.
+Each segment's rows are padded to a multiple of 32 (the nib4 tile, four lut3 row groups), so
+segment s starts at `starts[s]` in y and the padding rows (zero bits) produce values nobody reads.
+Kernels: int8 -> v9's 32-row lookup tiles (AVX2 and the nib4 layout: stack_linears(..., nib4=True)),
+else each segment through kernels.dispatch (v8 / v5 / v4); exact -> v3's lookup row groups with
+AVX2 and the lut3 layout, else v2 per segment.
 
     python -m pytest tests/test_runtime_kernels.py -k stacked
 """
@@ -22,13 +23,11 @@ import numba
 import numpy as np
 
 from kernels.act_int8 import quantize_int8
-from kernels.bitpack import LUT_ROWS, PackedSigns, pack_lut3_mask
-from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI
-from kernels.v2_masked_f32 import matvec_masked_f32
+from kernels.bitpack import LUT_ROWS, NIB_ROWS, PackedSigns, nib4_from_blocked, pack_lut3_mask
+from kernels.simd import HAS_AVX2
+from kernels.dispatch import kernel_name, matvec
 from kernels.v3_lut3_f32 import build_tables, lut_rowgroup
-from kernels.v4_popcount_int8 import matvec_popcount_int8
-from kernels.v5_maddubs_int8 import plus_qsum_row
-from kernels.v8_vnni_int8 import plus_qsum_row_vnni
+from kernels.v9_lut4_int8 import lut4_tables, lut4_tile
 
 
 @dataclass
@@ -36,11 +35,12 @@ class StackedSigns:
     """n linears with the same in_features, rows stacked; segment s occupies rows starts[s] ..."""
     in_features: int
     out_features: tuple            # (n,) rows of each linear
-    starts: np.ndarray             # (n,) int64 first row of each segment (multiples of 8)
+    starts: np.ndarray             # (n,) int64 first row of each segment (multiples of 32)
     bits: np.ndarray               # (R, 32*nblk) uint8 blocked bits, R = sum of padded rows
     alpha: np.ndarray              # (n, in) float32, one row per linear
     beta: np.ndarray               # (n, in) float32
     lut: np.ndarray | None = None  # (R/8, ceil(in/30), 8) uint32 lut3 row groups, for exact batch 1
+    nib4: np.ndarray | None = None # (R/32, 32*nblk, 32) uint8 nib4 tiles, for int8 batch 1
 
     @property
     def rows(self) -> int:
@@ -48,7 +48,8 @@ class StackedSigns:
 
     @property
     def nbytes(self) -> int:
-        return self.bits.nbytes + self.alpha.nbytes + self.beta.nbytes + (0 if self.lut is None else self.lut.nbytes)
+        extra = sum(0 if a is None else a.nbytes for a in (self.lut, self.nib4))
+        return self.bits.nbytes + self.alpha.nbytes + self.beta.nbytes + extra
 
     def segment(self, s: int) -> PackedSigns:
         """Linear s as PackedSigns over a view of the stacked bits (no copy), for the batch kernels."""
@@ -64,12 +65,13 @@ class StackedSigns:
         self._ends = np.append(self.starts[1:], self.rows).astype(np.int64)
 
 
-def stack_linears(linears, lut: bool) -> StackedSigns:
-    """[(PackedSigns, alpha (in,), beta (in,)), ...] sharing in_features -> StackedSigns."""
+def stack_linears(linears, lut: bool, nib4: bool = False) -> StackedSigns:
+    """[(PackedSigns, alpha (in,), beta (in,)), ...] sharing in_features -> StackedSigns, with the
+    lut3 layout (exact batch 1) and / or the nib4 layout (int8 batch 1), one more bit per weight each."""
     in_f = linears[0][0].in_features
     if any(p.in_features != in_f for p, _, _ in linears):
         raise ValueError("stacked linears must share in_features (they read the same input)")
-    padded = [-(-p.out_features // LUT_ROWS) * LUT_ROWS for p, _, _ in linears]
+    padded = [-(-p.out_features // NIB_ROWS) * NIB_ROWS for p, _, _ in linears]
     starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
     bits = np.zeros((sum(padded), linears[0][0].bits.shape[1]), np.uint8)
     masks = np.zeros((sum(padded), in_f), bool) if lut else None
@@ -80,40 +82,27 @@ def stack_linears(linears, lut: bool) -> StackedSigns:
     alpha = np.stack([np.asarray(a, np.float32).reshape(in_f) for _, a, _ in linears])
     beta = np.stack([np.asarray(b, np.float32).reshape(in_f) for _, _, b in linears])
     return StackedSigns(in_f, tuple(p.out_features for p, _, _ in linears), starts, bits, alpha, beta,
-                        pack_lut3_mask(masks) if lut else None)
-
-
-@numba.njit(cache=True)
-def _quantize_segments(alpha, beta, x, n_pad):
-    # alpha, beta (n, in); x (in,) -> q (n, n_pad) int8, scale (n,), qsum (n,), bx (n,)
-    n = alpha.shape[0]
-    q = np.empty((n, n_pad), np.int8)
-    scale, qsum, bx = np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32)
-    for s in range(n):
-        scale[s], qsum[s], bx[s] = quantize_int8(alpha[s], beta[s], x, q[s])
-    return q, scale, qsum, bx
+                        pack_lut3_mask(masks) if lut else None, nib4_from_blocked(bits) if nib4 else None)
 
 
 @numba.njit(cache=True, parallel=True)
-def _int8_maddubs(bits, ends, alpha, beta, x, y):
-    # bits (R, 32*nblk); ends (n,); alpha, beta (n, in); x (in,) -> y (R,)
-    q, scale, qsum, bx = _quantize_segments(alpha, beta, x, 8 * bits.shape[1])
-    for o in numba.prange(bits.shape[0]):
+def _int8_lut4(nib, tile_ends, alpha, beta, x, y):
+    # nib (tiles, P, 32) nib4; tile_ends (n,) in tiles; alpha, beta (n, in); x (in,) -> y (tiles*32,)
+    n, pairs = alpha.shape[0], nib.shape[1]
+    q = np.empty((n, 8 * pairs), np.int8)
+    scale, bx = np.empty(n, np.float32), np.empty(n, np.float32)
+    tlo, thi = np.empty((n, pairs, 32), np.uint8), np.empty((n, pairs, 32), np.uint8)
+    for s in numba.prange(n):                      # each segment's q and tables (both threads for q/k/v)
+        scale[s], _, bx[s] = quantize_int8(alpha[s], beta[s], x, q[s])
+        lut4_tables(q[s], tlo[s], thi[s])
+    for t in numba.prange(nib.shape[0]):
         s = 0
-        while o >= ends[s]:
+        while t >= tile_ends[s]:
             s += 1
-        y[o] = scale[s] * np.float32(2 * np.int64(plus_qsum_row(bits[o], q[s])) - qsum[s]) + bx[s]
-
-
-@numba.njit(cache=True, parallel=True)
-def _int8_vnni(bits, ends, alpha, beta, x, y):
-    # the same with v8's vpdpbusd row (compiled only on a CPU with AVX-512 VNNI)
-    q, scale, qsum, bx = _quantize_segments(alpha, beta, x, 8 * bits.shape[1])
-    for o in numba.prange(bits.shape[0]):
-        s = 0
-        while o >= ends[s]:
-            s += 1
-        y[o] = scale[s] * np.float32(2 * np.int64(plus_qsum_row_vnni(bits[o], q[s])) - qsum[s]) + bx[s]
+        sums = np.empty(NIB_ROWS, np.int32)
+        lut4_tile(nib[t], tlo[s], thi[s], sums)
+        for r in range(NIB_ROWS):
+            y[t * NIB_ROWS + r] = scale[s] * np.float32(sums[r]) + bx[s]
 
 
 @numba.njit(cache=True, parallel=True)
@@ -138,12 +127,12 @@ def _exact_lut3(lut, group_ends, alpha, beta, x, y8):
 
 
 def stacked_kernel_name(st: StackedSigns, kind: str) -> str:
-    """Which row kernel stacked_matvec runs for this kind on this CPU."""
-    if kind == "int8":
-        return "v8_vnni_int8" if HAS_AVX512_VNNI else "v5_maddubs_int8" if HAS_AVX2 else "v4_popcount_int8"
-    if kind == "exact":
-        return "v3_lut3_f32" if HAS_AVX2 and st.lut is not None else "v2_masked_f32"
-    raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
+    """Which kernel stacked_matvec runs for this kind on this CPU (a dispatch name: once per segment)."""
+    if kind == "int8" and HAS_AVX2 and st.nib4 is not None:
+        return "v9_lut4_int8"
+    if kind == "exact" and HAS_AVX2 and st.lut is not None:
+        return "v3_lut3_f32"
+    return kernel_name(st.segment(0), 1, kind)
 
 
 def stacked_matvec(st: StackedSigns, x: np.ndarray, kind: str = "exact") -> np.ndarray:
@@ -151,15 +140,12 @@ def stacked_matvec(st: StackedSigns, x: np.ndarray, kind: str = "exact") -> np.n
     x = np.ascontiguousarray(x, np.float32)
     name = stacked_kernel_name(st, kind)
     y = np.empty(st.rows, np.float32)
-    if name == "v8_vnni_int8":
-        _int8_vnni(st.bits, st.ends, st.alpha, st.beta, x, y)
-    elif name == "v5_maddubs_int8":
-        _int8_maddubs(st.bits, st.ends, st.alpha, st.beta, x, y)
+    if name == "v9_lut4_int8":
+        _int8_lut4(st.nib4, st.ends // NIB_ROWS, st.alpha, st.beta, x, y)
     elif name == "v3_lut3_f32":
         _exact_lut3(st.lut, st.ends // LUT_ROWS, st.alpha, st.beta, x, y.reshape(-1, LUT_ROWS))
-    else:                                  # portable: one call per segment
-        fn = matvec_popcount_int8 if kind == "int8" else matvec_masked_f32
+    else:                                  # one dispatched call per segment
         for s in range(len(st.out_features)):
             r0 = int(st.starts[s])
-            y[r0: r0 + st.out_features[s]] = fn(st.segment(s), st.alpha[s], st.beta[s], x)
+            y[r0: r0 + st.out_features[s]] = matvec(st.segment(s), st.alpha[s], st.beta[s], x, kind)
     return y

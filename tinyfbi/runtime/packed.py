@@ -215,7 +215,7 @@ class PackedRunner(Runner):
                     out_f, in_f = shapes[name.rsplit(".", 1)[-1]]
                     linears.append((PackedSigns(out_f, in_f, arrays[pre + name + ".weight"]),
                                     arrays[pre + name + ".wscale"], arrays[pre + name + ".wbias"]))
-                stacks[group] = stack_linears(linears, lut)
+                stacks[group] = stack_linears(linears, lut, nib4=kind == "int8")
             norms = [np.asarray(arrays[pre + n + ".weight"], np.float32) for n in ("input_layernorm", "post_attention_layernorm")]
             layers.append(PackedLayer(**stacks, norm1=norms[0], norm2=norms[1]))
         # the embedding stays as stored (fp16, memory-mapped), only looked up
