@@ -24,8 +24,8 @@ import numpy as np
 
 from kernels.act_int8 import quantize_int8
 from kernels.bitpack import LUT_ROWS, NIB_ROWS, PackedSigns, nib4_from_blocked, pack_lut3_mask
-from kernels.simd import HAS_AVX2
 from kernels.dispatch import kernel_name, matvec
+from kernels.simd import HAS_AVX2
 from kernels.v3_lut3_f32 import build_tables, lut_rowgroup
 from kernels.v9_lut4_int8 import lut4_tables, lut4_tile
 

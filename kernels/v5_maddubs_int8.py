@@ -9,14 +9,13 @@ maddubs, add), no decode to +-1 bytes, no multiply by -1. Error: see act_int8.
 
     python -m kernels.bench --shape 11008x4096 --batch 1
 """
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from kernels.act_int8 import quantize_int8
 from kernels.bitpack import PackedSigns
+from kernels.int8_loops import rows_matvec
 from kernels.simd import V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, hsum, is_c_array, splat
 
 
@@ -53,13 +52,7 @@ def plus_qsum_row(typingctx, wrow, q):
     return sig, codegen
 
 
-@numba.njit(cache=True, parallel=True)
-def _matvec(bits, alpha, beta, x, y):
-    # bits (out, 32*nblk) uint8; alpha, beta, x (in,) float32 -> y (out,) float32
-    q = np.empty(8 * bits.shape[1], np.int8)                        # (256*nblk,), zero-padded
-    scale, qsum, bx = quantize_int8(alpha, beta, x, q)
-    for o in numba.prange(bits.shape[0]):
-        y[o] = scale * np.float32(2 * np.int64(plus_qsum_row(bits[o], q)) - qsum) + bx
+_matvec = rows_matvec(plus_qsum_row)
 
 
 def matvec_maddubs_int8(packed: PackedSigns, alpha, beta, x) -> np.ndarray:

@@ -10,18 +10,14 @@ Error: the per-token int8 bound of act_int8, token by token.
 
     python -m kernels.bench --shape 4096x4096 --batch 512
 """
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from kernels.act_int8 import quantize_int8
 from kernels.bitpack import PackedSigns
+from kernels.int8_loops import TOKENS, rows_matmul
 from kernels.simd import V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, hsum, is_c_array, splat
-
-TOKENS = 4                 # tokens per register tile: 8 masks + 4 int32 accumulators + scratch
-CHUNK_BYTES = 256 << 10    # int8 activations per token chunk (half the L2)
 
 
 @intrinsic
@@ -63,26 +59,7 @@ def plus_qsum_row_x4(typingctx, wrow, q, t0):
     return sig, codegen
 
 
-@numba.njit(cache=True, parallel=True)
-def _matmul(bits, alpha, beta, x, y):
-    # bits (out, 32*nblk) uint8; alpha, beta (in,); x (B, in) float32 -> y (B, out) float32
-    n_tok, n_out = x.shape[0], bits.shape[0]
-    n_pad = -(-n_tok // TOKENS) * TOKENS
-    q = np.zeros((n_pad, 8 * bits.shape[1]), np.int8)                  # (B_pad, 256*nblk)
-    scale = np.zeros(n_pad, np.float32)
-    qsum = np.zeros(n_pad, np.int64)
-    bx = np.zeros(n_pad, np.float32)
-    for t in numba.prange(n_tok):
-        scale[t], qsum[t], bx[t] = quantize_int8(alpha, beta, x[t], q[t])
-    chunk = max(TOKENS, CHUNK_BYTES // q.shape[1] // TOKENS * TOKENS)
-    for c0 in range(0, n_pad, chunk):
-        c1 = min(n_pad, c0 + chunk)
-        for o in numba.prange(n_out):
-            for t0 in range(c0, c1, TOKENS):
-                s = plus_qsum_row_x4(bits[o], q, t0)
-                for i in range(TOKENS):
-                    if t0 + i < n_tok:
-                        y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
+_matmul = rows_matmul(plus_qsum_row_x4)
 
 
 def matmul_maddubs_int8(packed: PackedSigns, alpha, beta, x) -> np.ndarray:

@@ -18,16 +18,14 @@ target, and run the real one against v1 where the CPU has it.
 
     TINYFBI_ISA=avx2 python -m kernels.bench --shape 11008x4096 --batch 1   # compare with v5
 """
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from kernels.act_int8 import quantize_int8
 from kernels.bitpack import PackedSigns
+from kernels.int8_loops import TOKENS, rows_matmul, rows_matvec
 from kernels.simd import I32, V8xI32, V32xI8, counted_loop, data_pointer, hsum, is_c_array, splat
-from kernels.v7_maddubs_gemm_int8 import CHUNK_BYTES, TOKENS
 
 V32xI32 = ir.VectorType(I32, 32)
 
@@ -112,66 +110,8 @@ plus_qsum_row_vnni, plus_qsum_row_x4_vnni = _make_row(dpbusd_avx512), _make_row_
 plus_qsum_row_emulated, plus_qsum_row_x4_emulated = _make_row(dpbusd_emulated), _make_row_x4(dpbusd_emulated)
 
 
-@numba.njit(cache=True, parallel=True)
-def _matvec(bits, alpha, beta, x, y):
-    # bits (out, 32*nblk) uint8; alpha, beta, x (in,) float32 -> y (out,) float32
-    q = np.empty(8 * bits.shape[1], np.int8)
-    scale, qsum, bx = quantize_int8(alpha, beta, x, q)
-    for o in numba.prange(bits.shape[0]):
-        y[o] = scale * np.float32(2 * np.int64(plus_qsum_row_vnni(bits[o], q)) - qsum) + bx
-
-
-@numba.njit(cache=True, parallel=True)
-def _matvec_emulated(bits, alpha, beta, x, y):
-    # the same with vpdpbusd emulated in generic IR
-    q = np.empty(8 * bits.shape[1], np.int8)
-    scale, qsum, bx = quantize_int8(alpha, beta, x, q)
-    for o in numba.prange(bits.shape[0]):
-        y[o] = scale * np.float32(2 * np.int64(plus_qsum_row_emulated(bits[o], q)) - qsum) + bx
-
-
-@numba.njit(cache=True)
-def _quantize_tokens(alpha, beta, x, n_blk_bytes):
-    # x (B, in) -> q (B_pad, 256*nblk) int8 zero rows past B, scale, qsum, bx (B_pad,)
-    n_tok = x.shape[0]
-    n_pad = -(-n_tok // TOKENS) * TOKENS
-    q = np.zeros((n_pad, 8 * n_blk_bytes), np.int8)
-    scale, qsum, bx = np.zeros(n_pad, np.float32), np.zeros(n_pad, np.int64), np.zeros(n_pad, np.float32)
-    for t in range(n_tok):
-        scale[t], qsum[t], bx[t] = quantize_int8(alpha, beta, x[t], q[t])
-    return q, scale, qsum, bx
-
-
-@numba.njit(cache=True, parallel=True)
-def _matmul(bits, alpha, beta, x, y):
-    # bits (out, 32*nblk); alpha, beta (in,); x (B, in) -> y (B, out): v7's loop, vpdpbusd rows
-    n_tok = x.shape[0]
-    q, scale, qsum, bx = _quantize_tokens(alpha, beta, x, bits.shape[1])
-    chunk = max(TOKENS, CHUNK_BYTES // q.shape[1] // TOKENS * TOKENS)
-    for c0 in range(0, q.shape[0], chunk):
-        c1 = min(q.shape[0], c0 + chunk)
-        for o in numba.prange(bits.shape[0]):
-            for t0 in range(c0, c1, TOKENS):
-                s = plus_qsum_row_x4_vnni(bits[o], q, t0)
-                for i in range(TOKENS):
-                    if t0 + i < n_tok:
-                        y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
-
-
-@numba.njit(cache=True, parallel=True)
-def _matmul_emulated(bits, alpha, beta, x, y):
-    # the same with vpdpbusd emulated in generic IR
-    n_tok = x.shape[0]
-    q, scale, qsum, bx = _quantize_tokens(alpha, beta, x, bits.shape[1])
-    chunk = max(TOKENS, CHUNK_BYTES // q.shape[1] // TOKENS * TOKENS)
-    for c0 in range(0, q.shape[0], chunk):
-        c1 = min(q.shape[0], c0 + chunk)
-        for o in numba.prange(bits.shape[0]):
-            for t0 in range(c0, c1, TOKENS):
-                s = plus_qsum_row_x4_emulated(bits[o], q, t0)
-                for i in range(TOKENS):
-                    if t0 + i < n_tok:
-                        y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
+_matvec, _matvec_emulated = rows_matvec(plus_qsum_row_vnni), rows_matvec(plus_qsum_row_emulated)
+_matmul, _matmul_emulated = rows_matmul(plus_qsum_row_x4_vnni), rows_matmul(plus_qsum_row_x4_emulated)
 
 
 def matvec_vnni_int8(packed: PackedSigns, alpha, beta, x, emulated=False) -> np.ndarray:

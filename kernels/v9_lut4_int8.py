@@ -26,7 +26,7 @@ from numba.extending import intrinsic
 
 from kernels.act_int8 import quantize_int8
 from kernels.bitpack import NIB_ROWS, PackedSigns
-from kernels.simd import I8, I16, I32, V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, is_c_array, splat
+from kernels.simd import I16, I32, V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, is_c_array, splat
 
 WIDEN_EVERY = 64          # vectors per int16 run: each lane adds one |T| <= 508 per vector
 V8xI16 = ir.VectorType(I16, 8)

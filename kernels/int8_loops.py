@@ -1,0 +1,58 @@
+"""The row loops every int8 kernel shares, built around its row intrinsic (v5, v7, v8 and v8's twin).
+
+Each int8 kernel differs only in how it sums the int8 activations under one row's +1 bits (a row
+intrinsic: maddubs, vpdpbusd, or vpdpbusd in generic IR); the quantization, the parallel loop over
+rows and the final y = scale * (2 * plus - sum q) + beta . x are the same, so they live here once.
+The factories return Numba functions compiled on first call and cached per row intrinsic (Numba
+keys the cache of a closure by what it closes over); a VNNI row is therefore never compiled on a
+CPU without VNNI unless called.
+
+    _matvec = rows_matvec(plus_qsum_row)          # x (in,) -> y (out,)
+    _matmul = rows_matmul(plus_qsum_row_x4)       # x (B, in) -> y (B, out), 4 tokens per pass
+"""
+import numba
+import numpy as np
+
+from kernels.act_int8 import quantize_int8
+
+TOKENS = 4                 # tokens per register tile of the batch rows: 8 masks + 4 accumulators + scratch
+CHUNK_BYTES = 256 << 10    # int8 activations per token chunk (half the L2)
+
+
+def rows_matvec(row):
+    """row(bits (32*nblk,) uint8, q (256*nblk,) int8) -> int32 -> njit (bits, alpha, beta, x, y)."""
+
+    @numba.njit(cache=True, parallel=True)
+    def _matvec(bits, alpha, beta, x, y):
+        # bits (out, 32*nblk) uint8; alpha, beta, x (in,) float32 -> y (out,) float32
+        q = np.empty(8 * bits.shape[1], np.int8)                        # (256*nblk,), zero-padded
+        scale, qsum, bx = quantize_int8(alpha, beta, x, q)
+        for o in numba.prange(bits.shape[0]):
+            y[o] = scale * np.float32(2 * np.int64(row(bits[o], q)) - qsum) + bx
+
+    return _matvec
+
+
+def rows_matmul(row_x4):
+    """row_x4(bits row, q (B_pad, 256*nblk), t0) -> 4 int32 sums (tokens t0..t0+3) -> njit (bits, alpha, beta, x, y)."""
+
+    @numba.njit(cache=True, parallel=True)
+    def _matmul(bits, alpha, beta, x, y):
+        # bits (out, 32*nblk) uint8; alpha, beta (in,); x (B, in) float32 -> y (B, out) float32
+        n_tok, n_out = x.shape[0], bits.shape[0]
+        n_pad = -(-n_tok // TOKENS) * TOKENS
+        q = np.zeros((n_pad, 8 * bits.shape[1]), np.int8)              # (B_pad, 256*nblk), zero rows past B
+        scale, qsum, bx = np.zeros(n_pad, np.float32), np.zeros(n_pad, np.int64), np.zeros(n_pad, np.float32)
+        for t in numba.prange(n_tok):
+            scale[t], qsum[t], bx[t] = quantize_int8(alpha, beta, x[t], q[t])
+        chunk = max(TOKENS, CHUNK_BYTES // q.shape[1] // TOKENS * TOKENS)
+        for c0 in range(0, n_pad, chunk):                              # a chunk of q stays in L2 over all rows
+            c1 = min(n_pad, c0 + chunk)
+            for o in numba.prange(n_out):
+                for t0 in range(c0, c1, TOKENS):
+                    s = row_x4(bits[o], q, t0)
+                    for i in range(TOKENS):
+                        if t0 + i < n_tok:
+                            y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
+
+    return _matmul
