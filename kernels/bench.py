@@ -39,6 +39,7 @@ from kernels.v5_maddubs_int8 import matvec_maddubs_int8
 from kernels.v6_tiles_blas import matmul_tiles_blas
 from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
 from kernels.v8_vnni_int8 import matmul_vnni_int8, matvec_vnni_int8
+from kernels.v9_lut4_int8 import matvec_lut4_int8
 from tinyfbi.cli import CLIParser, run_cli
 from tinyfbi.core.errors import TinyFBIError
 from tinyfbi.runtime.benchmark import cpu_name
@@ -59,6 +60,7 @@ KERNELS = {
     "v7_maddubs_gemm_int8": (matmul_maddubs_int8, False, False, "avx2", "bits"),
     "v8_vnni_int8": (matvec_vnni_int8, True, False, "avx512", "bits"),
     "v8_vnni_gemm_int8": (matmul_vnni_int8, False, False, "avx512", "bits"),
+    "v9_lut4_int8": (matvec_lut4_int8, True, False, "avx2", "nib4"),
 }
 AVAILABLE = {None: True, "avx2": HAS_AVX2, "avx512": HAS_AVX512_VNNI}
 
@@ -186,7 +188,7 @@ def time_row(name, fn, hot, make_cold, nbytes, err, first_s):
 def bench_shape(out_f, in_f, batches, threads, torch, first_calls, emit):
     import torch.nn.functional as F
     w, alpha, beta = make_layer(out_f, in_f)
-    packed = bitpack.pack_signs(w, lut=True)
+    packed = bitpack.pack_signs(w, lut=True).with_nib4()
     words = pack_canonical(w)
     w_tilde = alpha * np.where(w >= 0, np.float32(1), np.float32(-1)) + beta   # (out, in) dense float32
     a1, b1 = alpha.ravel(), beta.ravel()                              # (in,)
@@ -216,8 +218,8 @@ def bench_shape(out_f, in_f, batches, threads, torch, first_calls, emit):
 
                 def cold(arr=arr, layout=layout, nbytes=nbytes):
                     fresh = [arr.copy() for _ in range(cold_copies(nbytes))]
-                    return [(PackedSigns(out_f, in_f, c if layout == "bits" else packed.bits,
-                                         c if layout == "lut" else None), a1.copy(), b1.copy(), x) for c in fresh]
+                    return [(PackedSigns(out_f, in_f, c if layout == "bits" else packed.bits, c if layout == "lut" else None,
+                                         c if layout == "nib4" else None), a1.copy(), b1.copy(), x) for c in fresh]
                 first_s, first_calls[name] = first_calls[name], None
                 rows.append(time_row(name, fn, [(packed, a1, b1, x)], cold if batch == 1 else None,
                                      nbytes, errs[name], first_s))
