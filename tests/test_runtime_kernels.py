@@ -7,7 +7,9 @@ References and tolerances:
 - lm_head kernels: float64 products of the values the head stores (fp16 or int8 * row scale), to
   Higham's bound 1.01 * n * u * sum |w x|; int8 rows are within s_r / 2 of the float weights;
 - decode ops: tinyfbi.core.layers (the float model's own RMSNorm, RoPE, attention, SwiGLU) to
-  1e-5 relative (float32 sums in another order over at most a few hundred terms).
+  1e-5 relative (float32 sums in another order over at most a few hundred terms); with an fp16
+  cache, the same against the float model fed NumPy's fp16 rounding of its keys and values;
+  SwiGLU's polynomial exp to 2 ulp of float64 exp, SwiGLU itself to 1e-6 relative (a few ulp).
 """
 import os
 import subprocess
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 
 from kernels import bitpack, dispatch
 from kernels.act_int8 import quantize_reference
-from kernels.decode_ops import attend, attend_parallel, rmsnorm_into, swiglu_into
+from kernels.decode_ops import PARALLEL_MIN_WORK, _expf, attend, attend_fn, attend_parallel, rmsnorm_into, swiglu_into
 from kernels.dense_head import DenseHead, quantize_rows_int8
 from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI, ISA, select_isa
 from kernels.stacked import stack_linears, stacked_kernel_name, stacked_matvec
@@ -236,19 +238,47 @@ def test_rmsnorm_and_swiglu_match_the_float_model():
     np.testing.assert_allclose(out, L.swiglu_forward(g, u)[0], rtol=1e-5, atol=1e-6)
 
 
+def test_swiglu_polynomial_exp_is_within_a_few_ulp():
+    """_expf (range reduction + degree-7 polynomial, vectorizable) vs float64 exp: 2 ulp on its range,
+    clamped (never inf, never denormal) outside; SwiGLU over +-100 vs the float model to 1e-6 relative:
+    exp's 2 ulp plus four float32 roundings on each side, about 8 ulp (the sigmoid only shrinks exp's
+    relative error); atol covers gates below -88, where exp(-g) overflows to inf in NumPy (silu 0)
+    and is clamped here (|silu| < 1e-35)."""
+    x = np.concatenate([np.linspace(-87.3, 88.3, 400_001), [0.0, -1e-30, 1e-30]]).astype(np.float32)
+    got = np.array([_expf(v) for v in x[::97]] + [_expf(v) for v in x[-3:]], np.float64)
+    ref = np.exp(np.concatenate([x[::97], x[-3:]]).astype(np.float64))
+    assert np.all(np.abs(got - ref) <= 2 * np.spacing(ref.astype(np.float32)))
+    assert _expf(np.float32(-1e4)) == _expf(np.float32(-87.33654)) > 0 and np.isfinite(_expf(np.float32(1e4)))
+    rng = np.random.default_rng(4)
+    g = np.concatenate([rng.uniform(-100, 100, 5000), rng.standard_normal(5000) * 3]).astype(np.float32)
+    u = rng.standard_normal(g.size).astype(np.float32)
+    swiglu_into(g, u, out := np.empty_like(g))
+    with np.errstate(over="ignore"):
+        ref = L.swiglu_forward(g, u)[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-35)
+
+
+@pytest.mark.parametrize("kv", ["f32", "f16"])
 @pytest.mark.parametrize("fn", [attend, attend_parallel])
-@pytest.mark.parametrize("start, T", [(0, 7), (9, 1), (5, 4)])
-def test_attention_matches_the_float_model(fn, start, T):
-    """Grouped-query (4 query heads on 2 kv heads): rope, cache append and causal softmax vs core.layers."""
+@pytest.mark.parametrize("start, T, D", [(0, 7, 16), (9, 1, 16), (5, 4, 16), (37, 1, 64), (3, 2, 24)])
+def test_attention_matches_the_float_model(fn, start, T, D, kv):
+    """Grouped-query (4 query heads on 2 kv heads): rope, cache append and causal softmax vs core.layers.
+    kv 'f16': the cache holds fp16 bits (uint16); the reference is the float model fed NumPy's fp16
+    rounding of its own keys and values, so only the sum order differs (same 1e-5)."""
     rng = np.random.default_rng(3)
-    H, Hkv, D, max_len = 4, 2, 16, 20
+    H, Hkv, max_len = 4, 2, 50
+    dt = np.uint16 if kv == "f16" else np.float32
+    rnd = (lambda a: a.astype(np.float16).astype(np.float32)) if kv == "f16" else (lambda a: a)
     cos, sin = L.rope_cos_sin(np.arange(max_len), D, 10000.0)                   # (P, D)
-    past_k = rng.standard_normal((1, Hkv, start, D)).astype(np.float32)         # already roped, as cached
-    past_v = rng.standard_normal((1, Hkv, start, D)).astype(np.float32)
+    past_k = rnd(rng.standard_normal((1, Hkv, start, D)).astype(np.float32))   # already roped, as cached
+    past_v = rnd(rng.standard_normal((1, Hkv, start, D)).astype(np.float32))
     q = rng.standard_normal((T, H * D)).astype(np.float32)
     k, v = rng.standard_normal((2, T, Hkv * D)).astype(np.float32)
-    kc, vc = np.zeros((Hkv, max_len, D), np.float32), np.zeros((Hkv, max_len, D), np.float32)
-    kc[:, :start], vc[:, :start] = past_k[0], past_v[0]
+    kc, vc = np.zeros((Hkv, max_len, D), dt), np.zeros((Hkv, max_len, D), dt)
+    if kv == "f16":
+        kc[:, :start], vc[:, :start] = (a[0].astype(np.float16).view(np.uint16) for a in (past_k, past_v))
+    else:
+        kc[:, :start], vc[:, :start] = past_k[0], past_v[0]
     out = np.empty((T, H * D), np.float32)
     fn(q, k, v, cos[start:start + T], sin[start:start + T], kc, vc, start, out)
     # reference: the float runtime's own steps (runtime.inference.Runner.forward)
@@ -257,10 +287,42 @@ def test_attention_matches_the_float_model(fn, start, T):
     kr, _ = L.rope_forward(k.reshape(1, T, Hkv, D).transpose(0, 2, 1, 3), c, s)
     keys = np.concatenate([past_k, kr], axis=2)
     vals = np.concatenate([past_v, v.reshape(1, T, Hkv, D).transpose(0, 2, 1, 3)], axis=2)
-    ref, _ = L.attention_forward(qr, keys, vals)                                # (1, H, T, D)
-    np.testing.assert_allclose(kc[:, :start + T], keys[0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(vc[:, :start + T], vals[0], rtol=0, atol=0)
+    got_k, got_v = (a.view(np.float16).astype(np.float32) if kv == "f16" else a for a in (kc, vc))
+    # fp16: our float32 rope may differ from NumPy's by an ulp, which can move the rounding one fp16 ulp
+    np.testing.assert_allclose(got_k[:, :start + T], rnd(keys[0]), rtol=1e-6 if kv == "f32" else 2.0 ** -10, atol=1e-6)
+    np.testing.assert_allclose(got_v[:, :start + T], rnd(vals[0]), rtol=0, atol=0)
+    ref, _ = L.attention_forward(qr, rnd(keys) if kv == "f32" else got_k[None, :, :start + T], rnd(vals))  # (1, H, T, D)
     np.testing.assert_allclose(out, ref[0].transpose(1, 0, 2).reshape(T, H * D), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_runs_serially_below_the_work_threshold():
+    assert attend_fn(8, 64, 32) is attend                                       # tiny model, short context: serial
+    assert attend_fn(32, 160, 64) is attend_parallel and attend_fn(32, 160, 128) is attend_parallel
+    assert attend_fn(1, PARALLEL_MIN_WORK, 1) is attend_parallel and attend_fn(1, PARALLEL_MIN_WORK - 1, 1) is attend
+
+
+@needs_avx2
+def test_decode_ops_vectorize(tmp_path):
+    """Compiled afresh: the attention's dot products, weighted sums and exp, and SwiGLU, run on 8-lane
+    (ymm) FMAs; SwiGLU calls no scalar libm exp; the fp16 cache widens with vcvtph2ps."""
+    code = """
+import re, numpy as np
+from kernels import decode_ops as K
+z = lambda *s: np.zeros(s, np.float32)
+K.attend(z(1, 256), z(1, 256), z(1, 256), z(1, 128), z(1, 128), z(2, 9, 128), z(2, 9, 128), 3, z(1, 256))
+K.attend(z(1, 256), z(1, 256), z(1, 256), z(1, 128), z(1, 128), np.zeros((2, 9, 128), np.uint16), np.zeros((2, 9, 128), np.uint16), 3, z(1, 256))
+K.swiglu_into(z(9), z(9), z(9))
+for fn in (K.attend, K.swiglu_into):
+    for sig in fn.signatures:
+        asm = fn.inspect_asm(sig)
+        print(len(re.findall(r"vfmadd\\w+ps\\s+[^\\n]*%ymm", asm)), asm.count("vcvtph2ps"), len(re.findall(r"call\\w*\\s+\\*?\\S*expf", asm)))
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (f32, _, _), (f16, cvt, _), (sw, _, calls) = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
+    assert f32 >= 12 and f16 >= 12 and cvt >= 2                 # dot, weighted sum, exp polynomial (7)
+    assert sw >= 7 and calls == 0
 
 
 def test_dispatch_names_every_kernel_it_can_pick():

@@ -10,7 +10,9 @@ another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per r
   attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries;
 - prefill (many tokens): the batch kernels (v7 int8 / v6 exact) per linear and BLAS attention.
 
-`runner.times` accumulates seconds per part (the benchmark's breakdown).
+`runner.times` accumulates seconds per part (the benchmark's breakdown). The KV cache (`kv`) is fp16
+by default with int8 activations (half the bytes attention reads per token; rounding 2^-11 relative,
+far below int8's) and float32 with exact ones; kv="f32" / "f16" chooses.
 
     runner, tokenizer = load_packed("tiny.fbipack", kind="int8", head="f16")
     python -m tinyfbi.generate --ckpt tiny.fbipack --prompt "ROMEO:" --greedy
@@ -28,7 +30,7 @@ import numba
 import numpy as np
 
 from kernels.bitpack import BLOCK, PackedSigns, pack_blocked_mask, unpack_blocked_mask
-from kernels.decode_ops import PARALLEL_MIN_POS, attend, attend_parallel, rmsnorm_into, swiglu_into
+from kernels.decode_ops import attend_fn, attend_parallel, rmsnorm_into, swiglu_into
 from kernels.dense_head import DenseHead
 from kernels.dispatch import is_batch_kernel, kernel_name, matvec
 from kernels.simd import ISA
@@ -57,11 +59,15 @@ class PackedLayer:
 
 
 class PackedRunner(Runner):
-    def __init__(self, config: ModelConfig, dense: dict, layers: list, kind: str = "exact", head: str = "f16"):
+    def __init__(self, config: ModelConfig, dense: dict, layers: list, kind: str = "exact", head: str = "f16",
+                 kv: str = "auto"):
         super().__init__(config, dense)
         if kind not in ("exact", "int8"):
             raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
+        if kv not in ("auto", "f16", "f32"):
+            raise ValueError(f"kv must be 'auto', 'f16' or 'f32', got {kv!r}")
         self.layers, self.kind = layers, kind
+        self.kv = ("f16" if kind == "int8" else "f32") if kv == "auto" else kv
         self.head = DenseHead(dense.pop("lm_head.weight"), head)        # the head owns it (int8: only its copy)
         self.times = defaultdict(float)                                 # part -> seconds, summed
         positions = np.arange(config.max_position_embeddings)
@@ -73,6 +79,11 @@ class PackedRunner(Runner):
                 st = getattr(layer, group)
                 for s, name in enumerate(names):
                     self.linears[f"model.layers.{i}.{name}"] = (st.segment(s), st.alpha[s], st.beta[s])
+
+    def new_cache(self, batch=1, max_len=None) -> KVCache:
+        """float32, or float16 for kv 'f16' (the kernels read its bits as uint16: see _kv_bits)."""
+        dtype = np.float16 if self.kv == "f16" else np.float32
+        return KVCache(self.config, batch, max_len or self.config.max_position_embeddings, dtype)
 
     def linear(self, prefix, x):
         packed, alpha, beta = self.linears[prefix]
@@ -92,8 +103,8 @@ class PackedRunner(Runner):
 
     def describe(self) -> dict:
         """Runtime, activation kind, head storage, instruction set and kernel threads, for reports."""
-        return {"runtime": type(self).__name__, "kind": self.kind, "head": self.head.kind, "isa": ISA,
-                "threads": numba.get_num_threads()}
+        return {"runtime": type(self).__name__, "kind": self.kind, "head": self.head.kind, "kv": self.kv,
+                "isa": ISA, "threads": numba.get_num_threads()}
 
     def _lap(self, part: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -126,7 +137,7 @@ class PackedRunner(Runner):
         C, I, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim
         pos = cache.length
         cos, sin = self.cos[pos:pos + 1], self.sin[pos:pos + 1]                          # (1, D)
-        attend_fn = attend_parallel if pos >= PARALLEL_MIN_POS else attend
+        attend = attend_fn(cfg.num_attention_heads, pos + 1, cfg.head_dim)             # serial for small work
         h = np.empty(C, np.float32)
         a = np.empty((1, C), np.float32)                                                 # attention out (1, H*D)
         m = np.empty(I, np.float32)                                                      # silu(gate) * up
@@ -137,8 +148,8 @@ class PackedRunner(Runner):
             y = stacked_matvec(layer.qkv, h, kind)                                       # (R,) q | k | v
             t = lap("qkv", t)
             q0, k0, v0 = layer.qkv.starts
-            attend_fn(y[None, q0:q0 + C], y[None, k0:k0 + kv], y[None, v0:v0 + kv], cos, sin,
-                      cache.k[i][0], cache.v[i][0], pos, a)
+            attend(y[None, q0:q0 + C], y[None, k0:k0 + kv], y[None, v0:v0 + kv], cos, sin,
+                   _kv_bits(cache.k[i][0]), _kv_bits(cache.v[i][0]), pos, a)
             t = lap("attention", t)
             x += stacked_matvec(layer.o, a[0], kind)[:C]
             t = lap("o", t)
@@ -180,7 +191,7 @@ class PackedRunner(Runner):
             t = lap("qkv", t)
             a = np.empty((B, T, C), np.float32)                                          # (B, T, H*D)
             for b in range(B):  # BLAS-free: numpy's batched matmul beside spinning kernel threads stalls
-                attend_parallel(q[b], k[b], v[b], cos, sin, cache.k[i][b], cache.v[i][b], start, a[b])
+                attend_parallel(q[b], k[b], v[b], cos, sin, _kv_bits(cache.k[i][b]), _kv_bits(cache.v[i][b]), start, a[b])
             t = lap("attention", t)
             x = x + lin(layer.o, a.reshape(B * T, C))[0].reshape(B, T, C)
             t = lap("o", t)
@@ -201,7 +212,7 @@ class PackedRunner(Runner):
     # ---- construction ----
 
     @classmethod
-    def from_arrays(cls, config, arrays: dict, kind="exact", lut=None, head="f16"):
+    def from_arrays(cls, config, arrays: dict, kind="exact", lut=None, head="f16", kv="auto"):
         """arrays: name -> array as stored in a packed file (signs as blocked uint8 bits)."""
         lut = (kind == "exact") if lut is None else lut  # the lut3 layout speeds up the exact batch-1 kernel
         shapes = config.linear_shapes()
@@ -222,10 +233,10 @@ class PackedRunner(Runner):
         dense = {"model.embed_tokens.weight": arrays["model.embed_tokens.weight"],
                  "model.norm.weight": np.asarray(arrays["model.norm.weight"], np.float32),
                  "lm_head.weight": arrays["lm_head.weight"]}
-        return cls(config, dense, layers, kind, head)
+        return cls(config, dense, layers, kind, head, kv)
 
     @classmethod
-    def random(cls, config: ModelConfig, seed=0, kind="int8", head="f16"):
+    def random(cls, config: ModelConfig, seed=0, kind="int8", head="f16", kv="auto"):
         """A randomly initialized FBI model built directly in packed form (no float32 weights)."""
         rng = np.random.default_rng(seed)
         arrays = {}
@@ -246,14 +257,19 @@ class PackedRunner(Runner):
         for i in range(config.num_hidden_layers):
             for norm in ("input_layernorm", "post_attention_layernorm"):
                 arrays[f"model.layers.{i}.{norm}.weight"] = np.ones(C, np.float32)
-        return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head)
+        return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head, kv=kv)
 
 
-def load_packed(path, kind="exact", head="f16"):
+def _kv_bits(a: np.ndarray) -> np.ndarray:
+    """A cache array as the attention kernels take it: float16 as its bits (uint16; Numba has no float16)."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+def load_packed(path, kind="exact", head="f16", kv="auto"):
     """(PackedRunner, tokenizer or None) from a .fbipack file."""
     header, arrays = read_packed(path)
     config = config_from_json(header["config"], str(path), binarized_default=True)
-    runner = PackedRunner.from_arrays(config, arrays, kind, head=head)
+    runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv)
     tokenizer = None
     tok = header.get("tokenizer")
     if tok:
