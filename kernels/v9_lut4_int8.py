@@ -26,24 +26,48 @@ from numba.extending import intrinsic
 
 from kernels.act_int8 import quantize_int8
 from kernels.bitpack import NIB_ROWS, PackedSigns
-from kernels.simd import I16, I32, V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, is_c_array, splat
+from kernels.simd import I8, I16, I32, V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, is_c_array, splat
 
 WIDEN_EVERY = 64          # vectors per int16 run: each lane adds one |T| <= 508 per vector
-V8xI16 = ir.VectorType(I16, 8)
+V8xI8, V8xI16 = ir.VectorType(I8, 8), ir.VectorType(I16, 8)
 # sign of input t in entry i: +1 where bit t of i is set (rows of the 16-entry tables)
-SIGNS = np.array([[1 if (i >> t) & 1 else -1 for i in range(16)] for t in range(4)], np.int32)   # (4, 16)
+SIGNS = [[1 if (i >> t) & 1 else -1 for i in range(16)] for t in range(4)]
+
+
+@intrinsic
+def _tables(typingctx, q, tlo, thi):
+    """int8 (8P,) q -> uint8 (P, 32) tlo, thi: for each 8 inputs, two groups' 16 entries, split in bytes."""
+    if not (is_c_array(q, types.int8, 1) and is_c_array(tlo, types.uint8, 2) and is_c_array(thi, types.uint8, 2)):
+        return None
+    sig = types.void(q, tlo, thi)
+
+    def codegen(context, builder, sig, args):
+        qp, _ = data_pointer(context, builder, sig.args[0], args[0], V8xI8)
+        lp, nitems = data_pointer(context, builder, sig.args[1], args[1], V32xI8)
+        hp, _ = data_pointer(context, builder, sig.args[2], args[2], V32xI8)
+        signs = [ir.Constant(V16xI16, row) for row in SIGNS]
+        even = ir.Constant(ir.VectorType(I32, 32), list(range(0, 64, 2)))              # low bytes of both
+        odd = ir.Constant(ir.VectorType(I32, 32), list(range(1, 64, 2)))               # high bytes
+        with counted_loop(builder, builder.udiv(nitems, ir.Constant(nitems.type, 32))) as p:
+            q16 = builder.sext(builder.load(builder.gep(qp, [p]), align=1), V8xI16)  # 2 groups of 4
+            tables = []
+            for lane in range(2):                                                  # T = sum_t S_t * q_t
+                t = ir.Constant(V16xI16, None)
+                for k, s in enumerate(signs):
+                    qk = builder.shuffle_vector(q16, q16, ir.Constant(ir.VectorType(I32, 16), [4 * lane + k] * 16))
+                    t = builder.add(t, builder.mul(qk, s))
+                tables.append(builder.bitcast(t, V32xI8))
+            builder.store(builder.shuffle_vector(*tables, even), builder.gep(lp, [p]), align=1)
+            builder.store(builder.shuffle_vector(*tables, odd), builder.gep(hp, [p]), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @numba.njit(cache=True)
 def lut4_tables(q, tlo, thi):
-    # q (4G,) int8 -> tlo, thi (G/2, 32) uint8: byte 16*l + i of row p = low / high byte of T_{2p+l}[i]
-    for g in range(q.shape[0] // 4):
-        a, b, c, d = np.int32(q[4 * g]), np.int32(q[4 * g + 1]), np.int32(q[4 * g + 2]), np.int32(q[4 * g + 3])
-        p, lane = g >> 1, 16 * (g & 1)
-        for i in range(16):
-            v = SIGNS[0, i] * a + SIGNS[1, i] * b + SIGNS[2, i] * c + SIGNS[3, i] * d
-            tlo[p, lane + i] = np.uint8(v & 0xFF)
-            thi[p, lane + i] = np.uint8((v >> 8) & 0xFF)
+    # q (8P,) int8 -> tlo, thi (P, 32) uint8: byte 16*l + i of row p = low / high byte of T_{2p+l}[i]
+    _tables(q, tlo, thi)
 
 
 def _unpack(builder, a, b, high):
