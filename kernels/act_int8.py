@@ -10,7 +10,6 @@ errors. For Gaussian-like activations that is about 1% of max|y| (measured in ke
 import numba
 import numpy as np
 
-
 LANES = 8                                       # independent partial sums: one AVX2 register
 
 

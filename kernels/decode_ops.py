@@ -28,6 +28,13 @@ def rmsnorm_into(x, w, eps, out):
 
 
 @numba.njit(cache=True)
+def rmsnorm_rows_into(x, w, eps, out):
+    # x (N, C), w (C,) float32 -> out (N, C): rmsnorm_into per row (prefill)
+    for n in range(x.shape[0]):
+        rmsnorm_into(x[n], w, eps, out[n])
+
+
+@numba.njit(cache=True)
 def _rope_into(src, cos, sin, scale, dst):
     # src, cos, sin (D,) float32, dst (D,) float32 or fp16 bits (a cache row): HF rotate_half, halves
     # not interleaved; dst = (src*cos + rot(src)*sin) * scale

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from kernels.bitpack import BLOCK, PackedSigns, pack_blocked_mask, unpack_blocked_mask
-from kernels.decode_ops import attend_fn, attend_parallel, rmsnorm_into, swiglu_into
+from kernels.decode_ops import attend_fn, attend_parallel, rmsnorm_into, rmsnorm_rows_into, swiglu_into
 from kernels.dense_head import DenseHead
 from kernels.dispatch import is_batch_kernel, kernel_name, matvec
 from kernels.simd import ISA
@@ -183,9 +183,9 @@ class PackedRunner(Runner):
         start, end = cache.length, cache.length + T
         cos, sin = self.cos[start:end], self.sin[start:end]                              # (T, D)
         t = time.perf_counter()
+        h2 = np.empty((B * T, C), np.float32)                                            # normed rows
         for i, layer in enumerate(self.layers):
-            h, _ = L.rmsnorm_forward(x, layer.norm1, cfg.rms_norm_eps)
-            h2 = h.reshape(B * T, C)
+            rmsnorm_rows_into(x.reshape(B * T, C), layer.norm1, cfg.rms_norm_eps, h2)
             t = lap("norm", t)
             q, k, v = (np.ascontiguousarray(y).reshape(B, T, -1) for y in lin(layer.qkv, h2))  # (B, T, C | kv | kv)
             t = lap("qkv", t)
@@ -195,17 +195,18 @@ class PackedRunner(Runner):
             t = lap("attention", t)
             x = x + lin(layer.o, a.reshape(B * T, C))[0].reshape(B, T, C)
             t = lap("o", t)
-            h, _ = L.rmsnorm_forward(x, layer.norm2, cfg.rms_norm_eps)
-            h2 = h.reshape(B * T, C)
+            rmsnorm_rows_into(x.reshape(B * T, C), layer.norm2, cfg.rms_norm_eps, h2)
             t = lap("norm", t)
-            gate, up = lin(layer.gate_up, h2)                                            # (B*T, I) each
+            gate, up = (np.ascontiguousarray(y) for y in lin(layer.gate_up, h2))         # (B*T, I) each
             t = lap("gate_up", t)
-            mlp, _ = L.swiglu_forward(gate, up)
+            mlp = np.empty_like(gate)
+            swiglu_into(gate.reshape(-1), up.reshape(-1), mlp.reshape(-1))
             t = lap("swiglu", t)
             x = x + lin(layer.down, mlp)[0].reshape(B, T, C)
             t = lap("down", t)
         cache.length = end
-        h, _ = L.rmsnorm_forward(x, self.params["model.norm.weight"], cfg.rms_norm_eps)
+        h = np.empty((B, T, C), np.float32)
+        rmsnorm_rows_into(x.reshape(B * T, C), self.params["model.norm.weight"], cfg.rms_norm_eps, h.reshape(B * T, C))
         lap("norm", t)
         return h
 
