@@ -116,3 +116,31 @@ def test_random_packed_model_decodes(capsys):
                    "--max-new-tokens", "2"])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["runtime"] == "PackedRunner" and row["decode_tok_s"] > 0 and row["peak_rss_mb"] > 0
+
+
+def test_evaluate_prices_each_speed_up_in_perplexity(checkpoint, tmp_path, capsys):
+    """tinyfbi.evaluate on a packed file: exact kernels give the float model's perplexity (float32 sums in
+    another order, 1e-4 relative), int8 activations / an int8 head within 5% (the logit tolerances above)."""
+    from tinyfbi.evaluate import main as evaluate_main
+    _, tmp = checkpoint
+    pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
+    text = tmp_path / "t.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                    "must be in want of a wife. " * 3)
+
+    def ppl(*extra, ckpt=tmp / "m.fbipack"):
+        evaluate_main(["--ckpt", str(ckpt), "--ppl", str(text), "--seq-len", "48", "--json", *extra])
+        row = json.loads(capsys.readouterr().out)
+        return row["results"][str(text)]["ppl"], row
+
+    ref, row = ppl(ckpt=tmp / "ckpt")
+    exact, row = ppl()
+    assert row["backend"] == "packed" and row["kind"] == "exact" and row["head"] == "f16"
+    assert abs(exact / ref - 1) <= 1e-4
+    for extra in (["--kind", "int8"], ["--head", "int8"], ["--kind", "int8", "--head", "int8"]):
+        assert abs(ppl(*extra)[0] / ref - 1) <= 5e-2, extra
+    for argv, msg in ((["--ckpt", str(tmp / "ckpt"), "--kind", "int8"], "apply to a packed"),
+                      (["--ckpt", str(tmp / "m.fbipack"), "--backend", "torch"], "drop --backend torch")):
+        with pytest.raises(SystemExit):
+            evaluate_main([*argv, "--ppl", str(text)])
+        assert msg in capsys.readouterr().err

@@ -19,16 +19,21 @@ with at least L - S tokens of context (HF's perplexity recipe; usually lower tha
 
 --backend numpy (default) runs tinyfbi's NumPy inference path (each W~ materialized once);
 --backend torch runs the torch model (tinyfbi.torch_backend), much faster for the paper's sizes (--device cuda).
+A packed file (`python -m tinyfbi.pack`) runs on the 1-bit runtime, so each of its speed-ups can be
+priced in perplexity:
+
+    python -m tinyfbi.evaluate --ckpt tiny.fbipack --ppl data.txt --kind int8 --head int8
 """
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
 from .corpus.tokenizers import load_tokenizer
-from .evaluation.perplexity import load_nll_fn, perplexity
+from .evaluation.perplexity import load_nll_fn, perplexity, runner_nll_fn
 from .evaluation.texts import eval_text, eval_tokens
 from .formats.hf_folder import config_from_hf
 from .formats.run_checkpoint import resolve_checkpoint
@@ -45,6 +50,10 @@ def build_parser():
     ap.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     ap.add_argument("--device", default="cpu", help="torch device for --backend torch")
     ap.add_argument("--tokenizer", default=None, help="tokenizer file (default: the checkpoint's)")
+    ap.add_argument("--kind", choices=("exact", "int8"), default=None,
+                    help="a packed .fbipack --ckpt: exact float kernels (default) or int8 activations")
+    ap.add_argument("--head", choices=("f16", "int8", "f32"), default=None,
+                    help="a packed .fbipack --ckpt: lm_head as fp16 (default), int8 per row, or float32")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     return ap
 
@@ -70,8 +79,23 @@ def main(argv=None):
     run_cli(evaluate, build_parser().parse_args(argv))
 
 
-def evaluate(args):
-    check_args(args)
+def load_packed_runner(args):
+    """(runner, config, tokenizer) for a .fbipack --ckpt, on the 1-bit runtime."""
+    if args.backend != "numpy":
+        raise TinyFBIError("a packed .fbipack file runs on the 1-bit runtime: drop --backend torch")
+    from .runtime.packed import load_packed  # compiles the Numba kernels: only for packed files
+    runner, tokenizer = load_packed(args.ckpt, args.kind or "exact", args.head or "f16")
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    if tokenizer is None:
+        raise TinyFBIError(f"{args.ckpt} holds no tokenizer: pass --tokenizer PATH")
+    return runner, runner.config, tokenizer
+
+
+def load_checkpoint(args):
+    """(checkpoint path, config, tokenizer) for a checkpoint, run or HF folder."""
+    if args.kind or args.head:
+        raise TinyFBIError("--kind and --head apply to a packed .fbipack --ckpt (python -m tinyfbi.pack)")
     ckpt = resolve_checkpoint(args.ckpt)
     config = config_from_hf(ckpt)
     try:
@@ -80,6 +104,16 @@ def evaluate(args):
         if args.tokenizer:
             raise
         raise TinyFBIError(f"{e}; pass --tokenizer PATH (LLaMA-2's tokenizer.model for FBI-LLM)") from None
+    return ckpt, config, tokenizer
+
+
+def evaluate(args):
+    check_args(args)
+    packed = Path(args.ckpt).is_file()
+    if packed:
+        runner, config, tokenizer = load_packed_runner(args)
+    else:
+        ckpt, config, tokenizer = load_checkpoint(args)
     if tokenizer.vocab_size > config.vocab_size:
         raise TinyFBIError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
     seq_len = args.seq_len
@@ -93,7 +127,7 @@ def evaluate(args):
         tokens[name] = eval_tokens(name, eval_text(name), tokenizer, seq_len)
         if len(tokens[name]) < 2:
             raise TinyFBIError(f"--ppl {name}: fewer than 2 tokens")
-    nll_fn = load_nll_fn(ckpt, args.backend, args.device)
+    nll_fn = runner_nll_fn(runner) if packed else load_nll_fn(ckpt, args.backend, args.device)
     results = {}
     for name in names:
         L = seq_len
@@ -103,7 +137,8 @@ def evaluate(args):
         results[name] = perplexity(nll_fn, tokens[name], L, min(stride, L), args.max_windows,
                                    args.batch_size)
     if args.json:
-        print(json.dumps({"ckpt": str(args.ckpt), "backend": args.backend, "results": results}))
+        runtime = {"backend": "packed", **runner.describe()} if packed else {"backend": args.backend}
+        print(json.dumps({"ckpt": str(args.ckpt), **runtime, "results": results}))
     else:
         for name, r in results.items():
             print(f"{name}: ppl {r['ppl']:.3f} (nll {r['nll']:.4f}, {r['tokens']} tokens in "

@@ -54,14 +54,18 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0].astype(np.float64)
 
 
-def numpy_nll_fn(model):
-    """NLL through the KV-cache inference path (no activations kept for a backward)."""
-    runner = FloatRunner(model)
+def runner_nll_fn(runner):
+    """NLL through a runner's KV-cache inference path (float, or the packed 1-bit runtime)."""
 
     def nll(x):
         logits = runner.forward(x, runner.new_cache(x.shape[0], x.shape[1]))  # (B, L, V)
         return token_nll(logits[:, :-1], x[:, 1:])
     return nll
+
+
+def numpy_nll_fn(model):
+    """NLL of the NumPy model (no activations kept for a backward)."""
+    return runner_nll_fn(FloatRunner(model))
 
 
 def torch_nll_fn(model, device):
