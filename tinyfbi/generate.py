@@ -39,6 +39,8 @@ def build_parser():
     ap.add_argument("--packed", action="store_true", help="with --random-init: build it packed (1-bit kernels)")
     ap.add_argument("--head", choices=["f16", "int8", "f32"], default="f16",
                     help="packed: lm_head storage (fp16 kernel, int8 per row, or float32 BLAS)")
+    ap.add_argument("--kv", choices=["auto", "f16", "f32"], default="auto",
+                    help="packed: KV cache storage (auto: fp16 with --kind int8, float32 with exact)")
     ap.add_argument("--bench", action="store_true",
                     help="warm every kernel, then report prefill and decode tokens/s, a per-part breakdown, "
                          "peak memory and the instruction set, instead of sampling text")
@@ -49,24 +51,24 @@ def build_parser():
     return ap
 
 
-def load_runner(path, kind="exact", head="f16"):
+def load_runner(path, kind="exact", head="f16", kv="auto"):
     """(runner, tokenizer) for a packed file, a checkpoint folder or a run folder."""
     if Path(path).is_file():
         from .runtime.packed import (
             load_packed,  # compiles the Numba kernels: only for packed files
         )
-        return load_packed(path, kind, head)
+        return load_packed(path, kind, head, kv)
     ckpt = resolve_checkpoint(path)
     return FloatRunner(load_model(ckpt, dtype=np.float32)), load_tokenizer(ckpt)
 
 
-def random_runner(size, packed, kind, seed, head="f16"):
+def random_runner(size, packed, kind, seed, head="f16", kv="auto"):
     config = ModelConfig.from_name(size)
     if packed:
         from .runtime.packed import (
             PackedRunner,  # compiles the Numba kernels: only for --packed
         )
-        return PackedRunner.random(config, seed, kind, head)
+        return PackedRunner.random(config, seed, kind, head, kv)
     return FloatRunner(Model(config, seed=seed))
 
 
@@ -88,9 +90,9 @@ def sample(args):
         if OPENBLAS_SET is not None:
             OPENBLAS_SET(args.threads)
     if args.random_init:
-        runner, tokenizer = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head), None
+        runner, tokenizer = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head, args.kv), None
     else:
-        runner, tokenizer = load_runner(args.ckpt, args.kind, args.head)
+        runner, tokenizer = load_runner(args.ckpt, args.kind, args.head, args.kv)
     if args.bench:
         try:
             row = run_benchmark(runner, args.prompt_tokens, new_tokens, args.seed)

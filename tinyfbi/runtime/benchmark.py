@@ -91,6 +91,7 @@ def format_report(row: dict) -> str:
     lines = [f"cpu: {row['cpu']} ({row['cores']} cores), instruction set: {row['isa']}, threads: {row['threads']}",
              f"model: {row['params'] / 1e9:.2f}B params, {row['layers']} layers, hidden {row['hidden']}; "
              f"runtime {row['runtime']}, activations {row.get('kind', 'float32')}, head {row.get('head', 'f32')}, "
+             f"KV cache {row.get('kv', 'f32')}, "
              f"weights {row['weight_mb']} MB, peak RSS {row['peak_rss_mb']} MB"]
     if row.get("kernels_decode"):
         lines.append(f"kernels: decode {row['kernels_decode']}, prefill {row['kernels_prefill']}")
