@@ -63,6 +63,8 @@ class StackedSigns:
 
     def __post_init__(self):
         self._ends = np.append(self.starts[1:], self.rows).astype(np.int64)
+        self.tile_ends = self._ends // NIB_ROWS                       # (n,) the same in nib4 tiles
+        self.group_ends = self._ends // LUT_ROWS                      # (n,) the same in lut3 row groups
 
 
 def stack_linears(linears, lut: bool, nib4: bool = False) -> StackedSigns:
@@ -85,6 +87,26 @@ def stack_linears(linears, lut: bool, nib4: bool = False) -> StackedSigns:
                         pack_lut3_mask(masks) if lut else None, nib4_from_blocked(bits) if nib4 else None)
 
 
+@numba.njit(cache=True)
+def _int8_segment(alpha, beta, x, q, tlo, thi):
+    # one segment: x (in,) -> its int8 q, tables tlo/thi (P, 32); returns (scale, beta . x)
+    scale, _, bx = quantize_int8(alpha, beta, x, q)
+    lut4_tables(q, tlo, thi)
+    return scale, bx
+
+
+@numba.njit(cache=True)
+def _exact_segment(alpha, beta, x, nw, tables):
+    # one segment: xs = alpha * x as lut3 tables (10*nw, 8); returns beta . x
+    xs = np.empty(x.shape[0], np.float32)
+    bx = np.float32(0.0)
+    for j in range(x.shape[0]):
+        xs[j] = alpha[j] * x[j]
+        bx += beta[j] * x[j]
+    tables[:] = build_tables(xs, nw)
+    return bx
+
+
 @numba.njit(cache=True, parallel=True)
 def _int8_lut4(nib, tile_ends, alpha, beta, x, y):
     # nib (tiles, P, 32) nib4; tile_ends (n,) in tiles; alpha, beta (n, in); x (in,) -> y (tiles*32,)
@@ -92,9 +114,11 @@ def _int8_lut4(nib, tile_ends, alpha, beta, x, y):
     q = np.empty((n, 8 * pairs), np.int8)
     scale, bx = np.empty(n, np.float32), np.empty(n, np.float32)
     tlo, thi = np.empty((n, pairs, 32), np.uint8), np.empty((n, pairs, 32), np.uint8)
-    for s in numba.prange(n):                      # each segment's q and tables (both threads for q/k/v)
-        scale[s], _, bx[s] = quantize_int8(alpha[s], beta[s], x, q[s])
-        lut4_tables(q[s], tlo[s], thi[s])
+    if n == 1:                                     # o, down: no parallel region for one segment
+        scale[0], bx[0] = _int8_segment(alpha[0], beta[0], x, q[0], tlo[0], thi[0])
+    else:
+        for s in numba.prange(n):                  # both threads for q/k/v and gate/up
+            scale[s], bx[s] = _int8_segment(alpha[s], beta[s], x, q[s], tlo[s], thi[s])
     for t in numba.prange(nib.shape[0]):
         s = 0
         while t >= tile_ends[s]:
@@ -108,15 +132,14 @@ def _int8_lut4(nib, tile_ends, alpha, beta, x, y):
 @numba.njit(cache=True, parallel=True)
 def _exact_lut3(lut, group_ends, alpha, beta, x, y8):
     # lut (G, nw, 8) uint32; group_ends (n,) in row groups; alpha, beta (n, in); x (in,) -> y8 (G, 8)
-    n, n_in, nw = alpha.shape[0], x.shape[0], lut.shape[1]
+    n, nw = alpha.shape[0], lut.shape[1]
     tables = np.empty((n, 10 * nw, 8), np.float32)
     bx = np.zeros(n, np.float32)
-    xs = np.empty(n_in, np.float32)
-    for s in range(n):
-        for j in range(n_in):
-            xs[j] = alpha[s, j] * x[j]
-            bx[s] += beta[s, j] * x[j]
-        tables[s] = build_tables(xs, nw)
+    if n == 1:
+        bx[0] = _exact_segment(alpha[0], beta[0], x, nw, tables[0])
+    else:
+        for s in numba.prange(n):
+            bx[s] = _exact_segment(alpha[s], beta[s], x, nw, tables[s])
     for g in numba.prange(lut.shape[0]):
         s = 0
         while g >= group_ends[s]:
@@ -141,9 +164,9 @@ def stacked_matvec(st: StackedSigns, x: np.ndarray, kind: str = "exact") -> np.n
     name = stacked_kernel_name(st, kind)
     y = np.empty(st.rows, np.float32)
     if name == "v9_lut4_int8":
-        _int8_lut4(st.nib4, st.ends // NIB_ROWS, st.alpha, st.beta, x, y)
+        _int8_lut4(st.nib4, st.tile_ends, st.alpha, st.beta, x, y)
     elif name == "v3_lut3_f32":
-        _exact_lut3(st.lut, st.ends // LUT_ROWS, st.alpha, st.beta, x, y.reshape(-1, LUT_ROWS))
+        _exact_lut3(st.lut, st.group_ends, st.alpha, st.beta, x, y.reshape(-1, LUT_ROWS))
     else:                                  # one dispatched call per segment
         for s in range(len(st.out_features)):
             r0 = int(st.starts[s])
