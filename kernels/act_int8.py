@@ -1,4 +1,4 @@
-"""Per-token int8 activations for the int8 kernels (v4, v5 and v7).
+"""Per-token int8 activations for the int8 kernels (v4, v5, v7, v8 and v9).
 
 xs = alpha * x is rounded to q = round(xs / scale), scale = max|xs| / 127, q in [-127, 127] (never
 -128, so |q| fits 7 bits and maddubs pair sums never saturate). The int8 kernels then compute
