@@ -3,7 +3,7 @@ included) parsed with ast, then checked for cycles, forbidden edges, deferred im
 nothing heavy, and crowded folders. The rule itself is written down here, once:
 
     core            imports nothing of tinyfbi (NumPy only, no file I/O)
-    kernels         core (the one binarize) and each other; kernels.bench is an entry point
+    kernels         core (the one binarize) and each other; kernels.bench and .llamacpp_compare are entry points
     formats         core
     corpus          core, formats
     runtime         core, formats, corpus, kernels
@@ -12,7 +12,8 @@ nothing heavy, and crowded folders. The rule itself is written down here, once:
     evaluation      core, formats, corpus, runtime, torch_backend (only deferred: torch is optional)
     reproduction    core, formats, training (the claims' plan, statistics and report)
     tinyfbi.cli     core;  tinyfbi/__init__: core, formats
-    entry points    (tinyfbi/*.py, and the benchmarks kernels.bench, torch_backend.bench_gpu) anything
+    entry points    (tinyfbi/*.py, and the benchmarks kernels.bench, kernels.llamacpp_compare,
+                    torch_backend.bench_gpu) anything
 The NumPy path (core, formats, corpus, training, runtime.inference) never imports torch or numba:
 checked statically here, and by running a NumPy training and generation in a fresh interpreter.
 """
@@ -56,7 +57,7 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))}
 
 
-ENTRY_BENCHMARKS = ("kernels.bench", "tinyfbi.torch_backend.bench_gpu")   # commands kept beside what they measure
+ENTRY_BENCHMARKS = ("kernels.bench", "kernels.llamacpp_compare", "tinyfbi.torch_backend.bench_gpu")   # commands kept beside what they measure
 
 
 def room(module: str) -> str:
