@@ -33,7 +33,8 @@ from tinyfbi.formats.atomic import atomic_path
 from tinyfbi.runtime.benchmark import cpu_name, run_benchmark
 from tinyfbi.runtime.packed import PackedRunner
 
-TYPES = ("Q4_0", "TQ2_0")
+TYPES = ("Q4_0", "TQ2_0", "Q1_0")
+Q1_0_BLOCK = (128, 18)       # llama.cpp's block_q1_0: an fp16 scale and 128 sign bits
 SAMPLE_ROWS = 64             # rows quantized per linear, then tiled: valid blocks, written in seconds
 
 
@@ -71,14 +72,23 @@ def write_gguf(path: Path, config: ModelConfig, qtype: str, seed: int = 0) -> No
             for ours, theirs in names.items():
                 out_f, in_f = shapes[ours]
                 t = Q[qtype] if in_f % gguf.GGML_QUANT_SIZES[Q[qtype]][0] == 0 else Q.Q4_0
-                rows = min(SAMPLE_ROWS, out_f)
-                sample = gguf.quants.quantize((rng.standard_normal((rows, in_f)) * 0.02).astype(np.float32), t)
-                data = np.tile(sample, (-(-out_f // rows), 1))[:out_f]          # (out, bytes per row)
+                sample = _sample_rows(rng, min(SAMPLE_ROWS, out_f), in_f, t)
+                data = np.tile(sample, (-(-out_f // sample.shape[0]), 1))[:out_f]   # (out, bytes per row)
                 w.add_tensor(f"blk.{i}.{theirs}.weight", data, raw_dtype=t)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+
+
+def _sample_rows(rng, rows: int, in_f: int, t) -> np.ndarray:
+    """(rows, bytes per row) uint8 of valid type-t blocks for N(0, 0.02) weights."""
+    if t == Q.Q1_0:                  # gguf-py has no Q1_0 quantizer: random signs, scale 0.02
+        blocks = in_f // Q1_0_BLOCK[0]
+        raw = rng.integers(0, 256, (rows, blocks, Q1_0_BLOCK[1]), dtype=np.uint8)
+        raw[:, :, :2] = np.frombuffer(np.float16(0.02).tobytes(), np.uint8)
+        return raw.reshape(rows, -1)
+    return gguf.quants.quantize((rng.standard_normal((rows, in_f)) * 0.02).astype(np.float32), t)
 
 
 def llama_bench(binary: str, model: Path, threads: int, prompt: int, new: int) -> dict:
@@ -125,9 +135,10 @@ def compare(args):
                 write_gguf(path, config, qtype)
             r = llama_bench(args.llama_bench, path, args.threads, args.prompt, args.new)
             print(f"| {size} | llama.cpp | {qtype}, F16 head | {r['decode']:.2f} | {r['prefill']:.2f} |", flush=True)
-        for head in ("f16", "int8"):
-            row = run_benchmark(PackedRunner.random(config, 0, "int8", head), args.prompt, args.new)
-            print(f"| {size} | tinyfbi | 1-bit, int8 act., {head} head | {row['decode_tok_s']:.2f} | "
+        for kind, head in (("int8", "f16"), ("int8", "int8"), ("exact", "f16")):
+            row = run_benchmark(PackedRunner.random(config, 0, kind, head), args.prompt, args.new)
+            label = "int8 act." if kind == "int8" else "exact float32"
+            print(f"| {size} | tinyfbi | 1-bit, {label}, {head} head | {row['decode_tok_s']:.2f} | "
                   f"{row['prefill_tok_s']:.2f} |", flush=True)
 
 

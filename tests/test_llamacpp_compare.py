@@ -30,6 +30,15 @@ def test_gguf_holds_the_config_types_and_shapes(tmp_path):
     assert w.shape == (256, 320) and 0.01 < np.std(w) < 0.04
 
 
+def test_q1_0_blocks_hold_signs_and_the_scale(tmp_path):
+    path = tmp_path / "q1.gguf"
+    write_gguf(path, CFG, "Q1_0")
+    t = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}["blk.0.ffn_gate.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q1_0 and list(t.shape) == [256, 320]
+    blocks = np.asarray(t.data).reshape(320, 2, 18)                           # 2 blocks of 128 per row
+    assert np.all(blocks[:, :, :2].copy().view(np.float16) == np.float16(0.02))
+
+
 def test_cli_refuses_a_missing_llama_bench(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--llama-bench", str(tmp_path / "nope"), "--size", "tiny"])
