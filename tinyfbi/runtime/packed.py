@@ -7,8 +7,10 @@ another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per r
 (kernels/dense_head.py). Same sections as the float runtime (runtime.inference), two paths:
 
 - decode (one new token): compiled calls on vectors per layer: norm, q/k/v, rope + cache append +
-  attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries;
-- prefill (many tokens): the batch kernels (v7 int8 / v6 exact) per linear and BLAS attention.
+  attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries. The
+  int8 runner also holds the signs in the nib4 layout for v9 (one more bit per weight);
+- prefill (many tokens): the batch kernels (v7 int8 / v6 exact) per linear, compiled attention over
+  the heads in parallel, compiled RMSNorm and SwiGLU.
 
 `runner.times` accumulates seconds per part (the benchmark's breakdown). The KV cache (`kv`) is fp16
 by default with int8 activations (half the bytes attention reads per token; rounding 2^-11 relative,
