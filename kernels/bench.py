@@ -78,9 +78,11 @@ def _openblas():
     return None
 
 
-def set_threads(n: int, torch) -> None:
+def set_threads(n: int, torch=None) -> None:
+    """n threads for the Numba kernels, NumPy's OpenBLAS and (if given) torch."""
     numba.set_num_threads(n)
-    torch.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
     if OPENBLAS_SET is not None:
         OPENBLAS_SET(n)
 

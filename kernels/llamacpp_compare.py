@@ -20,11 +20,10 @@ import subprocess
 from pathlib import Path
 
 import gguf
-import numba
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from kernels.bench import OPENBLAS_SET
+from kernels.bench import set_threads
 from kernels.simd import ISA
 from tinyfbi.cli import CLIParser, run_cli
 from tinyfbi.core.config import ModelConfig
@@ -120,9 +119,7 @@ def build_parser():
 def compare(args):
     if not Path(args.llama_bench).is_file():
         raise TinyFBIError(f"--llama-bench {args.llama_bench}: no such file (build llama.cpp first)")
-    numba.set_num_threads(args.threads)
-    if OPENBLAS_SET is not None:
-        OPENBLAS_SET(args.threads)
+    set_threads(args.threads)
     types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
     print(f"# cpu={cpu_name()}, tinyfbi isa={ISA}, threads={args.threads}, prompt={args.prompt}, new={args.new}")
     print(f"| model | engine | weights | decode tok/s (after {args.prompt}) | prefill tok/s ({args.prompt}) |")

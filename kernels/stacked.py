@@ -22,12 +22,11 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from kernels.act_int8 import quantize_int8
 from kernels.bitpack import LUT_ROWS, NIB_ROWS, PackedSigns, nib4_from_blocked, pack_lut3_mask
 from kernels.dispatch import kernel_name, matvec
 from kernels.simd import HAS_AVX2
-from kernels.v3_lut3_f32 import build_tables, lut_rowgroup
-from kernels.v9_lut4_int8 import lut4_tables, lut4_tile
+from kernels.v3_lut3_f32 import lut_rowgroup, scaled_tables
+from kernels.v9_lut4_int8 import lut4_tile, quantized_tables
 
 
 @dataclass
@@ -87,26 +86,6 @@ def stack_linears(linears, lut: bool, nib4: bool = False) -> StackedSigns:
                         pack_lut3_mask(masks) if lut else None, nib4_from_blocked(bits) if nib4 else None)
 
 
-@numba.njit(cache=True)
-def _int8_segment(alpha, beta, x, q, tlo, thi):
-    # one segment: x (in,) -> its int8 q, tables tlo/thi (P, 32); returns (scale, beta . x)
-    scale, _, bx = quantize_int8(alpha, beta, x, q)
-    lut4_tables(q, tlo, thi)
-    return scale, bx
-
-
-@numba.njit(cache=True)
-def _exact_segment(alpha, beta, x, nw, tables):
-    # one segment: xs = alpha * x as lut3 tables (10*nw, 8); returns beta . x
-    xs = np.empty(x.shape[0], np.float32)
-    bx = np.float32(0.0)
-    for j in range(x.shape[0]):
-        xs[j] = alpha[j] * x[j]
-        bx += beta[j] * x[j]
-    tables[:] = build_tables(xs, nw)
-    return bx
-
-
 @numba.njit(cache=True, parallel=True)
 def _int8_lut4(nib, tile_ends, alpha, beta, x, y):
     # nib (tiles, P, 32) nib4; tile_ends (n,) in tiles; alpha, beta (n, in); x (in,) -> y (tiles*32,)
@@ -115,10 +94,10 @@ def _int8_lut4(nib, tile_ends, alpha, beta, x, y):
     scale, bx = np.empty(n, np.float32), np.empty(n, np.float32)
     tlo, thi = np.empty((n, pairs, 32), np.uint8), np.empty((n, pairs, 32), np.uint8)
     if n == 1:                                     # o, down: no parallel region for one segment
-        scale[0], bx[0] = _int8_segment(alpha[0], beta[0], x, q[0], tlo[0], thi[0])
+        scale[0], bx[0] = quantized_tables(alpha[0], beta[0], x, q[0], tlo[0], thi[0])
     else:
         for s in numba.prange(n):                  # both threads for q/k/v and gate/up
-            scale[s], bx[s] = _int8_segment(alpha[s], beta[s], x, q[s], tlo[s], thi[s])
+            scale[s], bx[s] = quantized_tables(alpha[s], beta[s], x, q[s], tlo[s], thi[s])
     for t in numba.prange(nib.shape[0]):
         s = 0
         while t >= tile_ends[s]:
@@ -136,10 +115,10 @@ def _exact_lut3(lut, group_ends, alpha, beta, x, y8):
     tables = np.empty((n, 10 * nw, 8), np.float32)
     bx = np.zeros(n, np.float32)
     if n == 1:
-        bx[0] = _exact_segment(alpha[0], beta[0], x, nw, tables[0])
+        bx[0] = scaled_tables(alpha[0], beta[0], x, tables[0])
     else:
         for s in numba.prange(n):
-            bx[s] = _exact_segment(alpha[s], beta[s], x, nw, tables[s])
+            bx[s] = scaled_tables(alpha[s], beta[s], x, tables[s])
     for g in numba.prange(lut.shape[0]):
         s = 0
         while g >= group_ends[s]:

@@ -58,29 +58,29 @@ def lut_rowgroup(typingctx, lanes, tables, y8):
 
 
 @numba.njit(cache=True)
-def build_tables(xs, nw):
-    # xs (in,) float32 -> tables (10*nw, 8): tables[g, i] = sum_t (+ if bit t of i else -) xs[3g+t]
-    tables = np.empty((FIELDS * nw, 8), np.float32)
-    n = xs.shape[0]
-    for g in range(FIELDS * nw):
+def scaled_tables(alpha, beta, x, tables):
+    # alpha, beta, x (in,) float32 -> tables (10*nw, 8) of xs = alpha * x: tables[g, i] =
+    # sum_t (+ if bit t of i else -) xs[3g+t]; returns beta . x
+    n = x.shape[0]
+    xs = np.empty(n, np.float32)
+    bx = np.float32(0.0)
+    for j in range(n):
+        xs[j] = alpha[j] * x[j]
+        bx += beta[j] * x[j]
+    for g in range(tables.shape[0]):
         a = xs[3 * g] if 3 * g < n else np.float32(0.0)
         b = xs[3 * g + 1] if 3 * g + 1 < n else np.float32(0.0)
         c = xs[3 * g + 2] if 3 * g + 2 < n else np.float32(0.0)
         for i in range(8):
             tables[g, i] = ((a if i & 1 else -a) + (b if i & 2 else -b)) + (c if i & 4 else -c)
-    return tables
+    return bx
 
 
 @numba.njit(cache=True, parallel=True)
 def _matvec(lut, alpha, beta, x, y8):
     # lut (ng, nw, 8) uint32; alpha, beta, x (in,) float32 -> y8 (ng, 8) float32
-    n_in = x.shape[0]
-    xs = np.empty(n_in, np.float32)
-    bx = np.float32(0.0)
-    for j in range(n_in):
-        xs[j] = alpha[j] * x[j]
-        bx += beta[j] * x[j]
-    tables = build_tables(xs, lut.shape[1])
+    tables = np.empty((FIELDS * lut.shape[1], 8), np.float32)
+    bx = scaled_tables(alpha, beta, x, tables)
     for r in numba.prange(lut.shape[0]):
         lut_rowgroup(lut[r], tables, y8[r])
         for lane in range(LUT_ROWS):

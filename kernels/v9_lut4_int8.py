@@ -73,6 +73,15 @@ def lut4_tables(q, tlo, thi):
     _tables(q, tlo, thi)
 
 
+@numba.njit(cache=True)
+def quantized_tables(alpha, beta, x, q, tlo, thi):
+    # alpha, beta, x (in,) float32 -> q (8P,) int8 (act_int8) and its tables tlo, thi (P, 32);
+    # returns (scale, beta . x)
+    scale, _, bx = quantize_int8(alpha, beta, x, q)
+    lut4_tables(q, tlo, thi)
+    return scale, bx
+
+
 def _unpack(builder, a, b, high):
     """vpunpck{l,h}bw per 128-bit lane: bytes of a and b interleaved -> 16 x i16 (a low, b high)."""
     half = 8 if high else 0
@@ -148,10 +157,9 @@ def lut4_tile(typingctx, wtile, tlo, thi, out):
 def _matvec(nib, alpha, beta, x, y):
     # nib (tiles, P, 32) uint8; alpha, beta, x (in,) float32 -> y (out,) float32
     q = np.empty(8 * nib.shape[1], np.int8)                                # (4 * 2P,), zero-padded
-    scale, _, bx = quantize_int8(alpha, beta, x, q)
     tlo = np.empty((nib.shape[1], 32), np.uint8)
     thi = np.empty((nib.shape[1], 32), np.uint8)
-    lut4_tables(q, tlo, thi)
+    scale, bx = quantized_tables(alpha, beta, x, q, tlo, thi)
     n_out = y.shape[0]
     for t in numba.prange(nib.shape[0]):
         sums = np.empty(NIB_ROWS, np.int32)

@@ -83,12 +83,8 @@ def sample(args):
     if new_tokens < 0 or args.top_k < 0 or args.temperature < 0:
         raise TinyFBIError("--max-new-tokens, --top-k and --temperature must be >= 0")
     if args.threads is not None:  # the kernels' threads and NumPy's OpenBLAS threads (prefill, f32 head)
-        import numba
-
-        from kernels.bench import OPENBLAS_SET
-        numba.set_num_threads(args.threads)
-        if OPENBLAS_SET is not None:
-            OPENBLAS_SET(args.threads)
+        from kernels.bench import set_threads
+        set_threads(args.threads)
     if args.random_init:
         runner, tokenizer = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head, args.kv), None
     else:
