@@ -13,7 +13,7 @@ from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.core.config import CPU_FEATURES, CPU_NAME
+from numba.core.config import CPU_FEATURES
 
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 F32 = ir.FloatType()
@@ -26,9 +26,10 @@ AVX512_FEATURES = ("avx512f", "avx512bw", "avx512vl", "avx512vnni")   # what the
 
 
 def _target_features() -> set:
-    """CPU features Numba compiles for: the host's, or NUMBA_CPU_FEATURES when code may run elsewhere."""
-    if CPU_NAME or CPU_FEATURES:
-        return {f[1:] for f in (CPU_FEATURES or "").split(",") if f.startswith("+")}
+    """CPU features Numba compiles for: NUMBA_CPU_FEATURES where set (also '' for NUMBA_CPU_NAME=generic),
+    else the host's, as Numba does (NUMBA_CPU_NAME alone changes the tuning, not the features)."""
+    if CPU_FEATURES is not None:
+        return {f[1:] for f in CPU_FEATURES.split(",") if f.startswith("+")}
     return {k for k, v in llvm_binding.get_host_cpu_features().items() if v}
 
 

@@ -12,6 +12,7 @@ References and tolerances:
   SwiGLU's polynomial exp to 2 ulp of float64 exp, SwiGLU itself to 1e-6 relative (a few ulp).
 """
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,20 @@ def test_select_isa_steps_down_only():
     assert select_isa(set()) == "portable" and select_isa(avx512, "portable") == "portable"
     with pytest.raises(ValueError, match="TINYFBI_ISA"):
         select_isa(avx512, "sse9")
+
+
+def test_isa_follows_the_features_numba_compiles_for(tmp_path):
+    """NUMBA_CPU_NAME alone changes LLVM's tuning, not the features (Numba keeps the host's), so the
+    ISA stays the host's; NUMBA_CPU_NAME=generic compiles for no extensions, so the ISA is portable."""
+    code = "import kernels.simd as s; print(s.ISA)"
+    got = {}
+    for name in ("znver4", "generic"):
+        env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_CPU_NAME=name)
+        env.pop("NUMBA_CPU_FEATURES", None)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        got[name] = out.stdout.strip()
+    assert got == {"znver4": ISA, "generic": "portable"}
 
 
 @pytest.mark.parametrize("forced, int8_b1, int8_batch, exact_b1", [
@@ -301,12 +316,25 @@ def test_attention_runs_serially_below_the_work_threshold():
     assert attend_fn(1, PARALLEL_MIN_WORK, 1) is attend_parallel and attend_fn(1, PARALLEL_MIN_WORK - 1, 1) is attend
 
 
+def fma_width_counts(asm: str) -> int:
+    """Packed float32 FMAs at the widest register the compiler chose: zmm (16 lanes) where it used any,
+    else ymm (8 lanes). LLVM picks by CPU tuning (Zen 4/5 prefer zmm, Ice Lake-era Intel ymm), so a
+    check that counted ymm alone failed on an AVX-512 CPU that took zmm."""
+    counts = {r: len(re.findall(r"vfmadd\w+ps\s+[^\n]*%" + r, asm)) for r in ("ymm", "zmm")}
+    return counts["zmm"] or counts["ymm"]
+
+
 @needs_avx2
-def test_decode_ops_vectorize(tmp_path):
+@pytest.mark.parametrize("tuning", [pytest.param({}, id="host"),
+                                    pytest.param({"NUMBA_CPU_NAME": "znver4"}, id="prefer-512-tuning")])
+def test_decode_ops_vectorize(tmp_path, tuning):
     """Compiled afresh: the attention's dot products, weighted sums and exp, and SwiGLU, run on 8-lane
-    (ymm) FMAs; SwiGLU calls no scalar libm exp; the fp16 cache widens with vcvtph2ps."""
+    (ymm) or 16-lane (zmm) FMAs, whichever width the compiler chose; SwiGLU calls no scalar libm exp;
+    the fp16 cache widens with vcvtph2ps. 'prefer-512-tuning' compiles for the host's own features
+    with Zen 4's tuning (LLVM prefers zmm there when the features include AVX-512; ymm otherwise), so
+    both widths are checked on an AVX-512 machine whatever its own tuning."""
     code = """
-import re, numpy as np
+import numpy as np
 from kernels import decode_ops as K
 z = lambda *s: np.zeros(s, np.float32)
 K.attend(z(1, 256), z(1, 256), z(1, 256), z(1, 128), z(1, 128), z(2, 9, 128), z(2, 9, 128), 3, z(1, 256))
@@ -314,13 +342,15 @@ K.attend(z(1, 256), z(1, 256), z(1, 256), z(1, 128), z(1, 128), np.zeros((2, 9, 
 K.swiglu_into(z(9), z(9), z(9))
 for fn in (K.attend, K.swiglu_into):
     for sig in fn.signatures:
-        asm = fn.inspect_asm(sig)
-        print(len(re.findall(r"vfmadd\\w+ps\\s+[^\\n]*%ymm", asm)), asm.count("vcvtph2ps"), len(re.findall(r"call\\w*\\s+\\*?\\S*expf", asm)))
+        print("@@@@")
+        print(fn.inspect_asm(sig))
 """
-    env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=str(REPO), NUMBA_CACHE_DIR=str(tmp_path), **tuning)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    (f32, _, _), (f16, cvt, _), (sw, _, calls) = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
+    f32_asm, f16_asm, sw_asm = out.stdout.split("@@@@\n")[1:]
+    f32, f16, sw = map(fma_width_counts, (f32_asm, f16_asm, sw_asm))
+    cvt, calls = f16_asm.count("vcvtph2ps"), len(re.findall(r"call\w*\s+\*?\S*expf", sw_asm))
     assert f32 >= 12 and f16 >= 12 and cvt >= 2                 # dot, weighted sum, exp polynomial (7)
     assert sw >= 7 and calls == 0
 
