@@ -3,7 +3,7 @@ included) parsed with ast, then checked for cycles, forbidden edges, deferred im
 nothing heavy, and crowded folders. The rule itself is written down here, once:
 
     core            imports nothing of tinyfbi (NumPy only, no file I/O)
-    kernels         core (the one binarize) and each other; kernels.bench and .llamacpp_compare are entry points
+    kernels         core (the one binarize) and each other: a library, no exception
     formats         core
     corpus          core, formats
     runtime         core, formats, corpus, kernels
@@ -11,9 +11,9 @@ nothing heavy, and crowded folders. The rule itself is written down here, once:
     torch_backend   core, formats, corpus, runtime, training
     evaluation      core, formats, corpus, runtime, torch_backend (only deferred: torch is optional)
     reproduction    core, formats, training (the claims' plan, statistics and report)
+    bench           every room of tinyfbi, kernels, and tinyfbi.cli (every benchmark: they drive them all)
     tinyfbi.cli     core;  tinyfbi/__init__: core, formats
-    entry points    (tinyfbi/*.py, and the benchmarks kernels.bench, kernels.llamacpp_compare,
-                    torch_backend.bench_gpu) anything
+    entry points    (tinyfbi/*.py) anything
 The NumPy path (core, formats, corpus, training, runtime.inference) never imports torch or numba:
 checked statically here, and by running a NumPy training and generation in a fresh interpreter.
 """
@@ -38,6 +38,8 @@ ALLOWED = {
     "torch_backend": {"torch_backend", "training", "runtime", "corpus", "formats", "core"},
     "evaluation": {"evaluation", "runtime", "corpus", "formats", "core"},
     "reproduction": {"reproduction", "training", "formats", "core"},
+    "bench": {"bench", "kernels", "core", "formats", "corpus", "runtime", "training", "torch_backend", "evaluation",
+              "reproduction", "cli"},
     "cli": {"core"},
     "facade": {"core", "formats"},
 }
@@ -57,14 +59,9 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))}
 
 
-ENTRY_BENCHMARKS = ("kernels.bench", "kernels.llamacpp_compare", "tinyfbi.torch_backend.bench_gpu")   # commands kept beside what they measure
-
-
 def room(module: str) -> str:
     """The package a module belongs to, in the rule's words."""
     parts = module.split(".")
-    if module in ENTRY_BENCHMARKS:
-        return "entry"
     if parts[0] == "kernels":
         return "kernels"
     if module == "tinyfbi":

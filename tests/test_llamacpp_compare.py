@@ -1,10 +1,10 @@
-"""kernels.llamacpp_compare writes GGUF models llama.cpp can read: checked with gguf's own reader (an
+"""tinyfbi.bench.llamacpp writes GGUF models llama.cpp can read: checked with gguf's own reader (an
 independent parser of the format), not with the writer; and its command line fails in one line."""
 import gguf
 import numpy as np
 import pytest
 
-from kernels.llamacpp_compare import main, write_gguf
+from tinyfbi.bench.llamacpp import main, write_gguf
 from tinyfbi.core.config import ModelConfig
 
 # in-features 256 (TQ2_0 rows) and 320 (not a multiple of 256: ffn_down falls back to Q4_0)

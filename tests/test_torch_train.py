@@ -298,7 +298,7 @@ def test_activation_estimate_matches_what_autograd_saves(fsdp):
 
 def test_gpu_check_runs_its_cases_and_refuses_without_a_gpu(tmp_path, capsys):
     """The GPU check's logic at CPU sizes (the figures need a GPU; none is lent to CI)."""
-    from tinyfbi.torch_backend.bench_gpu import main as bench_gpu
+    from tinyfbi.bench.gpu import main as bench_gpu
     out = tmp_path / "bench.json"
     bench_gpu(["--device", "cpu", "--sizes", "tiny", "--teacher-size", "tiny", "--seq-len", "32",
                "--micro-batch", "2", "--out", str(out)])

@@ -1,6 +1,6 @@
 """The one command-line error path: a user mistake ends in `error: <message>` on stderr, exit 2.
 
-Every `python -m tinyfbi.*` entry point (and kernels.bench) builds its parser with `CLIParser` and
+Every `python -m tinyfbi.*` entry point and benchmark builds its parser with `CLIParser` and
 runs its body through `run_cli`, so a bad flag, a missing file or a corrupted checkpoint never
 prints a traceback, and Ctrl-C says what was kept.
 """

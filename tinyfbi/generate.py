@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench.end_to_end import format_report, run_benchmark
 from .cli import CLIParser, run_cli
 from .core.config import ModelConfig
 from .core.errors import TinyFBIError
@@ -20,7 +21,6 @@ from .core.model import Model
 from .corpus.tokenizers import load_tokenizer
 from .formats.loading import load_model
 from .formats.run_checkpoint import resolve_checkpoint
-from .runtime.benchmark import format_report, run_benchmark
 from .runtime.inference import FloatRunner, generate
 
 
@@ -83,7 +83,7 @@ def sample(args):
     if new_tokens < 0 or args.top_k < 0 or args.temperature < 0:
         raise TinyFBIError("--max-new-tokens, --top-k and --temperature must be >= 0")
     if args.threads is not None:  # the kernels' threads and NumPy's OpenBLAS threads (prefill, f32 head)
-        from kernels.bench import set_threads
+        from kernels.threads import set_threads
         set_threads(args.threads)
     if args.random_init:
         runner, tokenizer = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head, args.kv), None

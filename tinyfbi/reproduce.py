@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from .bench.machine import cpu_name
 from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
 from .formats.atomic import atomic_write_bytes, atomic_write_json
@@ -33,7 +34,6 @@ from .formats.run_checkpoint import has_checkpoint, resolve_checkpoint
 from .reproduction.claims import RULE, evaluate_claims
 from .reproduction.plan import ARMS, FAST, FULL, INIT_FROM_FP
 from .reproduction.report import markdown, plots
-from .runtime.benchmark import cpu_name
 from .train import build_parser as train_parser
 from .train import train
 from .training.teacher_cache import cache_folder, cache_identity

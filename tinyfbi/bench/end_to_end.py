@@ -10,11 +10,12 @@ step (from the runner's own timers), peak RSS, and the kernels / instruction set
 """
 from __future__ import annotations
 
-import os
 import resource
-import time
 
 import numpy as np
+
+from .machine import describe
+from .timing import call_times, median_ms
 
 PARTS = ("embed", "norm", "qkv", "attention", "o", "gate_up", "swiglu", "down", "head")
 
@@ -23,18 +24,6 @@ def _forward(runner, tokens, cache, last_only):
     if hasattr(runner, "times"):
         return runner.forward(tokens, cache, last_only=last_only)
     return runner.forward(tokens, cache)                          # the float runner computes every position
-
-
-def cpu_name() -> str:
-    """The CPU model /proc/cpuinfo names, for the header of every benchmark."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def run_benchmark(runner, prompt_len=128, new_tokens=32, seed=0) -> dict:
@@ -53,31 +42,33 @@ def run_benchmark(runner, prompt_len=128, new_tokens=32, seed=0) -> dict:
     del warm
     times = getattr(runner, "times", {})
     cache = runner.new_cache(1, prompt_len + new_tokens + 1)
+    last = {}                                                     # the latest logits, greedy's next input
+
+    def prefill(_):
+        last["logits"] = _forward(runner, prompt, cache, True)[0, -1]
+
+    def decode(_):
+        last["logits"] = _forward(runner, np.array([[int(np.argmax(last["logits"]))]]), cache, True)[0, -1]
+
     times.clear()
-    t0 = time.perf_counter()
-    logits = _forward(runner, prompt, cache, True)[0, -1]
-    prefill_s = time.perf_counter() - t0
+    prefill_s = call_times(prefill, 1)[0]
     prefill_parts = dict(times)
     times.clear()
-    steps = []
-    for _ in range(new_tokens):
-        t = time.perf_counter()
-        logits = _forward(runner, np.array([[int(np.argmax(logits))]]), cache, True)[0, -1]
-        steps.append(time.perf_counter() - t)
+    steps = call_times(decode, new_tokens)
     decode_s = sum(steps)
     per_token = {p: 1e3 * times.get(p, 0.0) / new_tokens for p in PARTS if p in times}
     if per_token:
         per_token["other"] = 1e3 * decode_s / new_tokens - sum(per_token.values())
-    describe = runner.describe() if hasattr(runner, "describe") else {"runtime": type(runner).__name__,
-                                                                      "isa": "numpy", "threads": None}
+    ran = runner.describe() if hasattr(runner, "describe") else {"runtime": type(runner).__name__, "isa": "numpy",
+                                                                 "threads": None}
     return {
-        "cpu": cpu_name(), "cores": os.cpu_count(), **describe,
+        **describe(), **ran,
         "params": cfg.num_params(), "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
         "weight_mb": round(runner.weight_bytes() / 2**20, 1) if hasattr(runner, "weight_bytes") else None,
         "prompt_tokens": prompt_len, "prefill_s": round(prefill_s, 4),
         "prefill_tok_s": round(prompt_len / prefill_s, 2),
         "decode_tokens": new_tokens, "decode_tok_s": round(new_tokens / decode_s, 2),
-        "decode_ms_median": round(1e3 * float(np.median(steps)), 3),
+        "decode_ms_median": round(median_ms(steps), 3),
         "decode_ms_per_part": {k: round(v, 3) for k, v in per_token.items()},
         "prefill_ms_per_part": {k: round(1e3 * v, 1) for k, v in prefill_parts.items()},
         "kernels_decode": runner.kernel_names(1) if hasattr(runner, "kernel_names") else None,

@@ -1,4 +1,4 @@
-"""`python -m tinyfbi.torch_backend.bench_gpu`: the GPU check, no download needed (a few minutes on one GPU).
+"""`python -m tinyfbi.bench.gpu`: the GPU check, no download needed (a few minutes on one GPU).
 
 For the 130m and 1.3b students with a random LLaMA-2-7B-shaped bf16 teacher (the paper's pairing),
 one distillation step as the torch backend takes it (bf16 autocast, float32 master weights and
@@ -8,13 +8,13 @@ peak), peak memory against the planner's estimate. The micro-batch is the planne
 device (`--micro-batch` overrides). Writes one JSON object per case (`--out`, default
 bench_gpu.json) and prints a table.
 
-    python -m tinyfbi.torch_backend.bench_gpu                        # 130m and 1.3b, fused and unfused
-    python -m tinyfbi.torch_backend.bench_gpu --device cpu --sizes tiny --teacher-size tiny --seq-len 64
+    python -m tinyfbi.bench.gpu                        # 130m and 1.3b, fused and unfused
+    python -m tinyfbi.bench.gpu --device cpu --sizes tiny --teacher-size tiny --seq-len 64
 """
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,11 @@ from ..cli import CLIParser, run_cli
 from ..core.config import ModelConfig
 from ..core.errors import TinyFBIError
 from ..formats.atomic import atomic_write_json
-from .model import TorchModel
-from .planner import GiB, count_params, flops_per_token, memory_per_gpu
+from ..torch_backend.model import TorchModel
+from ..torch_backend.planner import GiB, count_params, flops_per_token, memory_per_gpu
+from .machine import device_name, peak_bf16_flops
+from .timing import call_times, median_ms
 
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 TIMED_STEPS, WARMUP_STEPS = 5, 2
 
 
@@ -50,13 +51,6 @@ def init_on_device(model):
             p.normal_(0, 0.02)
 
 
-def peak_flops(device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((f for key, f in PEAK_BF16.items() if key in name), None)
-
-
 def measure(size, teacher, args, device, fused) -> dict:
     config = ModelConfig.from_name(size, vocab_size=teacher.config.vocab_size,
                                    max_position_embeddings=max(args.seq_len, 16))
@@ -70,33 +64,36 @@ def measure(size, teacher, args, device, fused) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for step in range(WARMUP_STEPS + TIMED_STEPS):
-        t0 = time.perf_counter()
-        with torch.no_grad(), autocast:
-            probs = torch.softmax(teacher(x).float(), dim=-1)                         # (b, T, V)
-        with autocast:
-            logits = student(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), probs.flatten(0, 1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= WARMUP_STEPS:
-            times.append(time.perf_counter() - t0)
-    tok_s = micro * args.seq_len / sorted(times)[len(times) // 2]
+    losses = []
+    step = partial(distill_step, teacher, student, opt, x, autocast, device, losses)
+    tok_s = 1e3 * micro * args.seq_len / median_ms(call_times(step, TIMED_STEPS, warmup=WARMUP_STEPS))
     flops = flops_per_token(config, teacher.config, args.seq_len)["total"]
     planned = memory_per_gpu(config, counts, teacher.config, 1, False, False, micro, args.seq_len, True, True,
                              fused)["gpu"]["total"]
-    peak = peak_flops(device)
+    peak = peak_bf16_flops(device)
     measured = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    del student, opt
+    del student, opt, step
     return {"size": size, "fbi_linear": "fused" if fused else "unfused", "device": device_name(device),
-            "micro_batch": micro, "seq_len": args.seq_len, "tok_s": tok_s, "loss": float(loss.detach()),
+            "micro_batch": micro, "seq_len": args.seq_len, "tok_s": tok_s, "loss": float(losses[-1]),
             "mfu": tok_s * flops / peak if peak else None, "flops_per_token": flops,
             "peak_memory_gib": measured / GiB if measured is not None else None, "planned_memory_gib": planned / GiB}
+
+
+def distill_step(teacher, student, opt, x, autocast, device, losses, _call=None):
+    """One step as the torch backend takes it: teacher probabilities, student forward, soft cross-entropy,
+    backward, clipping, AdamW; its loss appended to losses (_call: call_times's index)."""
+    with torch.no_grad(), autocast:
+        probs = torch.softmax(teacher(x).float(), dim=-1)                         # (b, T, V)
+    with autocast:
+        logits = student(x)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), probs.flatten(0, 1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    losses.append(loss.detach())
 
 
 def pick_micro_batch(config, counts, teacher_config, seq_len, device) -> int:
@@ -109,12 +106,8 @@ def pick_micro_batch(config, counts, teacher_config, seq_len, device) -> int:
     return micro
 
 
-def device_name(device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def build_parser():
-    ap = CLIParser("python -m tinyfbi.torch_backend.bench_gpu", __doc__.split("\n\n")[0])
+    ap = CLIParser("python -m tinyfbi.bench.gpu", __doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="130m,1.3b", help="comma-separated student presets")
     ap.add_argument("--teacher-size", default="7b", help="preset of the random full-precision bf16 teacher")
     ap.add_argument("--seq-len", type=int, default=2048)

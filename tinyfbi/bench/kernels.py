@@ -1,8 +1,8 @@
 """Benchmark every bit-packed kernel against NumPy and torch float32 in the same run.
 
-    python -m kernels.bench                                  # all shapes, batches 1/64/512, threads 1 and 2
-    python -m kernels.bench --shape 11008x4096 --batch 1 --json
-    NUMBA_CACHE_DIR=$(mktemp -d) python -m kernels.bench --shape 768x768   # first call = compile time
+    python -m tinyfbi.bench.kernels                          # all shapes, batches 1/64/512, threads 1 and 2
+    python -m tinyfbi.bench.kernels --shape 11008x4096 --batch 1 --json
+    NUMBA_CACHE_DIR=$(mktemp -d) python -m tinyfbi.bench.kernels --shape 768x768   # first call = compile time
 
 The float baselines run the dense FBI-Linear a float runtime would hold, W~ = alpha * sign(W) + beta
 (out, in) float32: numpy `W~ @ x` / `X @ W~.T` and torch `F.linear`, with NumPy's OpenBLAS, torch
@@ -18,10 +18,7 @@ pool). load = the share of all CPUs that other processes used while the row was 
 machine is shared, so a row they disturbed by more than 10% is re-timed up to 3 times and the
 quietest attempt kept; 2-thread times suffer most.
 """
-import ctypes
-import glob
 import json
-import os
 import re
 import time
 
@@ -31,6 +28,7 @@ import numpy as np
 from kernels import bitpack
 from kernels.bitpack import PackedSigns, pack_canonical
 from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI, ISA
+from kernels.threads import OPENBLAS_SET, set_threads
 from kernels.v1_reference import fbi_linear_v1
 from kernels.v2_masked_f32 import matvec_masked_f32
 from kernels.v3_lut3_f32 import matvec_lut3_f32
@@ -40,9 +38,11 @@ from kernels.v6_tiles_blas import matmul_tiles_blas
 from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
 from kernels.v8_vnni_int8 import matmul_vnni_int8, matvec_vnni_int8
 from kernels.v9_lut4_int8 import matvec_lut4_int8
-from tinyfbi.cli import CLIParser, run_cli
-from tinyfbi.core.errors import TinyFBIError
-from tinyfbi.runtime.benchmark import cpu_name
+
+from ..cli import CLIParser, run_cli
+from ..core.errors import TinyFBIError
+from .machine import describe
+from .timing import LoadMeter, call_times, median_ms
 
 SHAPES = [(768, 768), (2048, 768), (768, 2048), (4096, 4096), (11008, 4096), (4096, 11008)]
 BATCHES = [1, 64, 512]
@@ -65,73 +65,15 @@ KERNELS = {
 AVAILABLE = {None: True, "avx2": HAS_AVX2, "avx512": HAS_AVX512_VNNI}
 
 
-# ---- thread control for the three runtimes ----
-
-def _openblas():
-    """NumPy's bundled OpenBLAS (scipy-openblas wheels), for setting its thread count; None if not found."""
-    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in glob.glob(os.path.join(libdir, "libscipy_openblas*.so*")):
-        lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-            if hasattr(lib, name):
-                return getattr(lib, name)
-    return None
-
-
-def set_threads(n: int, torch=None) -> None:
-    """n threads for the Numba kernels, NumPy's OpenBLAS and (if given) torch."""
-    numba.set_num_threads(n)
-    if torch is not None:
-        torch.set_num_threads(n)
-    if OPENBLAS_SET is not None:
-        OPENBLAS_SET(n)
-
-
-OPENBLAS_SET = _openblas()
-
-
 # ---- timing ----
 
-def median_ms(fn, arg_sets, min_reps=5, min_s=0.4, max_reps=500):
+def hot_or_cold_ms(fn, arg_sets):
     """Median ms of fn(*args), cycling through arg_sets (one set = hot; many = cold weights)."""
-    fn(*arg_sets[0])                                                  # warm: caches, thread pools
-    times, i, start = [], 0, time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_s):
-        args = arg_sets[i % len(arg_sets)]
-        t = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t)
-        i += 1
-    return 1e3 * float(np.median(times))
+    return median_ms(call_times(lambda i: fn(*arg_sets[i % len(arg_sets)]), 5, warmup=1, min_s=0.4, max_n=500))
 
 
 def cold_copies(nbytes: int) -> int:
     return max(1, -(-COLD_BYTES // max(nbytes, 1)))
-
-
-class LoadMeter:
-    """CPU share used by other processes since start, from /proc/stat minus this process's CPU time."""
-
-    def __init__(self):
-        self.start = self._read()
-
-    @staticmethod
-    def _read():
-        try:
-            with open("/proc/stat") as f:
-                v = [int(t) for t in f.readline().split()[1:]]
-        except OSError:
-            return None
-        busy, total = sum(v) - v[3] - v[4], sum(v)                    # all but idle and iowait
-        cpu = os.times()
-        return busy, total, cpu.user + cpu.system, os.sysconf("SC_CLK_TCK")
-
-    def other_share(self):
-        now = self._read()
-        if now is None or self.start is None:
-            return None
-        (b0, t0, c0, hz), (b1, t1, c1, _) = self.start, now
-        return max(0.0, ((b1 - b0) - (c1 - c0) * hz) / max(t1 - t0, 1))
 
 
 # ---- one shape ----
@@ -174,8 +116,8 @@ def time_row(name, fn, hot, make_cold, nbytes, err, first_s):
     best = None
     for _ in range(ATTEMPTS):
         meter = LoadMeter()
-        ms = median_ms(fn, hot)
-        ms_cold = median_ms(fn, cold) if cold is not None else None
+        ms = hot_or_cold_ms(fn, hot)
+        ms_cold = hot_or_cold_ms(fn, cold) if cold is not None else None
         load = meter.other_share()
         time.sleep(0.05)                                              # let spinning pool threads park
         if best is None or (load or 0.0) < (best[2] or 0.0):
@@ -245,7 +187,7 @@ def parse_shape(text):
 
 
 def build_parser():
-    p = CLIParser(prog="python -m kernels.bench", description=__doc__.split("\n")[0])
+    p = CLIParser(prog="python -m tinyfbi.bench.kernels", description=__doc__.split("\n")[0])
     p.add_argument("--shape", help="OUTxIN, e.g. 11008x4096 (default: the linears of the paper's 130M and 7B)")
     p.add_argument("--batch", type=int, help="tokens per call (default: 1, 64 and 512)")
     p.add_argument("--threads", type=int, choices=[1, 2], help="threads for every runtime (default: 1 and 2)")
@@ -282,7 +224,7 @@ def bench(args):
     import torch
     threads = [args.threads] if args.threads else [1, 2]
     meter = LoadMeter()
-    header = {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": ISA, "numba": numba.__version__,
+    header = {**describe(), "isa": ISA, "numba": numba.__version__,
               "numpy": np.__version__, "torch": torch.__version__, "numpy_blas_threads_set": OPENBLAS_SET is not None}
     if args.json:
         print(json.dumps({"header": header}), flush=True)

@@ -1,4 +1,4 @@
-"""`python -m kernels.llamacpp_compare`: tinyfbi's packed runtime beside llama.cpp, same shapes, same run.
+"""`python -m tinyfbi.bench.llamacpp`: tinyfbi's packed runtime beside llama.cpp, same shapes, same run.
 
 Writes random-weight LLaMA GGUF models in the shapes of tinyfbi's presets (linears in each llama.cpp
 type asked for, lm_head and embeddings F16 as tinyfbi keeps them, norms F32, a dummy 32000-token
@@ -8,7 +8,7 @@ benchmark (int8 activations, fp16 and int8 heads), alternating engines per size,
 
     # llama.cpp from the llama-cpp-python 0.3.36 sdist (vendor/llama.cpp), CPU only:
     #   cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && cmake --build build --target llama-bench
-    python -m kernels.llamacpp_compare --llama-bench PATH/llama-bench --size 1.3b --size 7b
+    python -m tinyfbi.bench.llamacpp --llama-bench PATH/llama-bench --size 1.3b --size 7b
 
 Tensors whose rows a type cannot hold (TQ2_0 needs multiples of 256; 1.3B's ffn_down has 5504) are
 written as Q4_0, as llama-quantize falls back. GGUF files are written with the `gguf` package.
@@ -23,14 +23,16 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from kernels.bench import set_threads
 from kernels.simd import ISA
-from tinyfbi.cli import CLIParser, run_cli
-from tinyfbi.core.config import ModelConfig
-from tinyfbi.core.errors import TinyFBIError
-from tinyfbi.formats.atomic import atomic_path
-from tinyfbi.runtime.benchmark import cpu_name, run_benchmark
-from tinyfbi.runtime.packed import PackedRunner
+from kernels.threads import set_threads
+
+from ..cli import CLIParser, run_cli
+from ..core.config import ModelConfig
+from ..core.errors import TinyFBIError
+from ..formats.atomic import atomic_path
+from ..runtime.packed import PackedRunner
+from .end_to_end import run_benchmark
+from .machine import cpu_name
 
 TYPES = ("Q4_0", "TQ2_0", "Q1_0")
 Q1_0_BLOCK = (128, 18)       # llama.cpp's block_q1_0: an fp16 scale and 128 sign bits
@@ -104,7 +106,7 @@ def llama_bench(binary: str, model: Path, threads: int, prompt: int, new: int) -
 
 
 def build_parser():
-    ap = CLIParser("python -m kernels.llamacpp_compare", __doc__.split("\n\n")[0])
+    ap = CLIParser("python -m tinyfbi.bench.llamacpp", __doc__.split("\n\n")[0])
     ap.add_argument("--llama-bench", required=True, help="path to llama.cpp's llama-bench binary")
     ap.add_argument("--size", action="append", choices=("tiny", "130m", "1.3b", "7b"),
                     help="tinyfbi preset (repeatable; default 1.3b)")

@@ -1,4 +1,4 @@
-"""`python -m tinyfbi.bench_prepare`: how fast `tinyfbi.prepare` and the batch path are, on this machine.
+"""`python -m tinyfbi.bench.prepare`: how fast `tinyfbi.prepare` and the batch path are, on this machine.
 
 Generates a text of --mb MB (paragraphs of Python's pydoc topics in a seeded random order) and an
 Amber-layout jsonl of --rows rows of 2049 random ids, prepares the text with the byte tokenizer,
@@ -9,7 +9,7 @@ the main process's VmHWM and the largest worker's), then times global batches re
 Amber shards: one rank's share of the paper's 130m batch (32 x 2049 at world size 32) and the whole
 1024 x 2049 batch. A benchmark, not a test: timings move with whatever else runs on the machine.
 
-    python -m tinyfbi.bench_prepare --mb 1024 --sp-mb 64 --rows 20000 --workers 2 --out /tmp/bench
+    python -m tinyfbi.bench.prepare --mb 1024 --sp-mb 64 --rows 20000 --workers 2 --out /tmp/bench
 """
 from __future__ import annotations
 
@@ -17,19 +17,18 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from pydoc_data.topics import topics
 
 import numpy as np
 
-from .cli import CLIParser, run_cli
-from .corpus.batches import BatchSampler
-from .corpus.shards import open_prepared
-from .runtime.benchmark import cpu_name
+from ..cli import CLIParser, run_cli
+from ..corpus.batches import BatchSampler
+from ..corpus.shards import open_prepared
+from .machine import describe
+from .timing import call_times, median_ms
 
 MB = 1 << 20
 PAPER_130M = dict(batch=1024, seq=2048, world=32)   # the issue's figure: 32 rows per rank at world size 32
@@ -68,7 +67,7 @@ def write_rows(path: Path, rows: int, row_len=2049, vocab=32000, seed=0) -> int:
 
 
 def prepare_in_process(source, out, tokenizer, vocab, workers, shard_mb) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     done = subprocess.run([sys.executable, "-c", MEASURE, str(source), str(out), tokenizer, str(vocab), str(workers),
                            str(shard_mb)],
                           capture_output=True, text=True, env=env)
@@ -80,12 +79,7 @@ def prepare_in_process(source, out, tokenizer, vocab, workers, shard_mb) -> dict
 def fetch_ms(folder, batch, rows, steps=50) -> float:
     """Median ms to read `rows` of global batch k (k = 0..steps-1) from the prepared shards."""
     sampler = BatchSampler(open_prepared(folder, checksums=False).train, batch, 2048, seed=0, rows=rows)
-    times = []
-    for k in range(steps):
-        t0 = time.perf_counter()
-        sampler.batch(k)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return median_ms(call_times(sampler.batch, steps))
 
 
 def bench(args):
@@ -98,7 +92,8 @@ def bench(args):
         g.write(f.read(args.sp_mb * MB))
         g.write(f.readline())
     rows_bytes = write_rows(rows, args.rows)
-    print(f"{cpu_name()}, {os.cpu_count()} cores, --workers {args.workers}, --shard-mb {args.shard_mb}; text "
+    machine = describe()
+    print(f"{machine['cpu']}, {machine['cores']} cores, --workers {args.workers}, --shard-mb {args.shard_mb}; text "
           f"{text.stat().st_size / MB:.0f} MB (sentencepiece: its first {sp_text.stat().st_size / MB:.0f} MB), "
           f"rows {args.rows} x 2049 ({rows_bytes / MB:.0f} MB of jsonl)")
     results = {}
@@ -130,7 +125,7 @@ def bench(args):
 
 
 def main(argv=None):
-    ap = CLIParser("python -m tinyfbi.bench_prepare", __doc__.split("\n\n")[0])
+    ap = CLIParser("python -m tinyfbi.bench.prepare", __doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=1024, help="size of the generated text")
     ap.add_argument("--sp-mb", type=int, default=64, help="how much of the text the sentencepiece run prepares")
     ap.add_argument("--shard-mb", type=int, default=16, help="prepare's --shard-mb")

@@ -5,26 +5,25 @@ length and thread count. Each backend runs in its own subprocess (torch's OpenMP
 after each op and would steal the cores from NumPy's BLAS if they shared a process); the two
 alternate, and each reports the median of its timed steps.
 
-    python -m tinyfbi.bench_train --size tiny --size 20m --threads 2
+    python -m tinyfbi.bench.train_step --size tiny --size 20m --threads 2
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from .cli import CLIParser, run_cli
-from .core import layers as L
-from .core.config import ModelConfig
-from .core.errors import TinyFBIError
-from .core.model import Model
-from .core.optim import AdamW
+from ..cli import CLIParser, run_cli
+from ..core import layers as L
+from ..core.config import ModelConfig
+from ..core.errors import TinyFBIError
+from ..core.model import Model
+from ..core.optim import AdamW
+from .timing import call_times, median_ms
 
 
 def worker(backend, size, batch, seq_len, steps, binarized):
@@ -42,7 +41,7 @@ def worker(backend, size, batch, seq_len, steps, binarized):
     else:
         import torch  # the torch worker only: the NumPy worker runs without it
 
-        from .torch_backend.model import TorchModel
+        from ..torch_backend.model import TorchModel
         model = TorchModel(cfg)
         model.init_weights(0)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
@@ -54,19 +53,13 @@ def worker(backend, size, batch, seq_len, steps, binarized):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-    step()  # warm up: allocations, thread pools
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
+    return call_times(lambda _: step(), steps, warmup=1)            # warm-up: allocations, thread pools
 
 
 def run_backend(backend, args, size, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-m", "tinyfbi.bench_train", "--worker", backend, "--size", size,
+    cmd = [sys.executable, "-m", "tinyfbi.bench.train_step", "--worker", backend, "--size", size,
            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps",
            str(args.steps)] + (["--full-precision"] if args.full_precision else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -76,7 +69,7 @@ def run_backend(backend, args, size, threads):
 
 
 def main(argv=None):
-    ap = CLIParser("python -m tinyfbi.bench_train", __doc__.split("\n\n")[0])
+    ap = CLIParser("python -m tinyfbi.bench.train_step", __doc__.split("\n\n")[0])
     ap.add_argument("--size", action="append", help="preset name; repeat for several (default: tiny, 20m)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -107,8 +100,8 @@ def compare(args):
         row = {"size": size, "binarized": not args.full_precision, "batch": args.batch_size,
                "seq_len": args.seq_len, "threads": args.threads}
         for backend, ts in times.items():
-            row[f"{backend}_ms"] = round(1000 * statistics.median(ts), 1)
-            row[f"{backend}_tok_s"] = round(tokens / statistics.median(ts))
+            row[f"{backend}_ms"] = round(median_ms(ts), 1)
+            row[f"{backend}_tok_s"] = round(1e3 * tokens / median_ms(ts))
         row["numpy_vs_torch"] = round(row["numpy_tok_s"] / row["torch_tok_s"], 2)
         if args.json:
             print(json.dumps(row))
