@@ -8,9 +8,9 @@ from tinyfbi import Model, ModelConfig, TinyFBIError, save_model
 from tinyfbi.corpus.tokenizers import ByteTokenizer
 from tinyfbi.formats.fbipack import read_packed
 from tinyfbi.pack import main as pack_main
+from tinyfbi.runtime.build_fbipack import pack_checkpoint
 from tinyfbi.runtime.inference import FloatRunner, generate
-from tinyfbi.runtime.packed import PackedRunner, load_packed
-from tinyfbi.runtime.packing import pack_checkpoint
+from tinyfbi.runtime.packed_runner import PackedRunner, load_packed
 
 # odd sizes: in-features not a multiple of 64 or 256, out-features odd, grouped-query attention
 CFG = ModelConfig(vocab_size=256, hidden_size=72, num_hidden_layers=2, num_attention_heads=4,

@@ -83,7 +83,7 @@ def load_packed_runner(args):
     """(runner, config, tokenizer) for a .fbipack --ckpt, on the 1-bit runtime."""
     if args.backend != "numpy":
         raise TinyFBIError("a packed .fbipack file runs on the 1-bit runtime: drop --backend torch")
-    from .runtime.packed import load_packed  # compiles the Numba kernels: only for packed files
+    from .runtime.packed_runner import load_packed  # compiles the Numba kernels: only for packed files
     runner, tokenizer = load_packed(args.ckpt, args.kind or "exact", args.head or "f16")
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)

@@ -54,7 +54,7 @@ def build_parser():
 def load_runner(path, kind="exact", head="f16", kv="auto"):
     """(runner, tokenizer) for a packed file, a checkpoint folder or a run folder."""
     if Path(path).is_file():
-        from .runtime.packed import (
+        from .runtime.packed_runner import (
             load_packed,  # compiles the Numba kernels: only for packed files
         )
         return load_packed(path, kind, head, kv)
@@ -65,7 +65,7 @@ def load_runner(path, kind="exact", head="f16", kv="auto"):
 def random_runner(size, packed, kind, seed, head="f16", kv="auto"):
     config = ModelConfig.from_name(size)
     if packed:
-        from .runtime.packed import (
+        from .runtime.packed_runner import (
             PackedRunner,  # compiles the Numba kernels: only for --packed
         )
         return PackedRunner.random(config, seed, kind, head, kv)

@@ -3,7 +3,8 @@
 Binarized linears keep only sign(W) as bits (the kernels' blocked layout, kernels/bitpack.py) plus
 fp16 alpha/beta per input column; embeddings, norms and lm_head are stored in fp16 (or fp32 with
 --dtype float32). Works on our checkpoints and on released FBI-LLM checkpoints (same HF layout).
-The file format: tinyfbi/formats/fbipack.py; the packing: tinyfbi/runtime/packing.py.
+The file format: tinyfbi/formats/fbipack.py; building one: tinyfbi/runtime/build_fbipack.py; running one:
+tinyfbi/runtime/packed_runner.py.
 
     python -m tinyfbi.pack runs/tiny-ad tiny.fbipack
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
-from .runtime.packing import pack_checkpoint
+from .runtime.build_fbipack import pack_checkpoint
 
 
 def build_parser():

@@ -30,7 +30,7 @@ from ..cli import CLIParser, run_cli
 from ..core.config import ModelConfig
 from ..core.errors import TinyFBIError
 from ..formats.atomic import atomic_path
-from ..runtime.packed import PackedRunner
+from ..runtime.packed_runner import PackedRunner
 from .end_to_end import run_benchmark
 from .machine import cpu_name
 

@@ -1,5 +1,5 @@
-"""The packed 1-bit file (`.fbipack`, version 1): the container runtime.packing writes and
-runtime.packed reads. Binarized linears are stored as sign bits in the kernels' blocked layout
+"""The packed 1-bit file (`.fbipack`, version 1): the container runtime.build_fbipack writes and
+runtime.packed_runner reads. Binarized linears are stored as sign bits in the kernels' blocked layout
 (kernels/bitpack.py) with fp16 alpha/beta; embeddings, norms and lm_head as dense arrays.
 
 File layout, all little-endian:

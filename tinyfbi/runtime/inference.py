@@ -2,7 +2,7 @@
 
 The runner needs only the full-precision parameters (embeddings, norms, lm_head) and a
 `linear(prefix, x) -> x @ W.T` for the block linears, so the same code serves the float model
-(W~ materialized once) and the packed 1-bit runtime (runtime.packed, bit kernels).
+(W~ materialized once) and the packed 1-bit runtime (runtime.packed_runner, bit kernels).
 
     runner = FloatRunner(load_model("runs/tiny"))
     ids = generate(runner, prompt_ids, max_new_tokens=100, temperature=0.8, top_k=40)

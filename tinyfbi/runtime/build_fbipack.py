@@ -1,4 +1,5 @@
-"""Packing: a checkpoint's binarized linears as sign bits in the kernels' layout, into a .fbipack.
+"""Building a .fbipack (the format: formats.fbipack) from a checkpoint: its binarized linears as sign
+bits in the kernels' layout. runtime.packed_runner runs the result.
 
 sign(W) is decided by the one binarize rule (tinyfbi.core.binarize, via kernels.bitpack.sign_mask);
 alpha/beta go to fp16, as the paper counts its 1.01 bits (arXiv 2407.07093, section 4.1).
