@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tinyfbi import Model, ModelConfig, TinyFBIError, load_model, save_model
-from tinyfbi.formats.checkpoint import config_to_json
+from tinyfbi.formats.config_json import config_to_json
 
 
 @pytest.mark.parametrize("name,expected", [("130m", 134e6), ("1.3b", 1.364e9), ("7b", 6.738e9),

@@ -1,4 +1,4 @@
-"""Released FBI-LLM / Hugging Face LLaMA folders in (tinyfbi.formats.loading, hf_folder), dequantized HF folders out
+"""Released FBI-LLM / Hugging Face LLaMA folders in (tinyfbi.formats.checkpoint, hf_folder), dequantized HF folders out
 (tinyfbi.export).
 
 The released checkpoints are imitated exactly: a plain LlamaConfig like the authors'

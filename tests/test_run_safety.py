@@ -162,7 +162,7 @@ def test_kills_at_any_moment_across_ranks_resume_to_the_uninterrupted_run(corpus
 
 def test_a_reader_gets_the_newer_checkpoint_when_its_own_is_swapped_out(tmp_path, monkeypatch):
     from tinyfbi import Model, ModelConfig
-    from tinyfbi.formats import loading
+    from tinyfbi.formats import checkpoint
     from tinyfbi.formats.run_checkpoint import save_run_checkpoint
 
     config = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -175,7 +175,7 @@ def test_a_reader_gets_the_newer_checkpoint_when_its_own_is_swapped_out(tmp_path
 
     save(old, 1)
     (tmp_path / "checkpoint").rename(tmp_path / ".checkpoint.old")   # a swap killed half-way
-    real, calls = loading.load_hf_state_dict, []
+    real, calls = checkpoint.load_hf_state_dict, []
 
     def read_while_a_run_saves(folder):
         calls.append(folder)
@@ -183,8 +183,8 @@ def test_a_reader_gets_the_newer_checkpoint_when_its_own_is_swapped_out(tmp_path
             save(new, 2)
         return real(folder)
 
-    monkeypatch.setattr(loading, "load_hf_state_dict", read_while_a_run_saves)
-    _, params, _ = loading.load_checkpoint(tmp_path)
+    monkeypatch.setattr(checkpoint, "load_hf_state_dict", read_while_a_run_saves)
+    _, params, _ = checkpoint.load_checkpoint(tmp_path)
     assert [f.name for f in calls] == [".checkpoint.old", "checkpoint"]
     for name, value in new.params.items():
         np.testing.assert_array_equal(params[name], value)
@@ -194,7 +194,7 @@ def test_a_checkpoint_past_the_shard_size_is_written_in_shards_and_reads_back(tm
     """Weights and moments stream into shards (rank 0 of a 7B run holds one, not the model); the
     loaders read the shards as one checkpoint."""
     from tinyfbi import Model, ModelConfig
-    from tinyfbi.formats.loading import load_checkpoint
+    from tinyfbi.formats.checkpoint import load_checkpoint
     from tinyfbi.formats.run_checkpoint import load_trainer_state, save_run_checkpoint
 
     config = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -109,7 +109,7 @@ def test_checkpoint_resumes_in_the_other_backend(runs, teacher, corpus, src, dst
 
 
 def test_trained_checkpoint_gives_the_same_logits_and_gradients_in_both_backends(runs):
-    from tinyfbi.formats.loading import load_checkpoint
+    from tinyfbi.formats.checkpoint import load_checkpoint
     from tinyfbi.torch_backend.model import TorchModel
     out, _ = runs
     model = load_model(out / "torch")                 # a checkpoint the torch backend wrote

@@ -17,7 +17,6 @@ The package, by concern (imports run one way, top to bottom; tests/test_architec
 from .core.config import PRESETS, ModelConfig
 from .core.errors import TinyFBIError
 from .core.model import Model
-from .formats.checkpoint import save_model
-from .formats.loading import load_model
+from .formats.checkpoint import load_model, save_model
 
 __all__ = ["ModelConfig", "Model", "PRESETS", "TinyFBIError", "load_model", "save_model"]

@@ -19,7 +19,7 @@ from .core.config import ModelConfig
 from .core.errors import TinyFBIError
 from .core.model import Model
 from .corpus.tokenizers import load_tokenizer
-from .formats.loading import load_model
+from .formats.checkpoint import load_model
 from .formats.run_checkpoint import resolve_checkpoint
 from .runtime.inference import FloatRunner, generate
 

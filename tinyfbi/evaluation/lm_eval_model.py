@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..core import layers as L
 from ..core.errors import TinyFBIError
 from ..corpus.tokenizers import load_tokenizer
-from ..formats.loading import load_model
+from ..formats.checkpoint import load_model
 from ..formats.run_checkpoint import resolve_checkpoint
 from ..runtime.inference import FloatRunner, sample_next
 

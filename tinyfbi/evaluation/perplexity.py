@@ -14,7 +14,7 @@ import numpy as np
 
 from ..core import layers as L
 from ..core.errors import TinyFBIError
-from ..formats.loading import load_model
+from ..formats.checkpoint import load_model
 from ..runtime.inference import FloatRunner
 
 

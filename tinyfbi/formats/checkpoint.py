@@ -1,12 +1,19 @@
-"""tinyfbi checkpoint folders: `model.safetensors` + `config.json` (a transformers LlamaConfig + `fbi`).
+"""tinyfbi checkpoints, saved and loaded: the one place for both.
 
-Writes are atomic (formats.atomic), so a crash never leaves half a checkpoint where a good one
-was. Reading any checkpoint folder (this layout, released FBI-LLM and HF LLaMA folders, run
-folders) is formats.loading's job; this file owns the layout and its config.json.
+Saved as a folder of `model.safetensors` + `config.json` (formats.config_json: a transformers
+LlamaConfig + `fbi`), written atomically (formats.atomic), so a crash never leaves half a checkpoint
+where a good one was. Loaded from any folder, whatever its layout: a run folder (runs/NAME: its
+`checkpoint/`, formats.run_checkpoint), a tinyfbi checkpoint folder, a released FBI-LLM checkpoint or
+any Hugging Face LLaMA folder (formats.hf_folder: safetensors or `.bin`, single or sharded, FP32, FP16
+or BF16). Every expected tensor must be there with its shape, and nothing else.
+
+    from tinyfbi import load_model, save_model
+    save_model(model, "runs/demo/ckpt")
+    model = load_model("runs/tiny-ad")              # tinyfbi.Model (NumPy)
+    config, params, raw = load_checkpoint("FBI-LLM_1.3B")
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,56 +21,17 @@ from safetensors.numpy import save_file
 
 from ..core.config import ModelConfig
 from ..core.errors import TinyFBIError
-from .atomic import atomic_path, atomic_write_json
+from ..core.model import Model
+from .atomic import atomic_path, old_folder
+from .config_json import read_config, save_config
+from .hf_folder import config_from_hf, load_hf_state_dict
+from .run_checkpoint import CHECKPOINT, resolve_checkpoint
 
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-# ModelConfig fields that config.json must carry (LlamaConfig names)
-REQUIRED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                   "intermediate_size", "max_position_embeddings", "rms_norm_eps")
+SWAP_RETRIES = 3   # a checkpoint swapped out under a reader, then again while it retries: give up
 
 
-def config_to_json(config: ModelConfig, tokenizer_spec=None, extra_fbi=None, bos_id=None, eos_id=None) -> dict:
-    fbi = {"format_version": FORMAT_VERSION, "binarized": config.binarized, "scaling": config.scaling,
-           "binarized_layers": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                "down_proj"] if config.binarized else [],
-           "tokenizer": tokenizer_spec}
-    if config.binarized and config.sign_of_zero != 1:
-        fbi["sign_of_zero"] = config.sign_of_zero
-    fbi.update(extra_fbi or {})
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads,
-        "num_key_value_heads": config.num_key_value_heads,
-        "max_position_embeddings": config.max_position_embeddings, "rms_norm_eps": config.rms_norm_eps,
-        "rope_theta": config.rope_theta, "hidden_act": "silu", "tie_word_embeddings": False,
-        "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
-        "bos_token_id": bos_id, "eos_token_id": eos_id, "fbi": fbi,
-    }
-
-
-def config_from_json(obj: dict, source="config.json", binarized_default=None) -> ModelConfig:
-    missing = [f for f in REQUIRED_FIELDS if f not in obj]
-    if missing:
-        raise TinyFBIError(f"{source} is missing field {missing[0]!r}")
-    fbi = obj.get("fbi") or {}
-    binarized = fbi.get("binarized", binarized_default)
-    if binarized is None:
-        raise TinyFBIError(f"{source} has no 'fbi' block saying whether the model is binarized")
-    rope_theta = obj.get("rope_theta", (obj.get("rope_parameters") or {}).get("rope_theta", 10000.0))
-    return ModelConfig(
-        vocab_size=obj["vocab_size"], hidden_size=obj["hidden_size"],
-        num_hidden_layers=obj["num_hidden_layers"], num_attention_heads=obj["num_attention_heads"],
-        num_key_value_heads=obj.get("num_key_value_heads") or obj["num_attention_heads"],
-        intermediate_size=obj["intermediate_size"],
-        max_position_embeddings=obj["max_position_embeddings"], rms_norm_eps=float(obj["rms_norm_eps"]),
-        rope_theta=float(rope_theta), binarized=bool(binarized), scaling=fbi.get("scaling", "column"),
-        # a released FBI-LLM checkpoint (no fbi block) was trained with torch.sign: sign(0) = 0
-        sign_of_zero=fbi.get("sign_of_zero", 0 if binarized and "fbi" not in obj else 1) if binarized else 1)
-
+# ---- save ----
 
 def save_model(model, directory, tokenizer=None, extra_fbi=None):
     """A tinyfbi.Model (or anything with .config and .params) as a checkpoint folder."""
@@ -81,24 +49,45 @@ def save_checkpoint(directory, config: ModelConfig, params: dict, tokenizer=None
     save_config(directory, config, tokenizer, extra_fbi)
 
 
-def save_config(directory, config: ModelConfig, tokenizer=None, extra_fbi=None):
-    """config.json, and the tokenizer's files (its spec and bos/eos ids go into config.json)."""
-    directory = Path(directory)
-    if tokenizer is not None:
-        tokenizer.save(directory)
-    spec = tokenizer.spec if tokenizer is not None else None
-    bos, eos = getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)
-    atomic_write_json(directory / CONFIG_FILE, config_to_json(config, spec, extra_fbi, bos, eos))
+# ---- load ----
+
+def load_checkpoint(path):
+    """-> (ModelConfig, params in canonical order, raw config.json dict). A run's checkpoint may be
+    swapped for a newer one while it is read (a run saving as it trains): then the newer one is read."""
+    folder = resolve_checkpoint(path)
+    run_dir = folder.parent if folder.name in (CHECKPOINT, old_folder(CHECKPOINT).name) else None
+    for _ in range(SWAP_RETRIES):
+        try:
+            return read_folder(folder)
+        except (FileNotFoundError, TinyFBIError):
+            if run_dir is None or folder.exists():
+                raise                     # a real problem, not a swap
+            folder = resolve_checkpoint(run_dir)
+    return read_folder(folder)
 
 
-def read_config(directory) -> dict:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise TinyFBIError(f"no {CONFIG_FILE} in {directory}: not a tinyfbi checkpoint folder")
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TinyFBIError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise TinyFBIError(f"{path} must hold a JSON object")
-    return obj
+def read_folder(folder):
+    raw = read_config(folder)
+    tensors = load_hf_state_dict(folder)
+    config = config_from_hf(folder, tensors)
+    expected = config.param_shapes()
+    for name, shape in expected.items():
+        if name not in tensors:
+            hint = " (a binarized model: is a wscale missing?)" if name.endswith((".wscale", ".wbias")) else ""
+            raise TinyFBIError(f"{folder} lacks tensor {name!r}{hint}")
+        if tuple(tensors[name].shape) != shape:
+            raise TinyFBIError(f"{folder}: {name} has shape {tuple(tensors[name].shape)}, config says {shape}")
+    extra = [k for k in tensors if k not in expected]
+    if extra:
+        raise TinyFBIError(f"{folder} has tensors the config does not describe, e.g. {extra[0]!r}")
+    return config, {name: tensors[name] for name in expected}, raw
+
+
+def load_model(path, dtype=None) -> Model:
+    """A tinyfbi.Model (NumPy). dtype None keeps float32/float64 weights as stored and widens
+    float16/bfloat16 ones (a LLaMA teacher) to float32, the NumPy core's working precision."""
+    config, params, _ = load_checkpoint(path)
+    stored = next(iter(params.values())).dtype
+    dtype = np.dtype(dtype or (stored if stored in (np.float32, np.float64) else np.float32))
+    params = {k: np.array(v, dtype=dtype) for k, v in params.items()}   # owned, writable, off the file
+    return Model(config, dtype=dtype, params=params)

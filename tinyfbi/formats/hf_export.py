@@ -19,8 +19,8 @@ from safetensors.numpy import save_file
 from ..core.errors import TinyFBIError
 from ..core.layers import effective_weight
 from .atomic import atomic_path, atomic_write_json, replace_folder, temp_folder
-from .checkpoint import config_to_json
-from .loading import load_checkpoint
+from .checkpoint import load_checkpoint
+from .config_json import config_to_json
 from .run_checkpoint import resolve_checkpoint
 
 DTYPES = {"float32": np.float32, "float16": np.float16}

@@ -9,7 +9,7 @@ recomputed). The weights come as `model.safetensors`, sharded `model-0000x-of-00
 folder (Llama-2-7b-hf, fp16) loads the same way as a full-precision teacher: a folder is binarized
 exactly when it holds wscale tensors (or its `fbi` block says so, for tinyfbi's own checkpoints).
 
-    from tinyfbi import load_model                      # formats.loading reads every layout here
+    from tinyfbi import load_model                      # formats.checkpoint loads every layout here
     model = load_model("FBI-LLM_130M")                 # tinyfbi.Model (NumPy)
 
 The NumPy side imports no torch: only `.bin` files (PyTorch pickles) need it, imported on use.
@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.config import ModelConfig
 from ..core.errors import TinyFBIError
-from .checkpoint import CONFIG_FILE, config_from_json, read_config
+from .config_json import CONFIG_FILE, config_from_json, read_config
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"

@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 
 from ..core.errors import TinyFBIError
 from .atomic import atomic_path, atomic_write_json, complete_folder, replace_folder, temp_folder
-from .checkpoint import CONFIG_FILE, save_config
+from .config_json import CONFIG_FILE, save_config
 from .hf_folder import read_safetensors
 
 CHECKPOINT = "checkpoint"

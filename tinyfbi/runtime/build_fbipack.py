@@ -15,8 +15,8 @@ import numpy as np
 from kernels.bitpack import pack_blocked_mask, sign_mask
 
 from ..core.errors import TinyFBIError
+from ..formats.checkpoint import load_checkpoint
 from ..formats.fbipack import write_packed
-from ..formats.loading import load_checkpoint
 from ..formats.run_checkpoint import resolve_checkpoint
 
 

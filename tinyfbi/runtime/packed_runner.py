@@ -41,7 +41,7 @@ from kernels.stacked import StackedSigns, stack_linears, stacked_kernel_name, st
 from ..core import layers as L
 from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
-from ..formats.checkpoint import config_from_json
+from ..formats.config_json import config_from_json
 from ..formats.fbipack import read_packed
 from .inference import KVCache, Runner
 

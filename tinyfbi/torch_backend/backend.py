@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import TinyFBIError
+from ..formats.checkpoint import load_checkpoint
 from ..formats.hf_folder import config_from_hf
-from ..formats.loading import load_checkpoint
 from ..formats.run_checkpoint import SHARD_BYTES, resolve_checkpoint
 from ..runtime.inference import sample_next
 from ..training.run import run

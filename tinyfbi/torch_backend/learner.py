@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..core.binarize import positive_mask
 from ..core.errors import TinyFBIError
 from ..core.optim import OptimConfig
-from ..formats.loading import load_checkpoint
+from ..formats.checkpoint import load_checkpoint
 from ..formats.run_checkpoint import RunCheckpointWriter, load_trainer_state
 from ..training.loop import TrainConfig
 from .distributed import Dist, get_full, local, put_full

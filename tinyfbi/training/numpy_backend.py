@@ -14,7 +14,7 @@ from ..core.binarize import positive_mask
 from ..core.errors import TinyFBIError
 from ..core.model import Model
 from ..core.optim import AdamW, OptimConfig
-from ..formats.loading import load_checkpoint, load_model
+from ..formats.checkpoint import load_checkpoint, load_model
 from ..formats.run_checkpoint import load_trainer_state, save_run_checkpoint
 from ..runtime.inference import FloatRunner, generate
 from .loop import TrainConfig

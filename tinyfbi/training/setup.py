@@ -17,7 +17,7 @@ from ..corpus.shards import is_prepared, open_prepared
 from ..corpus.sources import Corpus, corpus_dir, load_corpus
 from ..corpus.token_files import prepare_tokens
 from ..corpus.tokenizers import IdsTokenizer, build_tokenizer, load_tokenizer
-from ..formats.loading import load_checkpoint, load_model
+from ..formats.checkpoint import load_checkpoint, load_model
 from ..formats.run_checkpoint import has_checkpoint, load_trainer_state, resolve_checkpoint
 from .loop import TrainConfig
 
