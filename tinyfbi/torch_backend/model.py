@@ -198,6 +198,10 @@ class TorchModel(nn.Module):
         return self
 
     def forward(self, tokens):
+        return self.lm_head(self.hidden(tokens))                                    # (B, T, V)
+
+    def hidden(self, tokens):
+        """The final norm's output, what lm_head reads: the input of the fused head + loss (fused_loss.py)."""
         cfg = self.config
         x = self.model.embed_tokens(tokens)                                         # (B, T, C)
         cos, sin = rope_cos_sin(tokens.shape[1], cfg.head_dim, cfg.rope_theta, tokens.device, dtype=x.dtype)
@@ -206,7 +210,7 @@ class TorchModel(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False)
             else:
                 x = layer(x, cos, sin)
-        return self.lm_head(self.model.norm(x))                                     # (B, T, V)
+        return self.model.norm(x)                                                   # (B, T, C)
 
     @torch.no_grad()
     def init_weights(self, seed=0):
