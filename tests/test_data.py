@@ -15,7 +15,7 @@ from tinyfbi.core.errors import TinyFBIError
 from tinyfbi.corpus.batches import BatchSampler, Sequences, TokenSplit, iter_eval_batches
 from tinyfbi.corpus.order import stream_order
 from tinyfbi.corpus.sources import Corpus, corpus_dir, load_corpus
-from tinyfbi.corpus.token_files import prepare_tokens, tokenize_to_memmap
+from tinyfbi.corpus.token_files import tokenize_corpus, tokenize_to_memmap
 from tinyfbi.corpus.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
 
 TEXT = "\n\n".join(topics[k] for k in sorted(topics))
@@ -244,14 +244,14 @@ def test_large_vocab_uses_uint32(tmp_path):
     assert tokens.dtype == np.uint32 and tokens.tolist() == [69_999, 1, 65_536]
 
 
-def test_prepare_tokens_next_to_the_corpus_cache(tmp_path):
+def test_tokenize_corpus_next_to_the_corpus_cache(tmp_path):
     corpus = Corpus("demo", TEXT[:40_000], TEXT[40_000:50_000], "test")
     tok = build_tokenizer("sentencepiece", corpus.train_text, 512, corpus_dir(corpus, tmp_path))
-    train, val = prepare_tokens(corpus, tok, tmp_path)
+    train, val = tokenize_corpus(corpus, tok, tmp_path)
     assert tok.decode(train) == corpus.train_text and tok.decode(val) == corpus.val_text
     names = sorted(p.name for p in (tmp_path / "demo" / "tokens").iterdir())
     assert names == sorted(f"{s}.{tok.key}.bin{e}" for s in ("train", "val") for e in ("", ".json"))
-    train2, _ = prepare_tokens(corpus, ByteTokenizer(), tmp_path)          # another tokenizer, other files
+    train2, _ = tokenize_corpus(corpus, ByteTokenizer(), tmp_path)          # another tokenizer, other files
     assert len(train2) == len(corpus.train_text.encode())
     assert len(list((tmp_path / "demo" / "tokens").iterdir())) == 8
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tinyfbi.core.errors import TinyFBIError
-from tinyfbi.corpus.prepare import prepare
+from tinyfbi.corpus.shard_writer import prepare
 from tinyfbi.corpus.shards import open_prepared
 from tinyfbi.corpus.tokenizers import SentencePieceTokenizer
 from tinyfbi.prepare import main
@@ -181,7 +181,7 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
     """Peak RSS of the main process (VmHWM: ru_maxrss would start from pytest's, kept across exec)
     and of the workers, for 8 MB and 32 MB of text in 2 MB shards: measured 50 / 52 MB (main) and
     51 / 51 MB (workers); bound: the 4x larger corpus adds < 24 MB to either."""
-    code = ("import re, resource, sys; from tinyfbi.corpus.prepare import prepare; "
+    code = ("import re, resource, sys; from tinyfbi.corpus.shard_writer import prepare; "
             "prepare(sys.argv[1], sys.argv[2], 'byte', shard_mb=2, workers=2, val_every=50, progress=False, "
             "log=lambda *a: None); hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()); "
             "print(hwm.group(1), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")

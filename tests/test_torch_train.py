@@ -182,7 +182,7 @@ def hf_teacher(corpus, tmp_path_factory):
 def test_hf_llama_folder_teaches_the_student_with_its_own_tokenizer(hf_teacher, corpus, tmp_path):
     from tinyfbi.corpus.batches import BatchSampler
     from tinyfbi.corpus.sources import load_corpus
-    from tinyfbi.corpus.token_files import prepare_tokens
+    from tinyfbi.corpus.token_files import tokenize_corpus
     from tinyfbi.corpus.tokenizers import load_tokenizer
     from tinyfbi.torch_backend.backend import load_teacher_torch
     from tinyfbi.torch_backend.distributed import Dist
@@ -200,7 +200,7 @@ def test_hf_llama_folder_teaches_the_student_with_its_own_tokenizer(hf_teacher, 
     assert (tmp_path / "tiny-ad" / "checkpoint" / "tokenizer.model").is_file()
     # step 1 is the distillation loss of the seed-0 student against this teacher on batch 0
     tok = load_tokenizer(folder)
-    train_tokens, _ = prepare_tokens(load_corpus(str(corpus), tmp_path / "data"), tok, tmp_path / "data")
+    train_tokens, _ = tokenize_corpus(load_corpus(str(corpus), tmp_path / "data"), tok, tmp_path / "data")
     xb, _ = BatchSampler(train_tokens, 4, 32, seed=0).batch(0)
     student = Model(ModelConfig.from_name("tiny", vocab_size=400), seed=0)
     expected, _ = L.distill_forward(student.forward(xb), L.softmax(reference.forward(xb)))

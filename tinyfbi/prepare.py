@@ -17,7 +17,7 @@ import os
 
 from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
-from .corpus.prepare import prepare, verify
+from .corpus.shard_writer import prepare, verify
 
 
 def build_parser() -> CLIParser:

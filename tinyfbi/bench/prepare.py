@@ -35,7 +35,7 @@ PAPER_130M = dict(batch=1024, seq=2048, world=32)   # the issue's figure: 32 row
 
 MEASURE = """
 import json, re, resource, sys, time
-from tinyfbi.corpus.prepare import prepare
+from tinyfbi.corpus.shard_writer import prepare
 start = time.perf_counter()
 m = prepare(sys.argv[1], sys.argv[2], None if sys.argv[3] == "none" else sys.argv[3],
             None if sys.argv[4] == "0" else int(sys.argv[4]), workers=int(sys.argv[5]), shard_mb=int(sys.argv[6]),

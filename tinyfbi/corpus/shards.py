@@ -1,4 +1,4 @@
-"""A prepared folder: token shards and the manifest that describes them (made by corpus.prepare).
+"""A prepared folder: token shards and the manifest that describes them (made by corpus.shard_writer).
 
     DIR/manifest.json       written last, atomically: the folder is complete when it exists
     DIR/train-00000.bin     flat uint16 ids (uint32 above 65536), read as memmaps; .json beside each

@@ -8,10 +8,10 @@ out for validation (henry_v, macbeth, rape_of_lucrece, twelfth_night: 9% of the 
     python -c "from tinyfbi.corpus.sources import load_corpus; print(load_corpus(None))"
 
 The path from text to batches: sources (text) -> tokenizers -> token_files (memmaps) -> batches;
-for corpora larger than memory, streams -> prepare -> shards (python -m tinyfbi.prepare) -> batches.
+for corpora larger than memory, streams -> shard_writer -> shards (python -m tinyfbi.prepare) -> batches.
     >>> corpus = load_corpus("shakespeare")            # or a path, or "hf:roneneldan/TinyStories"
     >>> tok = build_tokenizer("sentencepiece", corpus.train_text, 4096, corpus_dir(corpus))
-    >>> train, val = prepare_tokens(corpus, tok)        # uint16 memmaps, reused on the next run
+    >>> train, val = tokenize_corpus(corpus, tok)       # uint16 memmaps, reused on the next run
     >>> x, y = BatchSampler(train, 8, 128, seed=0).batch(0)   # (8, 128) int64, y = x shifted
 """
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _read_sidecar(path: Path) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def prepare_tokens(corpus: Corpus, tokenizer: Tokenizer, cache_dir="data") -> tuple[np.memmap, np.memmap]:
+def tokenize_corpus(corpus: Corpus, tokenizer: Tokenizer, cache_dir="data") -> tuple[np.memmap, np.memmap]:
     """(train, val) token memmaps in cache_dir/<corpus>/tokens/, named by split and tokenizer."""
     folder = corpus_dir(corpus, cache_dir) / "tokens"
     return (tokenize_to_memmap(corpus.train_text, tokenizer, folder / f"train.{tokenizer.key}.bin"),

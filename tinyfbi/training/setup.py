@@ -15,7 +15,7 @@ from ..core.optim import OptimConfig
 from ..corpus.batches import BatchSampler, Sequences, iter_eval_batches
 from ..corpus.shards import is_prepared, open_prepared
 from ..corpus.sources import Corpus, corpus_dir, load_corpus
-from ..corpus.token_files import prepare_tokens
+from ..corpus.token_files import tokenize_corpus
 from ..corpus.tokenizers import IdsTokenizer, build_tokenizer, load_tokenizer
 from ..formats.checkpoint import load_checkpoint, load_model
 from ..formats.run_checkpoint import has_checkpoint, load_trainer_state, resolve_checkpoint
@@ -96,7 +96,7 @@ def prepare_data(args, teacher_dir=None):
     else:
         tokenizer = build_tokenizer(args.tokenizer, corpus.train_text, args.vocab_size,
                                     corpus_dir(corpus, args.data_dir))
-    train_tokens, val_tokens = prepare_tokens(corpus, tokenizer, cache_dir=args.data_dir)
+    train_tokens, val_tokens = tokenize_corpus(corpus, tokenizer, cache_dir=args.data_dir)
     for name, toks in (("training split", train_tokens), ("validation split", val_tokens)):
         if len(toks) < args.seq_len + 1:
             raise TinyFBIError(f"{name} of {corpus.source} is shorter than one sequence: "

@@ -1,4 +1,5 @@
-"""Prepare a corpus of any size: a stream of documents -> token shards + manifest (corpus.shards).
+"""The shard writer `python -m tinyfbi.prepare` runs: a corpus of any size, read as a stream of documents,
+-> token shards + manifest (read back by corpus.shards).
 
 The main process reads the source (corpus.streams) and cuts it into pieces of about --shard-mb
 of input (text cut at line ends, or a fixed number of rows); worker processes tokenize (or parse and check)
