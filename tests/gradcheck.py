@@ -1,8 +1,6 @@
-"""Float64 central differences: the oracle for every hand-written backward. assert_close is the
-package's one compare helper (tinyfbi.core.compare), shared with the notebooks."""
+"""Float64 central differences: the oracle for every hand-written backward. The tests compare with
+the package's one helper, tinyfbi.core.compare.assert_close, shared with the notebooks."""
 import numpy as np
-
-from tinyfbi.core.compare import assert_close  # noqa: F401  (re-exported for the tests)
 
 
 def numerical_grad(f, x, eps=1e-6):

@@ -1,9 +1,9 @@
 """KV-cache inference equals the training forward; generation is deterministic and respects options."""
 import numpy as np
 import pytest
-from gradcheck import assert_close
 
 from tinyfbi import Model, ModelConfig
+from tinyfbi.core.compare import assert_close
 from tinyfbi.runtime.inference import FloatRunner, generate
 
 CFG = ModelConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

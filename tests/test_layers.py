@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gradcheck import assert_close, numerical_grad
+from gradcheck import numerical_grad
 
 from tinyfbi.core import layers as L
+from tinyfbi.core.compare import assert_close
 from tinyfbi.torch_backend.model import SignSTE, rope_cos_sin, rotate_half, ternary_ste
 
 FD = dict(rtol=1e-5, atol=1e-7)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from gradcheck import assert_close
 
 from tinyfbi import Model, ModelConfig
 from tinyfbi.core import layers as L
+from tinyfbi.core.compare import assert_close
 from tinyfbi.torch_backend.model import TorchModel
 
 # grouped-query attention (4 heads, 2 kv heads) and odd sizes, small enough for float64

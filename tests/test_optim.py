@@ -5,8 +5,8 @@ One AdamW step is elementwise float32 maths in the same order as torch's, so rto
 import numpy as np
 import pytest
 import torch
-from gradcheck import assert_close
 
+from tinyfbi.core.compare import assert_close
 from tinyfbi.core.optim import AdamW, OptimConfig, clip_grads, lr_at
 
 

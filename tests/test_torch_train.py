@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import metrics, poison_batch
-from gradcheck import assert_close
 
 from tinyfbi import Model, ModelConfig, load_model, save_model
 from tinyfbi.core import layers as L
+from tinyfbi.core.compare import assert_close
 from tinyfbi.formats import run_checkpoint
 from tinyfbi.train import main
 

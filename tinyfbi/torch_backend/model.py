@@ -1,7 +1,7 @@
 """The same FBI transformer in PyTorch: the scaled backend and the NumPy core's test oracle.
 
 Same ModelConfig, same parameter names (`model.layers.0.self_attn.q_proj.wscale`, ...), same
-binarize (tinyfbi.binarize.positive_mask), same identity straight-through estimator.
+binarize (tinyfbi.core.binarize.positive_mask), same identity straight-through estimator.
 
     from tinyfbi.torch_backend.model import TorchModel
     model = TorchModel(config)                      # or TorchModel.from_numpy(numpy_model)
