@@ -26,14 +26,13 @@ SEED = 0
 SHAPES = [(768, 768), (2048, 768)] if FAST else [(768, 768), (2048, 768), (4096, 4096), (11008, 4096)]
 
 # %%
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
 
 from kernels import bitpack, dispatch
 from kernels.bitpack import pack_canonical, unpack_canonical
 from kernels.v1_reference import fbi_linear_v1
+from tinyfbi.bench.timing import call_times, median_ms
 from tinyfbi.core.compare import cmp
 
 rng = np.random.default_rng(SEED)
@@ -100,18 +99,13 @@ for batch in (1, 64):
 
 # %% [markdown]
 # ## Step 4 · how fast, against float32 on this CPU
-# Median time of one matrix-vector product (batch 1). `python -m kernels.bench` does this properly
-# for every kernel and shape, torch included; this is the short version.
+# Median time of one matrix-vector product (batch 1), with the benchmarks' one timing helper.
+# `python -m tinyfbi.bench.kernels` does this properly for every kernel and shape, torch included;
+# this is the short version.
 
 # %%
-def median_ms(fn, reps=5 if FAST else 20):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
+def time_ms(fn):
+    return median_ms(call_times(lambda _: fn(), 5 if FAST else 20, warmup=1))
 
 
 rows = []
@@ -122,9 +116,9 @@ for out_f, in_f in SHAPES:
     x = rng.standard_normal(in_f).astype(np.float32)
     packed = bitpack.pack_signs(W, lut=True)
     W_tilde = alpha * np.where(W >= 0, 1, -1).astype(np.float32) + beta
-    rows.append((f"{out_f}x{in_f}", median_ms(lambda: W_tilde @ x),
-                 median_ms(lambda: dispatch.matvec(packed, alpha, beta, x, "exact")),
-                 median_ms(lambda: dispatch.matvec(packed, alpha, beta, x, "int8"))))
+    rows.append((f"{out_f}x{in_f}", time_ms(lambda: W_tilde @ x),
+                 time_ms(lambda: dispatch.matvec(packed, alpha, beta, x, "exact")),
+                 time_ms(lambda: dispatch.matvec(packed, alpha, beta, x, "int8"))))
     print(f"{rows[-1][0]:>11}: float32 {rows[-1][1]:.3f} ms, 1-bit exact {rows[-1][2]:.3f} ms, "
           f"1-bit int8 {rows[-1][3]:.3f} ms, weights {W.nbytes / packed.bits.nbytes:.0f}x smaller")
 
