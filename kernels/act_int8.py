@@ -5,7 +5,7 @@ xs = alpha * x is rounded to q = round(xs / scale), scale = max|xs| / 127, q in 
 sign(W) @ (scale * q) exactly in integers, so their only error is the rounding of xs:
 |xs_j - scale * q_j| <= scale / 2, hence |y_o - y_ref_o| <= scale / 2 * in_features for every
 output (a hard bound), and about scale * sqrt(in_features / 12) for typical, independent rounding
-errors. For Gaussian-like activations that is about 1% of max|y| (measured in kernels/bench.py).
+errors. For Gaussian-like activations that is about 1% of max|y| (measured in tinyfbi/bench/kernels.py).
 """
 import numba
 import numpy as np
