@@ -6,6 +6,7 @@
     train_step.py  `python -m tinyfbi.bench.train_step`: a NumPy training step vs torch eager
     prepare.py     `python -m tinyfbi.bench.prepare`: `tinyfbi.prepare` and the batch path
     gpu.py         `python -m tinyfbi.bench.gpu`: a distillation step on a GPU, tokens/s, MFU, memory
+    loss_memory.py `python -m tinyfbi.bench.loss_memory`: peak memory of the head + loss, unfused vs fused
 
 A benchmark may import anything of tinyfbi and kernels; nothing below imports a benchmark.
 """
