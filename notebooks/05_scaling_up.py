@@ -27,13 +27,13 @@ WORLD_SIZE = 8
 
 # %%
 import json
-import subprocess
-import sys
 
 import matplotlib.pyplot as plt
 
 from tinyfbi import ModelConfig
 from tinyfbi.torch_backend.planner import bits_per_param, count_params
+from tinyfbi.torch_backend.planner import plan as plan_run
+from tinyfbi.training.spec import RunSpec
 
 # %% [markdown]
 # ## Step 1 · where the parameters are
@@ -91,12 +91,11 @@ for s, f, p in zip(SIZES, fp32, packed):
 # %% [markdown]
 # ## Step 4 · training memory per GPU: the torch backend's dry run
 # `python -m tinyfbi.train --backend torch --size 7b --dry-run --world-size 8 --json` estimates
-# weights, gradients, AdamW state, the bf16 teacher and activations per GPU under FSDP.
+# weights, gradients, AdamW state, the bf16 teacher and activations per GPU under FSDP. The same plan
+# from Python: a RunSpec (the run, described once) handed to the planner.
 
 # %%
 for size in (["7b"] if FAST else ["1.3b", "7b", "13b"]):
-    out = subprocess.run([sys.executable, "-m", "tinyfbi.train", "--backend", "torch", "--size", size, "--dry-run",
-                          "--world-size", str(WORLD_SIZE), "--json"], capture_output=True, text=True, check=True)
-    plan = json.loads(out.stdout.strip().splitlines()[-1])
+    plan = plan_run(RunSpec.build(backend="torch", size=size, dry_run=True, world_size=WORLD_SIZE))
     assert plan["params"]["total"] == rows[size][0]["total"]
     print(size, json.dumps({k: plan[k] for k in plan if "memory" in k}, indent=1)[:600])

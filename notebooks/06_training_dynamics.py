@@ -36,22 +36,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tinyfbi.core.binarize import positive_mask
-from tinyfbi.train import main as train
+from tinyfbi.train import train
+from tinyfbi.training.spec import RunSpec
 
 work = Path("runs-notebook-06")
 corpus = work / "topics.txt"
 work.mkdir(exist_ok=True)
 corpus.write_text("\n\n".join(pydoc_data.topics.topics.values()))
-common = ["--data", str(corpus), "--data-dir", str(work / "data"), "--out", str(work), "--tokenizer", "byte",
-          "--steps", str(STEPS), "--batch-size", "8", "--seq-len", "64", "--eval-every", str(STEPS),
-          "--save-every", str(STEPS), "--eval-batches", "4", "--sample-tokens", "0", "--seed", str(SEED)]
+# one run described once (the fields of `python -m tinyfbi.train`'s flags)
+common = dict(data=str(corpus), data_dir=str(work / "data"), out=str(work), tokenizer="byte", steps=STEPS,
+              batch_size=8, seq_len=64, eval_every=STEPS, save_every=STEPS, eval_batches=4, sample_tokens=0,
+              seed=SEED, track_flips=True)
 
 # %% [markdown]
 # ## Step 1 · what one flip-flop measurement is
 # Compare the sign masks before and after one update; the library's `flip_fractions` does this per layer.
 
 # %%
-from tinyfbi.training.numpy_learner import flip_fractions
+from tinyfbi.training.numpy_backend import flip_fractions
 
 w_before = np.array([[0.010, -0.002, 0.0], [0.003, -0.020, 0.001]])
 w_after = w_before - np.array([[0, 0, 1e-4], [0.004, 0, 0]])
@@ -63,16 +65,16 @@ assert abs(frac["all"] - 2 / 6) < 1e-12
 # ## Step 2 · train from scratch and from the teacher's weights, tracking flips
 
 # %%
-def run(name, *extra):
+def run(name, **extra):
     if not (work / name / "summary.json").exists():
-        train(common + ["--name", name, "--track-flips", *extra])
+        train(RunSpec.build(**common, name=name, **extra))
     rows = [json.loads(l) for l in (work / name / "metrics.jsonl").read_text().splitlines()]
     return rows, json.loads((work / name / "summary.json").read_text())
 
 
 scratch_rows, scratch = run("scratch")
 teacher_ckpt = scratch["teacher"]
-init_rows, init = run("from-teacher", "--init", teacher_ckpt)
+init_rows, init = run("from-teacher", init=teacher_ckpt)
 print(f"validation perplexity: from scratch {scratch['val_ppl']:.2f}, from the teacher's weights "
       f"{init['val_ppl']:.2f}, teacher {scratch['teacher_val_ppl']:.2f}")
 # one flip-flop record per optimizer step, each a fraction of the weights, in both runs

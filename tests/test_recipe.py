@@ -10,7 +10,7 @@ import math
 import pytest
 
 from tinyfbi.core.optim import lr_at
-from tinyfbi.train import build_parser, check_args, main
+from tinyfbi.train import build_parser, main, spec_from_flags
 from tinyfbi.training.setup import optim_config
 
 AUTHORS_BATCH = {"130m": 1 * 4 * 32 * 8, "1.3b": 4 * 4 * 18 * 4, "7b": 8 * 4 * 6 * 10}
@@ -43,13 +43,12 @@ def test_paper_recipe_plans_the_authors_batch_at_any_world_size(capsys, size, wo
 
 
 def test_paper_schedule_warms_up_from_zero_then_cosine_to_a_tenth():
-    args = build_parser().parse_args(["--backend", "torch", "--size", "130m", "--recipe", "paper"])
-    check_args(args)
-    cfg = optim_config(args, args.steps)
+    spec = spec_from_flags(build_parser().parse_args(["--backend", "torch", "--size", "130m", "--recipe", "paper"]))
+    cfg = optim_config(spec)
     assert lr_at(0, cfg) == 0.0 and lr_at(1000, cfg) == pytest.approx(1.5e-4) and lr_at(2000, cfg) == pytest.approx(3e-4)
-    assert lr_at(args.steps, cfg) == pytest.approx(3e-5)
+    assert lr_at(spec.steps, cfg) == pytest.approx(3e-5)
     assert (cfg.weight_decay, cfg.beta1, cfg.beta2, cfg.grad_clip) == (0.1, 0.9, 0.95, 1.0)
-    plain = optim_config(build_parser().parse_args(["--warmup", "10"]), 100)
+    plain = optim_config(spec_from_flags(build_parser().parse_args(["--warmup", "10", "--steps", "100"])))
     assert lr_at(0, plain) == pytest.approx(2e-3 / 10)           # tinyfbi's own schedule is unchanged
 
 

@@ -99,7 +99,7 @@ def test_teacher_cache_sparse_distillation(trained, corpus, tmp_path, capsys):
 
 
 def test_nan_loss_rolls_back_and_skips_the_batch(corpus, tmp_path, monkeypatch, capsys):
-    from tinyfbi.training.numpy_learner import NumpyLearner
+    from tinyfbi.training.numpy_backend import NumpyLearner
     poison_batch(monkeypatch, NumpyLearner, data_step=7)
     summary = run("--data", corpus, "--data-dir", tmp_path / "data", "--out", tmp_path, "--steps", 12,
                   "--loss", "ce", "--teacher", "none", "--save-every", 5, *SMALL_RUN)

@@ -34,8 +34,8 @@ from .formats.run_checkpoint import has_checkpoint, resolve_checkpoint
 from .reproduction.claims import RULE, evaluate_claims
 from .reproduction.plan import ARMS, FAST, FULL, INIT_FROM_FP
 from .reproduction.report import markdown, plots
-from .train import build_parser as train_parser
 from .train import train
+from .training.spec import RunSpec
 from .training.teacher_cache import cache_folder, cache_identity
 
 
@@ -80,11 +80,11 @@ def choose_plan(args):
     return plan
 
 
-def common_flags(args, plan, out, size, steps, seed, name):
-    flags = ["--size", size, "--steps", steps, "--batch-size", plan.batch_size, "--seq-len", plan.seq_len,
-             "--seed", seed, "--out", out, "--name", name, "--data-dir", args.data_dir, "--tokenizer", args.tokenizer,
-             "--eval-batches", plan.eval_batches, "--sample-tokens", plan.sample_tokens]
-    return [str(f) for f in flags + (["--data", args.data] if args.data else [])]
+def common_fields(args, plan, out, size, steps, seed, name) -> dict:
+    """The RunSpec fields every run of the reproduction shares."""
+    return {"size": size, "steps": steps, "batch_size": plan.batch_size, "seq_len": plan.seq_len, "seed": seed,
+            "out": str(out), "name": name, "data_dir": args.data_dir, "tokenizer": args.tokenizer,
+            "eval_batches": plan.eval_batches, "sample_tokens": plan.sample_tokens, "data": args.data}
 
 
 def save_every(steps, checkpoints) -> int:
@@ -92,9 +92,10 @@ def save_every(steps, checkpoints) -> int:
     return steps // checkpoints if steps >= 2 * checkpoints else steps
 
 
-def run_once(flags, name, out, size, steps) -> dict:
-    """Train one run, or reuse it if finished (resume it if killed); -> its summary plus wall_s."""
-    run_dir = Path(out) / name
+def run_once(fields: dict) -> dict:
+    """Train one run (RunSpec fields), or reuse it if finished (resume it if killed); -> its summary plus wall_s."""
+    name, size, steps = fields["name"], fields["size"], fields["steps"]
+    run_dir = Path(fields["out"]) / name
     summary_path, timing_path = run_dir / "summary.json", run_dir / "reproduce.json"
     if summary_path.is_file() and timing_path.is_file():
         summary = json.loads(summary_path.read_text())
@@ -103,10 +104,10 @@ def run_once(flags, name, out, size, steps) -> dict:
                                f"not {size}, {steps}): delete it or choose another --out")
         print(f"== {name}: reusing {run_dir}")
         return {**summary, "wall_s": json.loads(timing_path.read_text())["wall_s"]}
-    resume = ["--resume"] if has_checkpoint(run_dir) else []
+    resume = has_checkpoint(run_dir)
     print(f"\n== {name}{' (resuming)' if resume else ''}")
     start = time.perf_counter()
-    summary = train(train_parser().parse_args(flags + resume))
+    summary = train(RunSpec.build(**fields, resume=resume))
     wall = time.perf_counter() - start
     atomic_write_json(timing_path, {"wall_s": wall})
     return {**summary, "wall_s": wall}
@@ -114,22 +115,22 @@ def run_once(flags, name, out, size, steps) -> dict:
 
 def train_teacher(args, plan, out) -> dict:
     name = f"teacher-{plan.teacher}"
-    flags = common_flags(args, plan, out, plan.teacher, plan.teacher_steps, plan.teacher_seed, name) + [
-        "--full-precision", "--teacher", "none", "--lr", str(plan.teacher_lr), "--warmup", str(plan.teacher_warmup),
-        "--eval-every", str(max(plan.teacher_steps // 3, 1)),
-        "--save-every", str(save_every(plan.teacher_steps, 12))]
-    return run_once(flags, name, out, plan.teacher, plan.teacher_steps)
+    return run_once({**common_fields(args, plan, out, plan.teacher, plan.teacher_steps, plan.teacher_seed, name),
+                     "full_precision": True, "teacher": "none", "lr": plan.teacher_lr, "warmup": plan.teacher_warmup,
+                     "eval_every": max(plan.teacher_steps // 3, 1),
+                     "save_every": save_every(plan.teacher_steps, 12)})
 
 
 def train_arm(args, plan, out, arm, seed, teacher_ckpt) -> dict:
     size = plan.small if arm.small else plan.student
     name = f"{arm.name}-s{seed}"
-    flags = common_flags(args, plan, out, size, plan.steps, seed, name) + [
-        "--eval-every", str(plan.eval_every), "--save-every", str(save_every(plan.steps, 2))]
-    extra = [str(resolve_checkpoint(Path(out) / f"fp-s{seed}")) if f == INIT_FROM_FP else f for f in arm.flags]
+    fields = {**common_fields(args, plan, out, size, plan.steps, seed, name), "eval_every": plan.eval_every,
+              "save_every": save_every(plan.steps, 2), "track_flips": arm.track_flips, **arm.fields}
+    if fields.get("init") == INIT_FROM_FP:
+        fields["init"] = str(resolve_checkpoint(Path(out) / f"fp-s{seed}"))
     if arm.distilled:
-        extra += ["--teacher", str(teacher_ckpt), "--teacher-cache", str(plan.teacher_cache)]
-    return run_once(flags + extra + (["--track-flips"] if arm.track_flips else []), name, out, size, plan.steps)
+        fields.update(teacher=str(teacher_ckpt), teacher_cache=plan.teacher_cache)
+    return run_once(fields)
 
 
 KEEP = ("run", "val_loss", "val_ppl", "tokens_seen", "rollbacks", "tok_s", "wall_s")

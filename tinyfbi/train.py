@@ -13,11 +13,9 @@ from __future__ import annotations
 
 from .cli import CLIParser, run_cli
 from .core.config import PRESETS, SCALINGS
-from .core.errors import TinyFBIError
-from .training.numpy_learner import NumpyBackend
-from .training.recipe import apply_recipe
+from .training.numpy_backend import NumpyBackend
 from .training.run import run
-from .training.setup import DEFAULT_STEPS, PAPER_SIZES, training_loss
+from .training.spec import DEFAULT_STEPS, RunSpec
 
 
 def build_parser() -> CLIParser:
@@ -104,45 +102,23 @@ def build_parser() -> CLIParser:
     return ap
 
 
-def check_args(args):
-    apply_recipe(args)
-    args.batch_size = args.batch_size or 16
-    if args.seq_len is None:
-        args.seq_len = 2048 if args.size in PAPER_SIZES else 128
-    for flag in ("steps", "teacher_steps", "batch_size", "seq_len", "eval_every", "eval_batches",
-                 "save_every", "vocab_size", "world_size", "grad_accum", "micro_batch"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise TinyFBIError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    if args.lr is not None and not (0 < args.lr < 1):
-        raise TinyFBIError(f"--lr must lie in (0, 1), got {args.lr}")
-    if args.warmup is not None and args.warmup < 0:
-        raise TinyFBIError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.teacher_cache < 0:
-        raise TinyFBIError(f"--teacher-cache must be >= 0, got {args.teacher_cache}")
-    if not args.spike_factor > 1:
-        raise TinyFBIError(f"--spike-factor must be > 1, got {args.spike_factor}")
-    if args.seed < 0:
-        raise TinyFBIError(f"--seed must be >= 0, got {args.seed}")
-    loss = training_loss(args)        # a full-precision model without a teacher PATH learns from labels
-    if loss in ("ad", "mix") and args.teacher == "none":
-        raise TinyFBIError(f"--loss {loss} distills a teacher: give --teacher auto or PATH, or use --loss ce")
-    if args.teacher_cache and loss == "ce":
-        raise TinyFBIError("--teacher-cache needs a distillation loss (--loss ad or mix)")
+def spec_from_flags(parsed) -> RunSpec:
+    """The one place the parsed command line becomes a run: every flag is a RunSpec field."""
+    return RunSpec.build(**vars(parsed))
 
 
-def train(args):
-    check_args(args)
-    if args.backend == "torch":
+def train(spec: RunSpec):
+    """Train (or with the torch backend's dry run, plan) the run `spec` describes; -> its summary."""
+    if spec.backend == "torch":
         from .torch_backend.backend import (
             run_torch,  # torch is heavy: imported only when asked for
         )
-        return run_torch(args)
-    return run(args, NumpyBackend())
+        return run_torch(spec)
+    return run(spec, NumpyBackend())
 
 
 def main(argv=None):
-    return run_cli(train, build_parser().parse_args(argv),
+    return run_cli(lambda: train(spec_from_flags(build_parser().parse_args(argv))),
                    interrupted="interrupted: the last checkpoint is intact; rerun with --resume to continue")
 
 

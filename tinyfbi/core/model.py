@@ -189,6 +189,10 @@ class Model:
         self._caches = None  # free activations
         return {name: grads[name].astype(self.dtype, copy=False) for name in self.params}
 
+    def drop_caches(self):
+        """Free the activations a forward keeps for its backward (after evaluation, or a skipped step)."""
+        self._caches = None
+
     # ------------------------------------------------------------------ export
 
     def effective_weights(self):

@@ -8,15 +8,20 @@ student seeds share it), as LLaMA-2-7B is for FBI-LLM's 130M student.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 INIT_FROM_FP = "INIT_FROM_FP"     # replaced by the `fp` arm's checkpoint of the same seed
+
+
+def spec_fields(**fields) -> MappingProxyType:
+    return MappingProxyType(fields)       # read-only: an Arm is a frozen description
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str
     question: str
-    flags: tuple = ()              # train flags beyond the plan's common ones
+    fields: MappingProxyType = field(default_factory=spec_fields)   # RunSpec fields beyond the plan's
     small: bool = False            # the smaller student size (the scaling claim)
     distilled: bool = True         # learns from the teacher (ad or mix)
     track_flips: bool = False
@@ -24,19 +29,21 @@ class Arm:
 
 ARMS = (
     Arm("fp", "full precision, next-token labels: the teacher's premise, and (c)'s initial weights",
-        ("--full-precision", "--teacher", "none"), distilled=False),
-    Arm("fp-ad", "(d) full precision, distillation: the students' recipe without binarization", ("--full-precision",)),
+        spec_fields(full_precision=True, teacher="none"), distilled=False),
+    Arm("fp-ad", "(d) full precision, distillation: the students' recipe without binarization",
+        spec_fields(full_precision=True)),
     Arm("fbi-ad", "(a)(b)(c) FBI, distillation: the paper's recipe", track_flips=True),
-    Arm("fbi-ce", "(a) FBI, next-token labels", ("--loss", "ce", "--teacher", "none"), distilled=False),
-    Arm("fbi-mix", "(a) FBI, 0.5 labels + 0.5 distillation", ("--loss", "mix")),
-    Arm("noscale-ad", "(b) sign(W) alone, no alpha/beta", ("--scaling", "none")),
-    Arm("rowscale-ad", "(b) alpha/beta per output row", ("--scaling", "row")),
-    Arm("ternary-ad", "(b) BitNet b1.58 ternary (absmean), same recipe", ("--scaling", "ternary")),
+    Arm("fbi-ce", "(a) FBI, next-token labels", spec_fields(loss="ce", teacher="none"),
+        distilled=False),
+    Arm("fbi-mix", "(a) FBI, 0.5 labels + 0.5 distillation", spec_fields(loss="mix")),
+    Arm("noscale-ad", "(b) sign(W) alone, no alpha/beta", spec_fields(scaling="none")),
+    Arm("rowscale-ad", "(b) alpha/beta per output row", spec_fields(scaling="row")),
+    Arm("ternary-ad", "(b) BitNet b1.58 ternary (absmean), same recipe", spec_fields(scaling="ternary")),
     Arm("fbi-init-ad", "(c) FBI, initialized from the trained `fp` model of the same seed",
-        ("--init", INIT_FROM_FP), track_flips=True),
-    Arm("small-fp", "full precision, labels, at the smaller size (reference)", ("--full-precision", "--teacher", "none"),
-        small=True, distilled=False),
-    Arm("small-fp-ad", "(e) full precision, distillation, at the smaller size", ("--full-precision",), small=True),
+        spec_fields(init=INIT_FROM_FP), track_flips=True),
+    Arm("small-fp", "full precision, labels, at the smaller size (reference)", spec_fields(full_precision=True, teacher="none"), small=True, distilled=False),
+    Arm("small-fp-ad", "(e) full precision, distillation, at the smaller size", spec_fields(full_precision=True),
+        small=True),
     Arm("small-fbi-ad", "(e) FBI, distillation, at the smaller size", small=True),
 )
 ARM_NAMES = tuple(a.name for a in ARMS)

@@ -4,7 +4,7 @@
     torchrun --nproc-per-node=8 -m tinyfbi.train --backend torch --size 1.3b --teacher Llama-2-7b-hf \\
         --data hf:roneneldan/TinyStories --batch-size 64 --steps 20000
 
-`TorchBackend` is what training.run asks of a backend: teachers (a tinyfbi checkpoint or a local
+`TorchBackend` is what training.run asks of a backend (training.backend.Backend): teachers (a tinyfbi checkpoint or a local
 Hugging Face LLaMA folder, bf16 on GPUs), learners (torch_backend.learner) built on the meta device
 and sharded or replicated (torch_backend.distributed), evaluation and sampling split over ranks,
 and the throughput report (tokens/s, MFU). `--dry-run` plans memory instead (torch_backend.planner).
@@ -24,7 +24,8 @@ from ..formats.hf_folder import config_from_hf
 from ..formats.run_checkpoint import SHARD_BYTES, resolve_checkpoint
 from ..runtime.inference import sample_next
 from ..training.run import run
-from ..training.setup import PAPER_SIZES, model_config
+from ..training.setup import model_config
+from ..training.spec import RunSpec
 from .distributed import Dist, put_full, replicate, setup, shard, teardown, use_fsdp
 from .learner import TorchLearner, autocast
 from .model import TorchModel
@@ -34,18 +35,18 @@ from .planner import GiB, flops_per_token, main_plan, plan
 PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def run_torch(args):
-    if args.dry_run:
-        return main_plan(args)
-    if args.cpu_offload and not torch.cuda.is_available():
+def run_torch(spec: RunSpec):
+    if spec.dry_run:
+        return main_plan(spec)
+    if spec.cpu_offload and not torch.cuda.is_available():
         raise TinyFBIError("--cpu-offload moves FSDP's weights and AdamW state off the GPU: it needs CUDA")
-    d = setup(force_group=args.fsdp == "on" or args.cpu_offload)
-    d.cpu_bf16 = args.cpu_bf16
+    d = setup(force_group=spec.fsdp == "on" or spec.cpu_offload)
+    d.cpu_bf16 = spec.cpu_bf16
     try:
         with contextlib.ExitStack() as stack:
             if not d.is_main:  # one rank speaks: the others' prints (data, samples) would repeat it
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-            return run(args, TorchBackend(args, d))
+            return run(spec, TorchBackend(spec, d))
     finally:
         teardown(d)
 
@@ -88,33 +89,36 @@ class NumpyForward:
     """A torch model behind the NumPy forward (x -> logits array) that the teacher cache calls."""
 
     def __init__(self, model, d):
-        self.model, self.d, self.config, self._caches = model, d, model.config, None
+        self.model, self.d, self.config = model, d, model.config
 
     @torch.no_grad()
     def forward(self, x):
         with autocast(self.d):
             return self.model(torch.from_numpy(x).to(self.d.device)).float().cpu().numpy()
 
+    def drop_caches(self):
+        """Nothing to drop: a no-grad forward keeps no activations."""
+
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, args, d: Dist):
-        self.args, self.d, self.is_main = args, d, d.is_main
+    def __init__(self, spec: RunSpec, d: Dist):
+        """Checks the run fits before any work: the micro-batch (given, or for --recipe paper the largest
+        the memory plan fits on this device), rank 0's host memory, and a teacher for paper sizes."""
+        self.spec, self.d, self.is_main = spec, d, d.is_main
         self.sharded = None   # FSDP or not, decided with the student's size
+        p = plan(spec, world=d.world_size, device_gib=spec.gpu_gib or device_gib(d), strict=True)
+        self.grad_accum = p["grad_accum"]
+        d.on_main(lambda: check_host_memory(p["params"]["total"], spec.resume))
+        if spec.teacher == "auto" and spec.paper_size and not spec.full_precision:
+            raise TinyFBIError(f"--size {spec.size} distills a full-precision teacher: give --teacher PATH "
+                               "(e.g. a Llama-2-7b-hf folder, as the paper does), or --teacher none --loss ce")
 
     def describe(self) -> str:
         d = self.d
         parallel = " (FSDP)" if self.sharded else " (DDP)" if d.world_size > 1 else ""
         return f" on {d.world_size} x {device_name(d)}{parallel}"
-
-    def check_args(self, args):
-        # the micro-batch: given, or for --recipe paper the largest the memory plan fits on this device
-        p = plan(args, world=self.d.world_size, device_gib=args.gpu_gib or device_gib(self.d), strict=True)
-        self.d.on_main(lambda: check_host_memory(p["params"]["total"], args.resume))
-        if args.teacher == "auto" and args.size in PAPER_SIZES and not args.full_precision:
-            raise TinyFBIError(f"--size {args.size} distills a full-precision teacher: give --teacher PATH "
-                               "(e.g. a Llama-2-7b-hf folder, as the paper does), or --teacher none --loss ce")
 
     def on_main(self, fn):
         return self.d.on_main(fn)
@@ -134,27 +138,27 @@ class TorchBackend:
 
     def load_teacher(self, path, config):
         # sharded when the student is; a teacher cache is built by rank 0 alone, so then replicated
-        student = model_config(self.args, config.vocab_size, binarized=not self.args.full_precision)
-        sharded = use_fsdp(self.args.fsdp, student.num_params(), self.d.world_size,
-                           self.args.cpu_offload) and not self.args.teacher_cache
+        student = model_config(self.spec, config.vocab_size, binarized=self.spec.binarized)
+        sharded = use_fsdp(self.spec.fsdp, student.num_params(), self.d.world_size,
+                           self.spec.cpu_offload) and not self.spec.teacher_cache
         return load_teacher_torch(path, self.d, sharded, config)
 
     def numpy_forward(self, model):
         return NumpyForward(model, self.d)
 
     def learner(self, config, init_params, cfg, optim, run_dir, tokenizer, teacher, teacher_cache, extra_fbi):
-        args, d = self.args, self.d
-        self.sharded = use_fsdp(args.fsdp, config.num_params(), d.world_size, args.cpu_offload)
+        spec, d = self.spec, self.d
+        self.sharded = use_fsdp(spec.fsdp, config.num_params(), d.world_size, spec.cpu_offload)
         cuda = d.device.type == "cuda"
-        checkpointing = (args.size in PAPER_SIZES and cuda if args.activation_checkpointing == "auto"
-                         else args.activation_checkpointing == "on")
-        module = build_model(config, d, init_params, sharded=self.sharded, cpu_offload=args.cpu_offload,
+        checkpointing = (spec.paper_size and cuda if spec.activation_checkpointing == "auto"
+                         else spec.activation_checkpointing == "on")
+        module = build_model(config, d, init_params, sharded=self.sharded, cpu_offload=spec.cpu_offload,
                              compute_dtype=torch.bfloat16 if cuda else None, checkpoint_layers=checkpointing).train()
-        module.use_fused_linear(args.fbi_linear == "fused")
+        module.use_fused_linear(spec.fbi_linear == "fused")
         wrapped = replicate(module, d) if d.world_size > 1 and not self.sharded else module
         d.barrier()
         return TorchLearner(module, wrapped, cfg, optim, run_dir, tokenizer, d, teacher, teacher_cache,
-                            args.grad_accum, extra_fbi)
+                            self.grad_accum, extra_fbi)
 
     @torch.no_grad()
     def evaluate(self, model, batches) -> float:
@@ -191,7 +195,7 @@ class TorchBackend:
         return tokenizer.decode(ids)
 
     def report(self, learner, teacher_config, tok_s) -> dict:
-        flops = flops_per_token(learner.model.config, teacher_config, self.args.seq_len)["total"]
+        flops = flops_per_token(learner.model.config, teacher_config, self.spec.seq_len)["total"]
         return {"device": device_name(self.d), "world_size": self.d.world_size, "fsdp": self.sharded,
                 "tok_s_per_device": tok_s and tok_s / self.d.world_size, "flops_per_token": flops,
                 "mfu": mfu(tok_s, self.d, flops)}

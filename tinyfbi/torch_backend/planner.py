@@ -36,7 +36,8 @@ from ..core.config import PRESETS, ModelConfig
 from ..core.errors import TinyFBIError
 from ..formats.hf_folder import config_from_hf
 from ..formats.run_checkpoint import resolve_checkpoint
-from ..training.setup import DEFAULT_STEPS, PAPER_SIZES, model_config, training_loss
+from ..training.setup import model_config
+from ..training.spec import PAPER_SIZES, RunSpec
 from .distributed import use_fsdp
 from .model import TorchModel
 
@@ -132,36 +133,36 @@ def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | Non
             "host_offload": sum(host.values()), "host_rank0_checkpoint": 16 * P}
 
 
-def teacher_for_plan(args, vocab_size):
+def teacher_for_plan(spec: RunSpec, vocab_size):
     """The teacher a run would load: --teacher PATH's config (read, not its weights); for --teacher
     auto the paper's LLaMA-2-7B shape at paper sizes, else the same-size model auto would train."""
-    if args.teacher == "none" or (args.teacher == "auto" and args.full_precision):
+    if spec.teacher == "none" or (spec.teacher == "auto" and spec.full_precision):
         return None, "none"
-    if args.teacher != "auto":
-        return config_from_hf(resolve_checkpoint(args.teacher)), str(args.teacher)
-    if args.size in PAPER_SIZES:
+    if spec.teacher != "auto":
+        return config_from_hf(resolve_checkpoint(spec.teacher)), str(spec.teacher)
+    if spec.size in PAPER_SIZES:
         return ModelConfig.from_name("7b", binarized=False), "LLaMA-2-7B shape (the paper's teacher)"
-    return ModelConfig.from_name(args.size, vocab_size=vocab_size, binarized=False), f"full-precision {args.size}"
+    return ModelConfig.from_name(spec.size, vocab_size=vocab_size, binarized=False), f"full-precision {spec.size}"
 
 
-def accumulation(args, per_rank: int, gib_at, device_gib: float, strict: bool) -> int:
+def accumulation(spec: RunSpec, per_rank: int, gib_at, device_gib: float, strict: bool) -> int:
     """Micro-batches per rank per optimizer step: from --micro-batch or --grad-accum, else (for
     --recipe paper) the largest micro-batch dividing the rank's rows whose estimate fits; 1 otherwise."""
-    if args.micro_batch:
-        if per_rank % args.micro_batch:
-            raise TinyFBIError(f"--micro-batch {args.micro_batch} does not divide the {per_rank} rows each rank "
+    if spec.micro_batch:
+        if per_rank % spec.micro_batch:
+            raise TinyFBIError(f"--micro-batch {spec.micro_batch} does not divide the {per_rank} rows each rank "
                                "takes of the batch")
-        accum = per_rank // args.micro_batch
-        if args.grad_accum and args.grad_accum != accum:
-            raise TinyFBIError(f"--grad-accum {args.grad_accum} and --micro-batch {args.micro_batch} disagree: "
+        accum = per_rank // spec.micro_batch
+        if spec.grad_accum and spec.grad_accum != accum:
+            raise TinyFBIError(f"--grad-accum {spec.grad_accum} and --micro-batch {spec.micro_batch} disagree: "
                                f"{per_rank} rows per rank make {accum} micro-batches")
         return accum
-    if args.grad_accum:
-        if per_rank % args.grad_accum:
-            raise TinyFBIError(f"--batch-size {args.batch_size} must be divisible by world size x --grad-accum "
-                               f"{args.grad_accum}: every rank takes equal micro-batches")
-        return args.grad_accum
-    if getattr(args, "recipe", "none") != "paper":
+    if spec.grad_accum:
+        if per_rank % spec.grad_accum:
+            raise TinyFBIError(f"--batch-size {spec.batch_size} must be divisible by world size x --grad-accum "
+                               f"{spec.grad_accum}: every rank takes equal micro-batches")
+        return spec.grad_accum
+    if spec.recipe != "paper":
         return 1
     for micro in sorted((m for m in range(1, per_rank + 1) if per_rank % m == 0), reverse=True):
         if gib_at(micro) <= device_gib:
@@ -173,44 +174,44 @@ def accumulation(args, per_rank: int, gib_at, device_gib: float, strict: bool) -
                        "--cpu-offload, or --activation-checkpointing on")
 
 
-def plan(args, world=None, device_gib=None, strict=False) -> dict:
-    """The run's plan; sets args.grad_accum (from --micro-batch, or for --recipe paper the largest
-    micro-batch whose estimate fits device_gib, default --gpu-gib or 80). strict: refuse a plan
-    that cannot fit (a real run) instead of showing it (a dry run)."""
-    world = world or args.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    if args.batch_size % world:
-        raise TinyFBIError(f"--batch-size {args.batch_size} must be divisible by world size {world}: every rank "
+def plan(spec: RunSpec, world=None, device_gib=None, strict=False) -> dict:
+    """The run's plan, with its gradient accumulation (from --micro-batch or --grad-accum, or for
+    --recipe paper from the largest micro-batch whose estimate fits device_gib, default --gpu-gib or
+    80). strict: refuse a plan that cannot fit (a real run) instead of showing it (a dry run)."""
+    world = world or spec.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    if spec.batch_size % world:
+        raise TinyFBIError(f"--batch-size {spec.batch_size} must be divisible by world size {world}: every rank "
                            "takes equal rows")
-    teacher, teacher_name = teacher_for_plan(args, args.vocab_size or PRESETS[args.size].vocab_size)
-    vocab = teacher.vocab_size if teacher is not None else args.vocab_size or PRESETS[args.size].vocab_size
-    config = model_config(args, vocab, binarized=not args.full_precision)
+    teacher, teacher_name = teacher_for_plan(spec, spec.vocab_size or PRESETS[spec.size].vocab_size)
+    vocab = teacher.vocab_size if teacher is not None else spec.vocab_size or PRESETS[spec.size].vocab_size
+    config = model_config(spec, vocab, binarized=not spec.full_precision)
     counts = count_params(config)
-    sharded = use_fsdp(args.fsdp, counts["total"], world, args.cpu_offload)
-    checkpointing = (args.size in PAPER_SIZES if args.activation_checkpointing == "auto"
-                     else args.activation_checkpointing == "on")
-    distill = teacher is not None and training_loss(args) != "ce"
-    device_gib = device_gib or args.gpu_gib or GPU_GIB
+    sharded = use_fsdp(spec.fsdp, counts["total"], world, spec.cpu_offload)
+    checkpointing = (spec.size in PAPER_SIZES if spec.activation_checkpointing == "auto"
+                     else spec.activation_checkpointing == "on")
+    distill = teacher is not None and spec.distills
+    device_gib = device_gib or spec.gpu_gib or GPU_GIB
 
     def memory_at(micro):
-        return memory_per_gpu(config, counts, teacher, world, sharded, args.cpu_offload, micro, args.seq_len,
-                              checkpointing, distill, getattr(args, "fbi_linear", "fused") == "fused")
+        return memory_per_gpu(config, counts, teacher, world, sharded, spec.cpu_offload, micro, spec.seq_len,
+                              checkpointing, distill, spec.fbi_linear == "fused")
 
-    args.grad_accum = accumulation(args, args.batch_size // world, lambda m: memory_at(m)["gpu"]["total"] / GiB,
-                                   device_gib, strict)
-    micro = args.batch_size // world // args.grad_accum
+    grad_accum = accumulation(spec, spec.batch_size // world, lambda m: memory_at(m)["gpu"]["total"] / GiB,
+                              device_gib, strict)
+    micro = spec.batch_size // world // grad_accum
     memory = memory_at(micro)
-    flops = flops_per_token(config, teacher if distill else None, args.seq_len)
+    flops = flops_per_token(config, teacher if distill else None, spec.seq_len)
     return {
-        "size": args.size, "binarized": config.binarized, "scaling": config.scaling if config.binarized else None,
+        "size": spec.size, "binarized": config.binarized, "scaling": config.scaling if config.binarized else None,
         "config": {k: getattr(config, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
                                                    "num_attention_heads", "num_key_value_heads", "vocab_size")},
         "params": {k: counts[k] for k in ("total", "binarized", "scales", "full_precision")},
         "num_params_check": counts["total"] == config.num_params(),
         "bits_per_param": bits_per_param(config, counts),
         "world_size": world, "parallel": "fsdp" if sharded else "ddp" if world > 1 else "single",
-        "cpu_offload": bool(args.cpu_offload), "activation_checkpointing": checkpointing,
-        "batch_size": args.batch_size, "seq_len": args.seq_len, "grad_accum": args.grad_accum,
-        "micro_batch_per_gpu": micro, "tokens_per_step": args.batch_size * args.seq_len,
+        "cpu_offload": bool(spec.cpu_offload), "activation_checkpointing": checkpointing,
+        "batch_size": spec.batch_size, "seq_len": spec.seq_len, "grad_accum": grad_accum,
+        "micro_batch_per_gpu": micro, "tokens_per_step": spec.batch_size * spec.seq_len,
         "device_gib": device_gib, "fits_device": memory["gpu"]["total"] / GiB <= device_gib,
         "teacher": {"source": teacher_name, "params": teacher.num_params() if teacher is not None else 0,
                     "used_for_loss": distill},
@@ -222,17 +223,17 @@ def plan(args, world=None, device_gib=None, strict=False) -> dict:
                      "rank0_to_write_a_checkpoint": memory["host_rank0_checkpoint"] / GiB},
         "flops_per_token": flops,
         "tok_s_per_h100_at_40pct_mfu": TARGET_MFU * H100_BF16 / flops["total"],
-        "budget": budget(args, world, TARGET_MFU * H100_BF16 / flops["total"]),
+        "budget": budget(spec, world, TARGET_MFU * H100_BF16 / flops["total"]),
     }
 
 
-def budget(args, world: int, tok_s_per_h100: float) -> dict:
+def budget(spec: RunSpec, world: int, tok_s_per_h100: float) -> dict:
     """Steps, tokens and wall-clock time of the run at --tok-s (measured), else at 40% MFU on H100s."""
-    steps = args.steps or DEFAULT_STEPS
-    tokens = steps * args.batch_size * args.seq_len
-    tok_s, source = ((args.tok_s, "given") if args.tok_s else
+    steps = spec.steps
+    tokens = steps * spec.batch_size * spec.seq_len
+    tok_s, source = ((spec.tok_s, "given") if spec.tok_s else
                      (tok_s_per_h100 * world, f"40% MFU on {world} H100(s), an assumption, not a measurement"))
-    return {"steps": steps, "tokens": tokens, "token_budget": getattr(args, "tokens", None), "tok_s": tok_s,
+    return {"steps": steps, "tokens": tokens, "token_budget": spec.tokens, "tok_s": tok_s,
             "tok_s_source": source, "hours": tokens / tok_s / 3600}
 
 
@@ -284,7 +285,7 @@ def format_plan(p: dict) -> str:
     return "\n".join(lines)
 
 
-def main_plan(args):
-    p = plan(args)
-    print(json.dumps(p) if args.json else format_plan(p))
+def main_plan(spec: RunSpec):
+    p = plan(spec)
+    print(json.dumps(p) if spec.json else format_plan(p))
     return p

@@ -5,7 +5,7 @@ at every position (`ad`), the next-token labels (`ce`) or lambda * ce + (1 - lam
 then clipping and AdamW. A loss that is NaN, or above `spike_factor` times its running mean,
 reloads the last checkpoint and skips that batch (the paper's remedy for binary training spikes).
 
-What differs between NumPy and torch is a `Learner` (training.numpy_learner, torch_backend.learner):
+What differs between NumPy and torch is a `Learner` (training.backend; training.numpy_backend, torch_backend.learner):
 its step, its save/restore of tensors. Everything here is plain Python shared by both.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from tqdm import tqdm
 
@@ -23,8 +22,8 @@ from ..core.errors import TinyFBIError
 from ..core.optim import OptimConfig, lr_at
 from ..formats.atomic import atomic_write_bytes
 from ..formats.run_checkpoint import resolve_checkpoint
+from .backend import Learner
 
-LOSSES = ("ad", "ce", "mix")
 EMA = 0.95                       # running mean of the loss that spikes are judged against
 
 
@@ -42,19 +41,6 @@ class TrainConfig:
     spike_warmup: int = 50       # steps before spikes are judged (the loss falls fast at first)
     track_flips: bool = False    # fraction of binarized latent weights whose sign changed, per step
     seed: int = 0
-
-
-class Learner(Protocol):
-    """What a backend supplies: one model and its optimizer. Gradients live inside the learner."""
-    model: object               # what Backend.evaluate and Backend.sample take
-
-    def forward_backward(self, x, y, windows) -> float: ...   # mean loss of the global batch
-    def drop_gradients(self) -> None: ...                      # after a spike: no update
-    def optimizer_step(self, lr: float) -> float: ...          # clip + AdamW; -> norm before clipping
-    def sign_masks(self): ...                                  # +1 masks of the binarized weights
-    def flip_fractions(self, before) -> dict: ...              # per layer and "all", given sign_masks()
-    def save(self, trainer_state: dict) -> None: ...           # the run's checkpoint (formats.run_checkpoint)
-    def restore(self, ckpt_dir) -> dict: ...                   # weights + AdamW; -> the trainer state
 
 
 @dataclass
@@ -85,13 +71,18 @@ class LoopState:
                 "seq_len": cfg.seq_len}
 
     @classmethod
-    def from_json(cls, saved: dict, cfg: TrainConfig) -> "LoopState":
+    def from_json(cls, saved: dict) -> "LoopState":
+        return cls(saved["step"], saved["data_step"], list(saved["skipped"]), saved["loss_ema"],
+                   saved.get("rollbacks", 0))
+
+    @staticmethod
+    def check_compatible(saved: dict, cfg: TrainConfig):
+        """A checkpoint continues only the run it came from: same seed, batch, length and loss
+        (training.setup.decide_resume asks this before any work is done)."""
         for key in ("seed", "batch_size", "seq_len", "loss"):
             if saved.get(key) != getattr(cfg, key):
                 raise TinyFBIError(f"cannot resume: the checkpoint was trained with --{key.replace('_', '-')} "
                                    f"{saved.get(key)}, this run asks for {getattr(cfg, key)}")
-        return cls(saved["step"], saved["data_step"], list(saved["skipped"]), saved["loss_ema"],
-                   saved.get("rollbacks", 0))
 
 
 class MetricsLog:
@@ -134,7 +125,7 @@ def rollback(learner, state, cfg, run_dir, metrics, data_step, loss, log) -> Loo
     """Back to the last checkpoint, with the batch that spiked skipped from now on."""
     learner.drop_gradients()
     skipped, rollbacks, ema = sorted(set(state.skipped) | {data_step}), state.rollbacks + 1, state.loss_ema
-    state = LoopState.from_json(learner.restore(resolve_checkpoint(run_dir)), cfg)
+    state = LoopState.from_json(learner.restore(resolve_checkpoint(run_dir)))
     state.skipped, state.rollbacks = skipped, rollbacks
     metrics.truncate(state.step)
     log(f"loss spike at step {state.step + 1} (loss {loss:.4g}, running mean "
@@ -149,7 +140,7 @@ def train(learner: Learner, evaluate, sync, cfg: TrainConfig, optim: OptimConfig
     -> {val_loss, val_ppl, steps, rollbacks, step_times}."""
     metrics = MetricsLog(Path(run_dir) / "metrics.jsonl", enabled=is_main)
     if resume_from is not None:
-        state = LoopState.from_json(learner.restore(resume_from), cfg)
+        state = LoopState.from_json(learner.restore(resume_from))
         metrics.truncate(state.step)
         log(f"resumed {run_dir} at step {state.step}")
     else:

@@ -2,8 +2,8 @@
 
     python -m tinyfbi.train --backend numpy
 
-`NumpyBackend` is what training.run asks of a backend (teachers, learners, evaluation, samples);
-`NumpyLearner` is one model and its optimizer, the interface training.loop trains.
+`NumpyBackend` is what training.run asks of a backend (training.backend.Backend: teachers, learners,
+evaluation, samples); `NumpyLearner` is one model and its optimizer (training.backend.Learner).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def evaluate(model, batches) -> float:
         loss, _ = L.cross_entropy_forward(model.forward(x), y)
         total += loss * y.size
         count += y.size
-    model._caches = None
+    model.drop_caches()
     return total / max(count, 1)
 
 
@@ -79,7 +79,8 @@ class NumpyLearner:
         return loss
 
     def drop_gradients(self):
-        self.grads, self.model._caches = None, None
+        self.grads = None
+        self.model.drop_caches()
 
     def optimizer_step(self, lr) -> float:
         info = self.opt.step(self.model.params, self.grads, lr)
@@ -114,9 +115,6 @@ class NumpyBackend:
 
     def describe(self) -> str:
         return ""
-
-    def check_args(self, args):
-        pass
 
     def on_main(self, fn):
         return fn()

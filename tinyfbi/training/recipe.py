@@ -25,22 +25,16 @@ PAPER_WARMUP = 2000
 AMBER_TOKENS = 1.26e12
 
 
-def apply_recipe(args):
-    """Fill the paper's values into the flags left unset; explicit flags win."""
-    if args.recipe != "paper":
-        if args.tokens is not None:
-            raise TinyFBIError("--tokens plans a token budget for --recipe paper; without it, give --steps")
-        return
-    if args.size not in PAPER_BATCH:
+def recipe_defaults(size: str, backend: str, batch_size=None, seq_len=None, tokens=None) -> dict:
+    """The paper's values for the flags of --recipe paper (training.spec.RunSpec.build lets explicit
+    flags win); the steps follow from the token budget and the batch actually used."""
+    if size not in PAPER_BATCH:
         raise TinyFBIError(f"--recipe paper is the authors' recipe for {', '.join(PAPER_BATCH)}; "
-                           f"--size {args.size} has none")
-    if args.backend != "torch":
+                           f"--size {size} has none")
+    if backend != "torch":
         raise TinyFBIError("--recipe paper is for the scaled backend: add --backend torch")
-    args.batch_size = args.batch_size or PAPER_BATCH[args.size]
-    args.seq_len = args.seq_len or PAPER_SEQ_LEN
-    args.lr = args.lr or PAPER_LR
-    args.warmup = PAPER_WARMUP if args.warmup is None else args.warmup
-    args.tokens = args.tokens or AMBER_TOKENS
-    if args.tokens <= 0:
-        raise TinyFBIError(f"--tokens must be positive, got {args.tokens}")
-    args.steps = args.steps or math.ceil(args.tokens / (args.batch_size * args.seq_len))
+    batch_size, seq_len, tokens = batch_size or PAPER_BATCH[size], seq_len or PAPER_SEQ_LEN, tokens or AMBER_TOKENS
+    if tokens <= 0:
+        raise TinyFBIError(f"--tokens must be positive, got {tokens}")
+    return {"batch_size": batch_size, "seq_len": seq_len, "lr": PAPER_LR, "warmup": PAPER_WARMUP, "tokens": tokens,
+            "steps": math.ceil(tokens / (batch_size * seq_len))}

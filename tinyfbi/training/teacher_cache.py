@@ -102,7 +102,7 @@ def build_teacher_cache(teacher, sequences, k, folder, batch_size=16, log=print,
         top = np.argpartition(p, V - k, axis=-1)[..., V - k:]                          # (b, T, K)
         idx[s:e] = top
         prob[s:e] = np.take_along_axis(p, top, axis=-1)
-    teacher._caches = None
+    teacher.drop_caches()
     idx.flush()
     prob.flush()
     del idx, prob
