@@ -301,12 +301,14 @@ def test_gpu_check_runs_its_cases_and_refuses_without_a_gpu(tmp_path, capsys):
     from tinyfbi.bench.gpu import main as bench_gpu
     out = tmp_path / "bench.json"
     bench_gpu(["--device", "cpu", "--sizes", "tiny", "--teacher-size", "tiny", "--seq-len", "32",
-               "--micro-batch", "2", "--out", str(out)])
+               "--micro-batch", "2", "--fbi-linear", "both", "--head-loss", "both", "--compile", "off",
+               "--out", str(out)])
     rows = json.loads(out.read_text())["results"]
-    assert [r["fbi_linear"] for r in rows] == ["fused", "unfused"]
+    assert [(r["fbi_linear"], r["head_loss"]) for r in rows] == [("fused", "fused"), ("fused", "unfused"),
+                                                                  ("unfused", "fused"), ("unfused", "unfused")]
     assert all(r["tok_s"] > 0 and np.isfinite(r["loss"]) and r["planned_memory_gib"] > 0 for r in rows)
-    # the same model, data and steps: the two FBI-Linears differ only in where bf16 rounds
-    assert abs(rows[0]["loss"] - rows[1]["loss"]) / rows[1]["loss"] < 1e-2
+    # the same model, data and steps: the two FBI-Linears and the two head losses differ only in where bf16 rounds
+    assert all(abs(r["loss"] - rows[0]["loss"]) / rows[0]["loss"] < 1e-2 for r in rows)
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as e:
             bench_gpu(["--out", str(tmp_path / "x.json")])

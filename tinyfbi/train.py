@@ -97,6 +97,13 @@ def build_parser() -> CLIParser:
     ap.add_argument("--fbi-linear", choices=["fused", "unfused"], default="fused",
                     help="torch: FBI-Linear as one autograd function that forms W~ on the fly (keeps no copy of "
                          "sign(W) or W~ for the backward), or the plain autograd graph (for comparison)")
+    ap.add_argument("--head-loss", choices=["fused", "unfused"], default="fused",
+                    help="torch: the student's and teacher's lm_head, softmax and loss computed over chunks of tokens "
+                         "with the gradient formed as it goes, so no batch x length x vocabulary logits are held "
+                         "(fused), or whole logits then the loss (unfused, for comparison)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch: torch.compile the student's forward and backward (the first steps pay for "
+                         "compilation)")
     ap.add_argument("--activation-checkpointing", choices=["auto", "on", "off"], default="auto",
                     help="torch: recompute each decoder layer in the backward (auto: on for 130m+ on a GPU)")
     return ap

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 
-# bf16 dense peak of the GPUs MFU is reported against (FLOP/s); others report no MFU
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
+from ..torch_backend.device import device_name, peak_bf16_flops  # noqa: F401  (re-exported: one machine description)
 
 
 def cpu_name() -> str:
@@ -26,17 +25,3 @@ def cpu_name() -> str:
 
 def describe() -> dict:
     return {"cpu": cpu_name(), "cores": os.cpu_count()}
-
-
-def device_name(device) -> str:
-    """'cpu', or the name of the CUDA device (a torch.device)."""
-    if device.type != "cuda":
-        return "cpu"
-    import torch  # only a CUDA device has a name to ask torch for
-    return torch.cuda.get_device_name(device)
-
-
-def peak_bf16_flops(device) -> float | None:
-    """The device's bf16 dense peak in FLOP/s; None on a CPU or an unlisted GPU."""
-    name = device_name(device)
-    return next((f for key, f in PEAK_BF16.items() if key in name), None)

@@ -26,13 +26,11 @@ from ..runtime.inference import sample_next
 from ..training.run import run
 from ..training.setup import model_config
 from ..training.spec import RunSpec
+from .device import device_name, peak_bf16_flops
 from .distributed import Dist, put_full, replicate, setup, shard, teardown, use_fsdp
 from .learner import TorchLearner, autocast
 from .model import TorchModel
 from .planner import GiB, flops_per_token, main_plan, plan
-
-# bf16 dense peak of the GPUs MFU is reported against (FLOP/s); others report no MFU
-PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def run_torch(spec: RunSpec):
@@ -118,7 +116,7 @@ class TorchBackend:
     def describe(self) -> str:
         d = self.d
         parallel = " (FSDP)" if self.sharded else " (DDP)" if d.world_size > 1 else ""
-        return f" on {d.world_size} x {device_name(d)}{parallel}"
+        return f" on {d.world_size} x {device_name(d.device)}{parallel}"
 
     def on_main(self, fn):
         return self.d.on_main(fn)
@@ -156,9 +154,11 @@ class TorchBackend:
                              compute_dtype=torch.bfloat16 if cuda else None, checkpoint_layers=checkpointing).train()
         module.use_fused_linear(spec.fbi_linear == "fused")
         wrapped = replicate(module, d) if d.world_size > 1 and not self.sharded else module
+        if spec.compile:   # the student's forward and, through AOTAutograd, its backward
+            wrapped = torch.compile(wrapped)
         d.barrier()
         return TorchLearner(module, wrapped, cfg, optim, run_dir, tokenizer, d, teacher, teacher_cache,
-                            self.grad_accum, extra_fbi)
+                            self.grad_accum, extra_fbi, fused_head=spec.head_loss == "fused")
 
     @torch.no_grad()
     def evaluate(self, model, batches) -> float:
@@ -196,7 +196,7 @@ class TorchBackend:
 
     def report(self, learner, teacher_config, tok_s) -> dict:
         flops = flops_per_token(learner.model.config, teacher_config, self.spec.seq_len)["total"]
-        return {"device": device_name(self.d), "world_size": self.d.world_size, "fsdp": self.sharded,
+        return {"device": device_name(self.d.device), "world_size": self.d.world_size, "fsdp": self.sharded,
                 "tok_s_per_device": tok_s and tok_s / self.d.world_size, "flops_per_token": flops,
                 "mfu": mfu(tok_s, self.d, flops)}
 
@@ -231,13 +231,9 @@ def device_gib(d: Dist) -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
 
 
-def device_name(d: Dist) -> str:
-    return torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu"
-
-
 def mfu(tok_s, d: Dist, flops_per_token):
     """Model FLOPs utilization per GPU against its bf16 dense peak (None on a CPU or an unknown GPU)."""
     if not tok_s or d.device.type != "cuda":
         return None
-    peak = next((f for key, f in PEAK_FLOPS.items() if key in device_name(d)), None)
+    peak = peak_bf16_flops(d.device)
     return tok_s / d.world_size * flops_per_token / peak if peak else None

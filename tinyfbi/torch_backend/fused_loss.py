@@ -40,6 +40,7 @@ from __future__ import annotations
 import torch
 
 KINDS = ("ad", "ce", "mix")
+LOSS_CHUNK = 1024       # tokens per chunk: (1024, 32000) float32 is 131 MB, large enough for full-speed GEMMs
 
 
 def matmul_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
@@ -110,7 +111,7 @@ class FusedHeadDistillLoss(torch.autograd.Function):
         return dh, dw, None, None, None, None, None, None, None, None, None
 
 
-def fused_distill_loss(kind, h_s, w_s, y=None, h_t=None, w_t=None, probs=None, lam=0.5, chunk=1024):
+def fused_distill_loss(kind, h_s, w_s, y=None, h_t=None, w_t=None, probs=None, lam=0.5, chunk=LOSS_CHUNK):
     """distill_loss(kind, h_s @ w_s.T, y, softmax(h_t @ w_t.T), lam) without any (N, V) tensor.
 
     h_s (..., C): the student's final-norm output; w_s (V, C): its lm_head weight. The teacher is

@@ -20,6 +20,7 @@ from ..formats.checkpoint import load_checkpoint
 from ..formats.run_checkpoint import RunCheckpointWriter, load_trainer_state
 from ..training.loop import TrainConfig
 from .distributed import Dist, get_full, local, put_full
+from .fused_loss import fused_distill_loss
 from .model import TorchModel
 
 
@@ -43,8 +44,9 @@ def distill_loss(kind, logits, y, probs, lam=0.5):
 
 class TorchLearner:
     def __init__(self, module: TorchModel, wrapped, cfg: TrainConfig, optim: OptimConfig, run_dir, tokenizer,
-                 d: Dist, teacher=None, teacher_cache=None, grad_accum=1, extra_fbi=None):
+                 d: Dist, teacher=None, teacher_cache=None, grad_accum=1, extra_fbi=None, fused_head=True):
         self.model, self.wrapped = module, wrapped  # wrapped: what the step calls (DDP around module, or module)
+        self.fused_head = fused_head                # the head and the loss over chunks of tokens (fused_loss.py)
         self.cfg, self.optim_cfg, self.run_dir, self.tokenizer, self.d = cfg, optim, run_dir, tokenizer, d
         self.teacher, self.teacher_cache, self.grad_accum, self.extra_fbi = teacher, teacher_cache, grad_accum, extra_fbi
         self.named = list(module.named_parameters())
@@ -63,6 +65,28 @@ class TorchLearner:
         with torch.no_grad(), autocast(self.d):
             return torch.softmax(self.teacher(x).float(), dim=-1)                   # (b, T, V)
 
+    def loss(self, x, y, rows, windows):
+        """This micro-batch's mean loss. Fused (the default): both models stop at their final norm and
+        fused_distill_loss runs the heads and the loss over chunks of tokens, so no (b, T, V) logits of
+        either model are held; unfused: logits, the teacher's softmax, then distill_loss."""
+        kind, lam = self.cfg.loss, self.cfg.mix_lambda
+        if not self.fused_head:
+            probs = self.targets(x, rows, windows)
+            with autocast(self.d):
+                logits = self.wrapped(x)                                            # (b, T, V)
+            return distill_loss(kind, logits, y, probs, lam)
+        probs = h_t = w_t = None
+        if kind != "ce" and self.teacher_cache is not None:
+            probs = self.targets(x, rows, windows)                                  # (b, T, V) from the cache
+        elif kind != "ce":
+            with torch.no_grad(), autocast(self.d):
+                h_t = self.teacher(x, head=False)                                   # (b, T, C_t)
+            w_t = self.teacher.lm_head.weight                                       # (V, C_t)
+        with autocast(self.d):
+            h_s = self.wrapped(x, head=False)                                       # (b, T, C)
+            return fused_distill_loss(kind, h_s, self.model.lm_head.weight, y, h_t=h_t, w_t=w_t, probs=probs,
+                                      lam=lam)
+
     def forward_backward(self, x, y, windows) -> float:
         """This rank's rows in grad_accum micro-batches, gradients accumulated; -> the global mean loss."""
         rows = self.d.rows(len(x))
@@ -70,13 +94,10 @@ class TorchLearner:
         yr = torch.from_numpy(y[rows]).to(self.d.device)
         losses = []
         for i, micro in enumerate(np.array_split(np.arange(len(xr)), self.grad_accum)):
-            probs = self.targets(xr[micro], np.arange(rows.start, rows.stop)[micro], windows)
             last = i == self.grad_accum - 1
             sync = self.wrapped.no_sync() if hasattr(self.wrapped, "no_sync") and not last else contextlib.nullcontext()
             with sync:  # DDP all-reduces once, after the last micro-batch
-                with autocast(self.d):
-                    logits = self.wrapped(xr[micro])
-                loss = distill_loss(self.cfg.loss, logits, yr[micro], probs, self.cfg.mix_lambda)
+                loss = self.loss(xr[micro], yr[micro], np.arange(rows.start, rows.stop)[micro], windows)
                 (loss / self.grad_accum).backward()
             losses.append(loss.detach())
         return self.d.all_reduce_sum([torch.stack(losses).mean().item()])[0] / self.d.world_size

@@ -197,8 +197,12 @@ class TorchModel(nn.Module):
                 module.fused = fused
         return self
 
-    def forward(self, tokens):
-        return self.lm_head(self.hidden(tokens))                                    # (B, T, V)
+    def forward(self, tokens, head=True):
+        """Logits (B, T, V); head=False: the final norm's output (B, T, C), which the fused head + loss
+        (fused_loss.py) multiplies by lm_head.weight chunk by chunk. One forward for both, so DDP's and
+        FSDP's hooks run either way."""
+        h = self.hidden(tokens)
+        return self.lm_head(h) if head else h
 
     def hidden(self, tokens):
         """The final norm's output, what lm_head reads: the input of the fused head + loss (fused_loss.py)."""

@@ -14,15 +14,21 @@ weights, gradients and moments), sharded over the world size under FSDP:
 - FSDP buffers: the root unit (embeddings, lm_head) stays gathered in bf16 through the step, two
   decoder layers are gathered at a time (one computing, one prefetched), and one unit's float32
   gradient exists unsharded before its reduce-scatter;
-- the teacher's weights in bf16 (sharded like the student under FSDP);
+- the teacher's weights in bf16 (sharded like the student under FSDP), and its forward's bf16
+  temporaries of one layer at a time (no grad: about 6 C_t + 3 I_t values per token);
 - activations per decoder layer per token, measured from the tensors autograd saves (CPU autocast,
   this model): with the fused FBI-Linear (the default) 32 C + 8 I bytes with float32 master weights
   (DDP), 28 C + 8 I with bf16 FSDP weights; with --fbi-linear unfused 34 C + 8 I, and each
   binarized linear also saves sign(W) and W~ until its backward (6 B per weight, 4 B under FSDP). Activation checkpointing keeps only each layer's input (C floats per token) plus one
   layer being recomputed;
-- logits and loss: bf16 logits, float32 log-probabilities, teacher probabilities and logit
-  gradient, about 14 V bytes per token when distilling (10 V with the label loss).
-Not counted: the CUDA context and allocator fragmentation (a few GiB), NCCL buffers.
+- logits and loss, fused (the default, torch_backend.fused_loss): only one chunk of LOSS_CHUNK tokens
+  of logits lives at a time, both models' bf16 logits, float32 log-probabilities, softmax, teacher
+  probabilities and logit gradient, about 24 V bytes per chunk token (16 V with the label loss), plus
+  the gradients it forms as it goes, dL/dh (4 C per token) and dL/dW_head (4 V C), and the teacher's
+  final hidden state (2 C_t per token). Unfused (--head-loss unfused): about 14 V bytes per token of
+  the micro-batch when distilling (10 V with the label loss).
+Not counted: the CUDA context, the allocator's fragmentation, torch.compile's workspace and NCCL
+buffers: a plan fits only if it leaves HEADROOM (10%) of the device free for them.
 """
 from __future__ import annotations
 
@@ -39,10 +45,12 @@ from ..formats.run_checkpoint import resolve_checkpoint
 from ..training.setup import model_config
 from ..training.spec import PAPER_SIZES, RunSpec
 from .distributed import use_fsdp
+from .fused_loss import LOSS_CHUNK
 from .model import TorchModel
 
 GiB = 1 << 30
 GPU_GIB = 80                    # an H100/A100 80GB: the "fits" column
+HEADROOM = 0.10                 # of the device left free: CUDA context, fragmentation, compile workspace
 H100_BF16 = 989e12              # dense bf16 peak of an H100 SXM, FLOP/s
 TARGET_MFU = 0.40
 
@@ -98,10 +106,9 @@ def flops_per_token(config: ModelConfig, teacher: ModelConfig | None, seq_len: i
 
 def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | None, world: int, sharded: bool,
                    cpu_offload: bool, micro_batch: int, seq_len: int, checkpointing: bool, distill: bool,
-                   fused: bool = True) -> dict:
+                   fused: bool = True, fused_head: bool = True) -> dict:
     """Bytes per GPU by item (see the module docstring), plus host bytes."""
-    P, L, C, I, V = (counts["total"], config.num_hidden_layers, config.hidden_size, config.intermediate_size,
-                     config.vocab_size)
+    P, L, C, I = counts["total"], config.num_hidden_layers, config.hidden_size, config.intermediate_size
     split = world if sharded else 1
     state = {"weights": 4 * P / split, "gradients": 4 * P / split, "optimizer": 8 * P / split}
     host = {k: 0.0 for k in state}
@@ -125,12 +132,26 @@ def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | Non
     one_layer = tokens * per_token + saved_weights
     without = L * one_layer
     with_ckpt = L * tokens * C * (2 if sharded else 4) + one_layer
-    out = {**state, "fsdp_buffers": buffers, "teacher": teacher_bytes,
+    # the teacher's no-grad forward keeps no activations, but one layer's bf16 temporaries exist at once:
+    # residual, norm, q, k, v, attention output and o (about 6 C_t), gate, up and their product (3 I_t)
+    teacher_transient = 2 * tokens * (6 * teacher.hidden_size + 3 * teacher.intermediate_size) \
+        if teacher is not None and distill else 0.0
+    out = {**state, "fsdp_buffers": buffers, "teacher": teacher_bytes, "teacher_forward": teacher_transient,
            "activations": with_ckpt if checkpointing else without,
-           "logits_and_loss": tokens * V * (14 if distill else 10)}
+           "logits_and_loss": head_loss_bytes(config, teacher if distill else None, tokens, fused_head)}
     out["total"] = sum(out.values())
     return {"gpu": out, "activations_with_checkpointing": with_ckpt, "activations_without_checkpointing": without,
             "host_offload": sum(host.values()), "host_rank0_checkpoint": 16 * P}
+
+
+def head_loss_bytes(config: ModelConfig, teacher: ModelConfig | None, tokens: int, fused: bool) -> float:
+    """Peak bytes of the heads and the loss for one micro-batch of `tokens` (see the module docstring)."""
+    V, C = config.vocab_size, config.hidden_size
+    if not fused:
+        return tokens * V * (14 if teacher is not None else 10)
+    chunk = min(tokens, LOSS_CHUNK)
+    teacher_hidden = 2 * tokens * teacher.hidden_size if teacher is not None else 0
+    return chunk * V * (24 if teacher is not None else 16) + 4 * tokens * C + 4 * V * C + teacher_hidden
 
 
 def teacher_for_plan(spec: RunSpec, vocab_size):
@@ -165,12 +186,12 @@ def accumulation(spec: RunSpec, per_rank: int, gib_at, device_gib: float, strict
     if spec.recipe != "paper":
         return 1
     for micro in sorted((m for m in range(1, per_rank + 1) if per_rank % m == 0), reverse=True):
-        if gib_at(micro) <= device_gib:
+        if gib_at(micro) <= (1 - HEADROOM) * device_gib:
             return per_rank // micro
     if not strict:   # a dry run shows the plan that does not fit, and says so
         return per_rank
     raise TinyFBIError(f"even one sequence per GPU needs {gib_at(1):.1f} GiB by the planner's estimate, the "
-                       f"device has {device_gib:.0f}: use more GPUs (FSDP shards weights and optimizer state), "
+                       f"device has {device_gib:.0f} ({HEADROOM:.0%} kept free): use more GPUs (FSDP shards weights and optimizer state), "
                        "--cpu-offload, or --activation-checkpointing on")
 
 
@@ -194,7 +215,7 @@ def plan(spec: RunSpec, world=None, device_gib=None, strict=False) -> dict:
 
     def memory_at(micro):
         return memory_per_gpu(config, counts, teacher, world, sharded, spec.cpu_offload, micro, spec.seq_len,
-                              checkpointing, distill, spec.fbi_linear == "fused")
+                              checkpointing, distill, spec.fbi_linear == "fused", spec.head_loss == "fused")
 
     grad_accum = accumulation(spec, spec.batch_size // world, lambda m: memory_at(m)["gpu"]["total"] / GiB,
                               device_gib, strict)
@@ -211,14 +232,16 @@ def plan(spec: RunSpec, world=None, device_gib=None, strict=False) -> dict:
         "world_size": world, "parallel": "fsdp" if sharded else "ddp" if world > 1 else "single",
         "cpu_offload": bool(spec.cpu_offload), "activation_checkpointing": checkpointing,
         "batch_size": spec.batch_size, "seq_len": spec.seq_len, "grad_accum": grad_accum,
+        "head_loss": spec.head_loss,
         "micro_batch_per_gpu": micro, "tokens_per_step": spec.batch_size * spec.seq_len,
-        "device_gib": device_gib, "fits_device": memory["gpu"]["total"] / GiB <= device_gib,
+        "device_gib": device_gib, "headroom": HEADROOM, "usable_gib": (1 - HEADROOM) * device_gib,
+        "fits_device": memory["gpu"]["total"] / GiB <= (1 - HEADROOM) * device_gib,
         "teacher": {"source": teacher_name, "params": teacher.num_params() if teacher is not None else 0,
                     "used_for_loss": distill},
         "memory_gib_per_gpu": {k: v / GiB for k, v in memory["gpu"].items()},
         "activations_gib": {"with_checkpointing": memory["activations_with_checkpointing"] / GiB,
                             "without_checkpointing": memory["activations_without_checkpointing"] / GiB},
-        "fits_80gib": memory["gpu"]["total"] / GiB <= GPU_GIB,
+        "fits_80gib": memory["gpu"]["total"] / GiB <= (1 - HEADROOM) * GPU_GIB,
         "host_gib": {"per_process_offload": memory["host_offload"] / GiB,
                      "rank0_to_write_a_checkpoint": memory["host_rank0_checkpoint"] / GiB},
         "flops_per_token": flops,
@@ -265,12 +288,14 @@ def format_plan(p: dict) -> str:
         f"    AdamW moments (fp32 m, v)     {m['optimizer']:8.2f}",
         f"    FSDP gather/reduce buffers    {m['fsdp_buffers']:8.2f}",
         f"    teacher (bf16)                {m['teacher']:8.2f}",
+        f"    teacher forward (one layer)   {m['teacher_forward']:8.2f}",
         f"    activations                   {m['activations']:8.2f}   (checkpointing on "
         f"{p['activations_gib']['with_checkpointing']:.2f}, off {p['activations_gib']['without_checkpointing']:.2f})",
-        f"    logits and loss               {m['logits_and_loss']:8.2f}",
+        f"    logits and loss               {m['logits_and_loss']:8.2f}   ({p['head_loss']} head and loss)",
         f"    total                         {m['total']:8.2f}   "
-        f"{'fits' if p['fits_device'] else 'does NOT fit'} a {p['device_gib']:g} GiB GPU (plus CUDA context and "
-        "fragmentation)",
+        f"{'fits' if p['fits_device'] else 'does NOT fit'} a {p['device_gib']:g} GiB GPU with {p['headroom']:.0%} "
+        f"of it left free ({p['usable_gib']:.1f} GiB usable; the rest for the CUDA context, fragmentation and "
+        "compile workspace)",
         f"  host memory: {p['host_gib']['rank0_to_write_a_checkpoint']:.0f} GiB on rank 0 to gather and write a "
         "checkpoint (fp32 weights + AdamW moments)"
         + (f"; {p['host_gib']['per_process_offload']:.1f} GiB per process for offloaded state"

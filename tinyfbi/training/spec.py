@@ -72,6 +72,8 @@ class RunSpec:
     cpu_offload: bool = False           # torch: FSDP state in host memory
     cpu_bf16: bool = False              # torch on a CPU: bf16 autocast as on GPUs
     fbi_linear: str = "fused"           # torch: fused | unfused FBI-Linear autograd
+    head_loss: str = "fused"            # torch: lm_head + loss over chunks of tokens (fused) | whole logits
+    compile: bool = False               # torch: torch.compile the student's forward and backward
     activation_checkpointing: str = "auto"   # torch: auto | on | off
 
     @classmethod
@@ -101,7 +103,7 @@ class RunSpec:
             raise TinyFBIError(f"size {self.size!r} is not a preset: {', '.join(PRESETS)}")
         for field, choices in (("loss", LOSSES), ("scaling", SCALINGS), ("backend", ("numpy", "torch")),
                                ("recipe", ("none", "paper")), ("fsdp", ("auto", "on", "off")),
-                               ("fbi_linear", ("fused", "unfused")),
+                               ("fbi_linear", ("fused", "unfused")), ("head_loss", ("fused", "unfused")),
                                ("activation_checkpointing", ("auto", "on", "off"))):
             if getattr(self, field) not in choices:
                 raise TinyFBIError(f"--{flag(field)} must be one of {', '.join(choices)}, got {getattr(self, field)!r}")
