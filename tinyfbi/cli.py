@@ -15,11 +15,22 @@ USER_ERROR = 2      # argparse's own exit status for a bad flag
 INTERRUPTED = 130   # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
+class DefaultsOnceFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default said once: appended as "(default: X)" unless its help already says what
+    the default is, or there is nothing to say (None, False, a bare switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class CLIParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (`prog: error: ...`) instead of the usage dump."""
 
     def __init__(self, prog, description, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsOnceFormatter)
         super().__init__(prog=prog, description=description, allow_abbrev=False, **kwargs)
 
     def error(self, message):
