@@ -1,0 +1,114 @@
+"""`python -m tinyfbi.notebooks`: the step-through notebooks, executed at their default size.
+
+Each notebook lives twice in notebooks/: its jupytext source (NN_name.py, what you edit and review)
+and the executed copy (NN_name.ipynb, with outputs and plots, what a reader browses). This command
+makes the second from the first; tests/test_notebooks.py fails when their code disagrees.
+
+    python -m tinyfbi.notebooks --execute            # every notebook, default (not TINYFBI_FAST) size
+    python -m tinyfbi.notebooks --execute 03 06      # some of them
+    python -m tinyfbi.notebooks --check              # exit 2 if an executed copy's code is stale
+
+The notebooks run with notebooks/ as their working folder, so what they train lands in its
+git-ignored runs-* folders and a rerun reuses it. Each executed copy records in its metadata the
+date, the CPU and the seconds it took.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+from .cli import CLIParser, run_cli
+from .core.errors import TinyFBIError
+from .formats.atomic import atomic_write_bytes
+
+FOLDER = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def sources(which=()) -> list[Path]:
+    """The jupytext sources, all or those whose names start with one of `which` (e.g. "03")."""
+    found = sorted(FOLDER.glob("[0-9][0-9]_*.py"))
+    chosen = [p for p in found if not which or any(p.stem.startswith(w) for w in which)]
+    missing = [w for w in which if not any(p.stem.startswith(w) for p in found)]
+    if missing:
+        raise TinyFBIError(f"no notebook named {missing[0]!r} in {FOLDER} (have: {', '.join(p.stem for p in found)})")
+    return chosen
+
+
+def cells_of(notebook) -> list[tuple[str, str]]:
+    """(type, source) of every cell: what must agree between a source and its executed copy."""
+    return [(c.cell_type, c.source.strip()) for c in notebook.cells]
+
+
+def stale(path: Path) -> str | None:
+    """Why the executed copy of `path` does not match it, or None."""
+    import jupytext
+    import nbformat
+    executed = path.with_suffix(".ipynb")
+    if not executed.is_file():
+        return f"{executed.name} is missing"
+    if cells_of(jupytext.read(path)) != cells_of(nbformat.read(executed, as_version=4)):
+        return f"{executed.name} is stale: its cells differ from {path.name}"
+    return None
+
+
+def execute(path: Path, timeout: int) -> float:
+    """Run one notebook at its default size; write NN_name.ipynb atomically. -> seconds taken."""
+    import jupytext
+    import nbclient
+    import nbformat
+    from .bench.machine import cpu_name
+    notebook = jupytext.read(path)
+    env_fast = os.environ.pop("TINYFBI_FAST", None)         # the default size, not CI's
+    start = time.perf_counter()
+    try:
+        nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(FOLDER)}}).execute()
+    except nbclient.exceptions.CellExecutionError as e:
+        raise TinyFBIError(f"{path.name} failed: {str(e).strip().splitlines()[-1]}") from None
+    finally:
+        if env_fast is not None:
+            os.environ["TINYFBI_FAST"] = env_fast
+    seconds = time.perf_counter() - start
+    notebook.metadata["tinyfbi"] = {
+        "executed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "seconds": round(seconds, 1)}
+    atomic_write_bytes(path.with_suffix(".ipynb"), nbformat.writes(notebook).encode())
+    return seconds
+
+
+def main_notebooks(args):
+    chosen = sources(args.names)
+    if args.check:
+        problems = [p for p in map(stale, chosen) if p]
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            raise TinyFBIError(f"{len(problems)} executed notebook(s) out of step: run python -m tinyfbi.notebooks "
+                               "--execute")
+        print(f"{len(chosen)} executed notebooks match their sources")
+        return
+    for path in chosen:
+        print(f"{path.name}: running ...", flush=True)
+        print(f"{path.name}: {execute(path, args.timeout):.0f} s -> {path.with_suffix('.ipynb').name}", flush=True)
+
+
+def build_parser():
+    ap = CLIParser("python -m tinyfbi.notebooks", __doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="notebooks to run, by number or name prefix (default: all)")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--execute", action="store_true", help="run at the default size and write NN_name.ipynb")
+    mode.add_argument("--check", action="store_true", help="compare each executed copy's cells with its source")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds one cell may run")
+    return ap
+
+
+def main(argv=None):
+    return run_cli(main_notebooks, build_parser().parse_args(argv),
+                   interrupted="interrupted: the notebooks written so far are complete")
+
+
+if __name__ == "__main__":
+    main()
