@@ -45,7 +45,7 @@ ALLOWED = {
 }
 DEFERRED_ONLY = {"evaluation": {"torch_backend"}}
 HEAVY = {"torch", "numba", "llvmlite", "datasets", "lm_eval", "matplotlib", "transformers", "sentencepiece",
-         "tiktoken", "regex"}
+         "tiktoken", "regex", "jupytext", "nbclient", "nbformat"}
 NUMPY_PATH = ("core", "formats", "corpus", "training", "reproduction")
 MAX_NESTED_PROJECT_IMPORTS = 10
 MAX_MODULES_PER_FOLDER = 12

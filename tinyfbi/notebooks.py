@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .bench.machine import cpu_name
 from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
 from .formats.atomic import atomic_write_bytes
@@ -59,7 +60,6 @@ def execute(path: Path, timeout: int) -> float:
     import jupytext
     import nbclient
     import nbformat
-    from .bench.machine import cpu_name
     notebook = jupytext.read(path)
     env_fast = os.environ.pop("TINYFBI_FAST", None)         # the default size, not CI's
     start = time.perf_counter()
