@@ -1,10 +1,7 @@
 """Released FBI-LLM / Hugging Face LLaMA folders in (tinyfbi.formats.checkpoint, hf_folder), dequantized HF folders out
 (tinyfbi.export).
 
-The released checkpoints are imitated exactly: a plain LlamaConfig like the authors'
-FBI-LLM_configs/*.json (no `fbi` block), FP32 latent weights plus wscale/wbias (1, in), a
-rotary_emb.inv_freq buffer per layer, written by torch.save (.bin, single and sharded + index) or
-safetensors (single and sharded + index). Tolerances: the NumPy model from a folder must give
+The released checkpoints are imitated exactly (tests/released.py). Tolerances: the NumPy model from a folder must give
 bit-identical logits to the model the folder was written from (same float32 maths); torch and
 transformers compute in another order, so atol 1e-5 / rtol 1e-5 on logits of size ~1 (measured
 differences are about 1e-7).
@@ -15,7 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file as torch_save_safetensors
+from released import released_config, write_released
 
 from tinyfbi import Model, ModelConfig, TinyFBIError, load_model, save_model
 from tinyfbi.export import main as export_main
@@ -27,20 +24,6 @@ CFG = ModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=2, num_atten
 TOKENS = np.random.default_rng(1).integers(0, CFG.vocab_size, (2, 12))
 
 
-def released_config(cfg: ModelConfig) -> dict:
-    """config.json as the authors ship it: a plain LlamaConfig of transformers 4.32."""
-    return {"_name_or_path": "FBI-LLM_llama2_test", "architectures": ["LlamaForCausalLM"],
-            "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": cfg.hidden_size,
-            "initializer_range": 0.02, "intermediate_size": cfg.intermediate_size,
-            "max_position_embeddings": cfg.max_position_embeddings,
-            "max_sequence_length": cfg.max_position_embeddings, "model_type": "llama",
-            "num_attention_heads": cfg.num_attention_heads, "num_hidden_layers": cfg.num_hidden_layers,
-            "num_key_value_heads": cfg.num_key_value_heads, "pad_token_id": 0, "pretraining_tp": 1,
-            "rms_norm_eps": 1e-5, "rope_scaling": None, "tie_word_embeddings": False,
-            "torch_dtype": "float16", "transformers_version": "4.32.1", "use_cache": True,
-            "vocab_size": cfg.vocab_size}
-
-
 def source_model(cfg=CFG, seed=0):
     model = Model(cfg, seed=seed)
     rng = np.random.default_rng(seed + 7)
@@ -48,31 +31,6 @@ def source_model(cfg=CFG, seed=0):
         if name.endswith((".wscale", ".wbias")) or "norm" in name:
             p += (rng.standard_normal(p.shape) * 0.05).astype(p.dtype)
     return model
-
-
-def write_released(folder, model, layout, dtype=torch.float32):
-    """model's params in the released layout: HF names, inv_freq buffers, .bin or safetensors."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
-    state = {k: torch.from_numpy(v.copy()).to(dtype) for k, v in model.params.items()}
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
-    for i in range(cfg.num_hidden_layers):
-        state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
-    (folder / "config.json").write_text(json.dumps(released_config(cfg)))
-    ext, base = (".bin", "pytorch_model") if layout.startswith("bin") else (".safetensors", "model")
-    save = torch.save if ext == ".bin" else (lambda sd, path: torch_save_safetensors(sd, str(path)))
-    if not layout.endswith("sharded"):
-        save(state, folder / f"{base}{ext}")
-        return folder
-    names = list(state)
-    shards = [names[:len(names) // 2], names[len(names) // 2:]]
-    weight_map = {}
-    for k, shard in enumerate(shards):
-        file = f"{base}-{k + 1:05d}-of-{len(shards):05d}{ext}"
-        save({n: state[n] for n in shard}, folder / file)
-        weight_map.update({n: file for n in shard})
-    (folder / f"{base}{ext}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return folder
 
 
 def torch_logits(tmodel, tokens=TOKENS):
