@@ -24,7 +24,7 @@ from ..core.errors import TinyFBIError
 from ..core.model import Model
 from .atomic import atomic_path, old_folder
 from .config_json import read_config, save_config
-from .hf_folder import config_from_hf, load_hf_state_dict
+from .hf_folder import config_from_hf, load_hf_state_dict, tensor_shapes
 from .run_checkpoint import CHECKPOINT, resolve_checkpoint
 
 WEIGHTS_FILE = "model.safetensors"
@@ -52,35 +52,55 @@ def save_checkpoint(directory, config: ModelConfig, params: dict, tokenizer=None
 # ---- load ----
 
 def load_checkpoint(path):
-    """-> (ModelConfig, params in canonical order, raw config.json dict). A run's checkpoint may be
-    swapped for a newer one while it is read (a run saving as it trains): then the newer one is read."""
+    """-> (ModelConfig, params in canonical order, raw config.json dict)."""
+    return with_checkpoint(path, read_folder)
+
+
+def with_checkpoint(path, read):
+    """read(folder) of the checkpoint folder `path` names. A run's checkpoint may be swapped for a
+    newer one while it is read (a run saving as it trains): then the newer one is read."""
     folder = resolve_checkpoint(path)
     run_dir = folder.parent if folder.name in (CHECKPOINT, old_folder(CHECKPOINT).name) else None
     for _ in range(SWAP_RETRIES):
         try:
-            return read_folder(folder)
+            return read(folder)
         except (FileNotFoundError, TinyFBIError):
             if run_dir is None or folder.exists():
                 raise                     # a real problem, not a swap
             folder = resolve_checkpoint(run_dir)
-    return read_folder(folder)
+    return read(folder)
 
 
 def read_folder(folder):
     raw = read_config(folder)
     tensors = load_hf_state_dict(folder)
-    config = config_from_hf(folder, tensors)
+    config = config_from_hf(folder, {k: v.shape for k, v in tensors.items()})
+    check_tensors(folder, config, {k: v.shape for k, v in tensors.items()})
+    return config, {name: tensors[name] for name in config.param_shapes()}, raw
+
+
+def read_layout(folder):
+    """-> (ModelConfig, raw config.json dict) of a checkpoint folder, its tensors' names and shapes
+    checked from the files' headers, no weight read: what streaming it (hf_folder.iter_hf_tensors) needs."""
+    raw = read_config(folder)
+    shapes = tensor_shapes(folder)
+    config = config_from_hf(folder, shapes)
+    check_tensors(folder, config, shapes)
+    return config, raw
+
+
+def check_tensors(folder, config: ModelConfig, shapes: dict):
+    """Every tensor the config expects is there with its shape, and nothing else."""
     expected = config.param_shapes()
     for name, shape in expected.items():
-        if name not in tensors:
+        if name not in shapes:
             hint = " (a binarized model: is a wscale missing?)" if name.endswith((".wscale", ".wbias")) else ""
             raise TinyFBIError(f"{folder} lacks tensor {name!r}{hint}")
-        if tuple(tensors[name].shape) != shape:
-            raise TinyFBIError(f"{folder}: {name} has shape {tuple(tensors[name].shape)}, config says {shape}")
-    extra = [k for k in tensors if k not in expected]
+        if tuple(shapes[name]) != shape:
+            raise TinyFBIError(f"{folder}: {name} has shape {tuple(shapes[name])}, config says {shape}")
+    extra = [k for k in shapes if k not in expected]
     if extra:
         raise TinyFBIError(f"{folder} has tensors the config does not describe, e.g. {extra[0]!r}")
-    return config, {name: tensors[name] for name in expected}, raw
 
 
 def load_model(path, dtype=None) -> Model:

@@ -12,12 +12,18 @@ exactly when it holds wscale tensors (or its `fbi` block says so, for tinyfbi's 
     from tinyfbi import load_model                      # formats.checkpoint loads every layout here
     model = load_model("FBI-LLM_130M")                 # tinyfbi.Model (NumPy)
 
+Read whole (load_hf_state_dict: lazily memory-mapped safetensors) or streamed tensor by tensor
+(iter_hf_tensors: what runtime.build_fbipack packs from, in the memory of one tensor).
+
 The NumPy side imports no torch: only `.bin` files (PyTorch pickles) need it, imported on use.
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +38,8 @@ TORCH_BIN = "pytorch_model.bin"
 TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 SHARD = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
 IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")   # a cached RoPE table, not a parameter
+MADV_DONTNEED = 4                                       # Linux's value; the page release is Linux-only
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 # safetensors dtype names -> NumPy; BF16 has no NumPy dtype and is widened to float32 on read
 _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
@@ -115,11 +123,12 @@ def _safetensors_header(path: Path):
 def read_torch_bin(path) -> dict[str, np.ndarray]:
     """A PyTorch state dict file (`torch.save`), read with weights_only=True: tensors only, no code."""
     import torch
-    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in _torch_load(path).items()}
+    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in _torch_load(path)[0].items()}
 
 
-def _torch_load(path) -> dict:
-    """{name: torch.Tensor}, memory-mapped when the file is in torch's zip format (since torch 1.6)."""
+def _torch_load(path) -> tuple[dict, bool]:
+    """-> ({name: torch.Tensor}, memory-mapped?): mapped when the file is in torch's zip format (since
+    torch 1.6), else read whole."""
     path = Path(path)
     try:
         import torch
@@ -127,17 +136,73 @@ def _torch_load(path) -> dict:
         raise TinyFBIError(f"{path} is a PyTorch pickle: reading it needs torch (pip install torch)") from None
     try:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state, mapped = torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy non-zip format
+            state, mapped = torch.load(path, map_location="cpu", weights_only=True), False  # legacy non-zip format
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TinyFBIError(f"{path} is truncated, corrupted or not a state dict ({first})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TinyFBIError(f"{path} is not a flat state dict of tensors (name -> tensor)")
-    return state
+    return state, mapped
+
+
+def iter_hf_tensors(folder, on_file=None):
+    """(name, array) for every tensor of an HF LLaMA folder, one at a time, file by file, in stored
+    dtype (BF16 widened), holding one tensor in memory: safetensors read tensor by tensor, `.bin`
+    memory-mapped with each tensor's pages given back after it (a legacy non-zip `.bin` is loaded
+    whole, one shard at a time). What packs a 7B on a laptop. `on_file(path)` is called as each file
+    is opened; the rotary_emb.inv_freq buffers are dropped."""
+    seen = set()
+    for path in weight_files(folder):
+        if on_file is not None:
+            on_file(path)
+        shard = _safetensors_one_by_one(path) if path.suffix == ".safetensors" else _torch_one_by_one(path)
+        for name, value in shard:
+            if IGNORED.search(name):
+                continue
+            if name in seen:
+                raise TinyFBIError(f"tensor {name!r} appears in two shards of {folder} (again in {path.name})")
+            seen.add(name)
+            yield name, value
+
+
+def _safetensors_one_by_one(path):
+    """(name, array) for each tensor of a .safetensors file, each read into memory on its own."""
+    header, start_of_data, _ = _safetensors_header(path)
+    with open(path, "rb") as f:
+        for name, info in header.items():
+            start, end = info["data_offsets"]
+            f.seek(start_of_data + start)
+            dtype = np.dtype(np.uint16 if info["dtype"] == "BF16" else _ST_DTYPES[info["dtype"]])
+            raw = np.fromfile(f, dtype, (end - start) // dtype.itemsize)
+            array = (raw.astype(np.uint32) << 16).view(np.float32) if info["dtype"] == "BF16" else raw
+            yield name, array.reshape(info["shape"])
+
+
+def _torch_one_by_one(path):
+    """(name, array) for each tensor of a `.bin` file. A memory-mapped tensor's pages are given back
+    once the next is asked for (else the whole shard ends up resident): the array stays valid."""
+    import torch
+    state, mapped = _torch_load(path)
+    for name, tensor in state.items():
+        yield name, (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+        if mapped:
+            _drop_pages(tensor.untyped_storage())
+
+
+def _drop_pages(storage):
+    """madvise(MADV_DONTNEED) over the whole pages of a file-backed, never written mapping (Linux): the
+    process lets go of them, and a later read faults them in from the file again, unchanged. Never
+    for anonymous memory (a legacy .bin read whole), whose pages would come back as zeros."""
+    if _LIBC is None:
+        return
+    start = -(-storage.data_ptr() // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (storage.data_ptr() + storage.nbytes()) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > start:
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
 
 
 def load_hf_state_dict(folder) -> dict[str, np.ndarray]:
@@ -158,15 +223,16 @@ def load_hf_state_dict(folder) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- config
 
 
-def config_from_hf(folder, tensors=None) -> ModelConfig:
+def config_from_hf(folder, shapes=None) -> ModelConfig:
     """ModelConfig of a checkpoint folder (HF LLaMA or tinyfbi). Without an `fbi` block the model
     is binarized when its weights hold wscale tensors, whose shape tells column (1, in) from row (out, 1)
-    scaling. Settings that change the maths but ModelConfig cannot express are refused."""
+    scaling. Settings that change the maths but ModelConfig cannot express are refused. `shapes`
+    (name -> shape) spares reading the files' headers again."""
     folder = Path(folder)
     obj = read_config(folder)
     source = str(folder / CONFIG_FILE)
     _check_llama(obj, source)
-    shapes = _tensor_shapes(folder) if tensors is None else {k: v.shape for k, v in tensors.items()}
+    shapes = tensor_shapes(folder) if shapes is None else shapes
     scales = {name: tuple(shape) for name, shape in shapes.items() if name.endswith(".wscale")}
     config = config_from_json(obj, source, binarized_default=bool(scales))
     if "fbi" not in obj and scales:
@@ -196,12 +262,13 @@ def _check_llama(obj: dict, source: str):
             raise TinyFBIError(f"{source}: {why}")
 
 
-def _tensor_shapes(folder) -> dict[str, tuple]:
-    """Names and shapes without reading the weights (safetensors headers; .bin files memory-mapped)."""
+def tensor_shapes(folder) -> dict[str, tuple]:
+    """Names and shapes without reading the weights (safetensors headers; .bin files memory-mapped,
+    or read whole in the legacy non-zip format), the rotary_emb.inv_freq buffers dropped."""
     shapes = {}
     for path in weight_files(folder):
         if path.suffix == ".safetensors":
             shapes.update({k: tuple(v["shape"]) for k, v in _safetensors_header(path)[0].items()})
         else:
-            shapes.update({k: tuple(v.shape) for k, v in _torch_load(path).items()})
-    return shapes
+            shapes.update({k: tuple(v.shape) for k, v in _torch_load(path)[0].items()})
+    return {k: v for k, v in shapes.items() if not IGNORED.search(k)}
