@@ -3,8 +3,9 @@ import json
 
 import numpy as np
 import pytest
+from released import write_released
 
-from tinyfbi import Model, ModelConfig, TinyFBIError, save_model
+from tinyfbi import Model, ModelConfig, TinyFBIError, load_model, save_model
 from tinyfbi.corpus.tokenizers import ByteTokenizer
 from tinyfbi.formats.fbipack import read_packed
 from tinyfbi.pack import main as pack_main
@@ -70,6 +71,44 @@ def test_packed_logits_match_float(checkpoint, kind, head):
     assert last.shape == (1, 1, 256) and np.max(np.abs(last[0, 0] - got[0, -1])) <= 1e-6 * scale  # BLAS: 1 row vs 40
 
 
+def test_released_checkpoint_with_exact_zeros_packs_to_the_authors_logits(tmp_path, capsys):
+    """The authors' sign(0) = 0 gives W~ = beta at an exact-zero latent weight; the bits say +1, so the file
+    keeps each zero's position and the runner takes alpha_j * x_j back. Reference: the float model of
+    the same folder (formats' loader: sign_of_zero = 0, tested against the authors' transformers model
+    in test_interop). Scales, norms, embeddings and head are fp16-representable, so what is left is
+    float32 sums in another order: 1e-5 of the largest logit (measured 2.5e-6)."""
+    model = Model(CFG, seed=5)
+    rng = np.random.default_rng(3)
+    for name, v in model.params.items():
+        if name in model.binarized_names:                        # a fifth of the latent weights exactly 0
+            v[rng.random(v.shape) < 0.2] = 0.0
+        else:
+            v += (rng.standard_normal(v.shape) * 0.05).astype(np.float32)   # scales and norms off their init
+            v[...] = v.astype(np.float16).astype(np.float32)
+    folder = write_released(tmp_path / "FBI-LLM_zeros", model, "bin-sharded")
+    pack_main([str(folder), str(tmp_path / "z.fbipack")])
+    assert "which the runner corrects" in capsys.readouterr().out
+    tokens = np.random.default_rng(0).integers(0, 256, (1, 40))
+    ref = load_model(folder).forward(tokens)
+    scale = np.max(np.abs(ref))
+    for kind, tol in (("exact", 1e-5), ("int8", 5e-2)):              # int8: activations rounded to 8 bits
+        runner, _ = load_packed(tmp_path / "z.fbipack", kind)
+        assert len(runner.zeros) == 7 * CFG.num_hidden_layers
+        prefill = runner.forward(tokens, runner.new_cache())                       # batch kernels
+        cache = runner.new_cache()                                                 # stacked kernels, 5 tokens
+        steps = [runner.forward(tokens[:, :5], cache)] + [runner.forward(tokens[:, t:t + 1], cache) for t in range(5, 12)]
+        assert np.max(np.abs(prefill - ref)) <= tol * scale, kind                  # then one at a time
+        assert np.max(np.abs(np.concatenate(steps, axis=1) - ref[:, :12])) <= tol * scale, kind
+    exact, _ = load_packed(tmp_path / "z.fbipack", "exact")
+    x = rng.standard_normal((3, CFG.hidden_size)).astype(np.float32)
+    w = load_model(folder).effective_weights()["model.layers.1.mlp.up_proj.weight"]     # (I, C), 0 -> beta
+    assert np.max(np.abs(exact.linear("model.layers.1.mlp.up_proj", x) - x @ w.T)) <= 1e-5 * np.max(np.abs(x @ w.T))
+    # without the zero lists, the +1 bits alone are far off: the correction is what the test measures
+    _, arrays = read_packed(tmp_path / "z.fbipack")
+    plus_one = PackedRunner.from_arrays(exact.config, {k: v for k, v in arrays.items() if not k.endswith(".zeros")})
+    assert np.max(np.abs(plus_one.forward(tokens, plus_one.new_cache()) - ref)) > 1e-2 * scale
+
+
 def test_packed_greedy_generation_equals_float(checkpoint):
     model, tmp = checkpoint
     pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
@@ -91,10 +130,13 @@ def test_pack_cli_reports_bits_and_refuses_bad_files(checkpoint, capsys):
     with pytest.raises(TinyFBIError, match="truncated"):
         read_packed(tmp / "cut.fbipack")
     other = bytearray(data)
-    other[8:12] = (2).to_bytes(4, "little")
-    (tmp / "v2.fbipack").write_bytes(bytes(other))
-    with pytest.raises(TinyFBIError, match="version 2"):
-        read_packed(tmp / "v2.fbipack")
+    other[8:12] = (3).to_bytes(4, "little")
+    (tmp / "v3.fbipack").write_bytes(bytes(other))
+    with pytest.raises(TinyFBIError, match="version 3"):
+        read_packed(tmp / "v3.fbipack")
+    other[8:12] = (1).to_bytes(4, "little")      # version 1: the same layout without zero lists, still read
+    (tmp / "v1.fbipack").write_bytes(bytes(other))
+    assert read_packed(tmp / "v1.fbipack")[0] == read_packed(tmp / "m.fbipack")[0]
     (tmp / "junk.fbipack").write_bytes(b"hello")
     with pytest.raises(TinyFBIError, match="not a tinyfbi packed file"):
         read_packed(tmp / "junk.fbipack")

@@ -1,62 +1,158 @@
-"""The packed 1-bit file (`.fbipack`, version 1): the container runtime.build_fbipack writes and
+"""The packed 1-bit file (`.fbipack`, version 2): the container runtime.build_fbipack writes and
 runtime.packed_runner reads. Binarized linears are stored as sign bits in the kernels' blocked layout
-(kernels/bitpack.py) with fp16 alpha/beta; embeddings, norms and lm_head as dense arrays.
+(kernels/bitpack.py) with fp16 alpha/beta; embeddings, norms and lm_head as dense arrays; and, for a
+released checkpoint whose latent weights hold exact zeros (the authors' sign(0) = 0, a third value
+one bit cannot hold), the positions of those zeros per linear, so that the runner can take back the
++1 their bits say (kind "zeros": int32 (n, 2) rows of (output row, input column)).
 
 File layout, all little-endian:
     8 bytes   magic b"TFBIPACK"
-    4 bytes   format version (uint32)
+    4 bytes   format version (uint32): 2; version 1 files (no zero lists) are read the same way
     8 bytes   header length H (uint64)
     H bytes   JSON header: config.json, tokenizer spec, file size, and a table
-              name -> {kind, dtype, shape, offset, nbytes, [in_features]} of every tensor
-    ...       tensor data, each at a 64-byte aligned offset (memory-mapped on load)
+              name -> {kind, dtype, shape, offset, nbytes, [in_features]} of every tensor,
+              padded with spaces (see PackedWriter for how long)
+    ...       tensor data, each at a 64-byte aligned offset (memory-mapped on load): every tensor
+              in table order, then the zero lists in the order of their linears
 The header states the whole file's size, so a truncated file is refused before any tensor is read.
 """
 from __future__ import annotations
 
 import json
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import TinyFBIError
-from .atomic import atomic_open
 
 MAGIC = b"TFBIPACK"
-VERSION = 1
+VERSION = 2              # 2 added the zero lists
+READABLE = (1, 2)
 ALIGN = 64
 PREFIX = struct.Struct("<8sIQ")          # magic, version, header length
+ZEROS_DTYPE = np.dtype("<i4")            # (row, column) pairs of one linear's exact-zero weights
+COPY_CHUNK = 64 << 20                    # bytes moved at a time from the zero lists' spill file
 
 
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def write_packed(path, config_json: dict, tensors: dict, tokenizer: dict | None = None):
-    """tensors: name -> (kind, array[, in_features]); kind 'signs' (uint8 blocked bits) or 'dense'."""
-    table, offset = {}, 0
-    for name, (kind, array, *rest) in tensors.items():
+def zeros_name(weight_name: str) -> str:
+    """The zero list of a binarized linear: `model.layers.0.mlp.up_proj.weight` -> `....up_proj.zeros`."""
+    return weight_name.removesuffix(".weight") + ".zeros"
+
+
+class PackedWriter:
+    """A .fbipack written tensor by tensor, in whatever order the checkpoint's files hold them, one
+    tensor in memory at a time: every tensor's place in the file is fixed by the plan before any
+    weight is read.
+
+    plan: name -> (kind, dtype, shape[, in_features]) of every tensor, in file order. A zero list's
+    length is known only once its weight is read, so they are spilled to a temporary file beside the
+    output and copied after the planned tensors by finish(). With zero_lists, the header is padded
+    to the length it would have if every weight of every binarized linear were zero: its length, and
+    so every planned offset, depends on names and shapes alone. Without, no room is kept for them.
+
+        with atomic_open(out) as f:
+            w = PackedWriter(f, config_json, plan, tokenizer, zero_lists=True)
+            for name, array in tensors: w.write(name, array)        # any order
+            w.write_zeros("model.layers.0.mlp.up_proj.zeros", positions)
+            w.finish()
+    """
+
+    def __init__(self, f, config_json: dict, plan: dict, tokenizer: dict | None = None, zero_lists: bool = False):
+        self.f, self.config_json, self.tokenizer = f, config_json, tokenizer
+        self.table, offset = {}, 0
+        for name, (kind, dtype, shape, *rest) in plan.items():
+            nbytes = int(np.dtype(dtype).itemsize * np.prod(shape, dtype=np.int64))
+            self.table[name] = {"kind": kind, "dtype": np.dtype(dtype).str, "shape": [int(n) for n in shape],
+                                "offset": offset, "nbytes": nbytes}
+            if rest:
+                self.table[name]["in_features"] = int(rest[0])
+            offset = _align(offset + nbytes)
+        self.planned_end = offset
+        # the longest zero lists there could be: every weight of every binarized linear
+        self.most_zeros = {zeros_name(name): e["shape"][0] * e["in_features"]
+                           for name, e in self.table.items() if zero_lists and e["kind"] == "signs"}
+        widest = dict(self.table)
+        for name, n in self.most_zeros.items():
+            widest[name] = self._zeros_entry(n, offset)
+            offset = _align(offset + widest[name]["nbytes"])
+        self.data_start = self._data_start(widest, offset)
+        self.written, self.zeros = set(), {}                 # zeros: name -> (offset in the spill, count)
+        self.spill = tempfile.TemporaryFile(dir=Path(f.name).parent) if self.most_zeros else None
+
+    @staticmethod
+    def _zeros_entry(count: int, offset: int) -> dict:
+        return {"kind": "zeros", "dtype": ZEROS_DTYPE.str, "shape": [count, 2], "offset": offset,
+                "nbytes": count * 2 * ZEROS_DTYPE.itemsize}
+
+    def _header(self, table: dict, file_size=None) -> dict:
+        header = {"config": self.config_json, "tokenizer": self.tokenizer, "tensors": table}
+        if file_size is not None:
+            header["file_size"] = file_size
+        return header
+
+    def _data_start(self, table: dict, data_bytes: int) -> int:
+        """Where the data starts after a header holding `table`: the header records the file's size,
+        which depends on the header's own length, so iterate once (32 bytes of slack absorb the rest)."""
+        data_start = _align(PREFIX.size + len(json.dumps(self._header(table)).encode()) + 32)
+        header = self._header(table, data_start + data_bytes)
+        return _align(PREFIX.size + len(json.dumps(header).encode()) + 32)
+
+    def write(self, name: str, array: np.ndarray):
+        entry = self.table.get(name)
+        if entry is None or name in self.written:
+            raise TinyFBIError(f"tensor {name!r} is not in the plan, or written twice")
         array = np.ascontiguousarray(array)
-        entry = {"kind": kind, "dtype": array.dtype.str, "shape": list(array.shape), "offset": offset,
-                 "nbytes": int(array.nbytes)}
-        if rest:
-            entry["in_features"] = int(rest[0])
-        table[name] = entry
-        offset = _align(offset + array.nbytes)
-    header = {"config": config_json, "tokenizer": tokenizer, "tensors": table}
-    # the header records the file size, which depends on the header's own length: iterate once
-    for _ in range(2):
-        header_bytes = json.dumps(header).encode()
-        data_start = _align(PREFIX.size + len(header_bytes) + 32)
-        header["file_size"] = data_start + offset
-    header_bytes = json.dumps(header).encode().ljust(data_start - PREFIX.size)
-    with atomic_open(path) as f:
-        f.write(PREFIX.pack(MAGIC, VERSION, len(header_bytes)))
-        f.write(header_bytes)
-        for name, (kind, array, *_) in tensors.items():
-            f.seek(data_start + table[name]["offset"])
-            f.write(np.ascontiguousarray(array).tobytes())
-        f.truncate(header["file_size"])
+        if array.dtype.str != entry["dtype"] or list(array.shape) != entry["shape"]:
+            raise TinyFBIError(f"tensor {name!r} is {array.dtype.str} {list(array.shape)}, "
+                               f"the plan says {entry['dtype']} {entry['shape']}")
+        self.f.seek(self.data_start + entry["offset"])
+        self.f.write(array.data.cast("B") if array.size else b"")
+        self.written.add(name)
+
+    def write_zeros(self, name: str, positions: np.ndarray):
+        """positions (n, 2): (row, column) of each exact-zero weight of one linear; none: nothing stored."""
+        if name not in self.most_zeros or name in self.zeros:
+            raise TinyFBIError(f"{name!r} is not a zero list this file has room for, or written twice")
+        positions = np.ascontiguousarray(positions, ZEROS_DTYPE).reshape(-1, 2)
+        if len(positions):
+            self.zeros[name] = (self.spill.tell(), len(positions))
+            self.spill.write(positions.data.cast("B"))
+
+    def finish(self):
+        """Copy the zero lists after the planned tensors, write the header; the file is complete."""
+        missing = [name for name in self.table if name not in self.written]
+        if missing:
+            raise TinyFBIError(f"tensor {missing[0]!r} was planned but never written")
+        table, offset = dict(self.table), self.planned_end
+        for name in self.most_zeros:                         # in the order of their linears
+            if name not in self.zeros:
+                continue
+            spilled, count = self.zeros[name]
+            table[name] = self._zeros_entry(count, offset)
+            self.spill.seek(spilled)
+            self.f.seek(self.data_start + offset)
+            left = table[name]["nbytes"]
+            while left:
+                chunk = self.spill.read(min(left, COPY_CHUNK))
+                self.f.write(chunk)
+                left -= len(chunk)
+            offset = _align(offset + table[name]["nbytes"])
+        if self.spill is not None:
+            self.spill.close()
+        file_size = self.data_start + offset
+        header = json.dumps(self._header(table, file_size)).encode()
+        if PREFIX.size + len(header) > self.data_start:      # cannot happen: the room was for the widest header
+            raise AssertionError("the .fbipack header outgrew the room planned for it")
+        self.f.seek(0)
+        self.f.write(PREFIX.pack(MAGIC, VERSION, self.data_start - PREFIX.size))
+        self.f.write(header.ljust(self.data_start - PREFIX.size))
+        self.f.truncate(file_size)
 
 
 def read_packed(path):
@@ -70,9 +166,9 @@ def read_packed(path):
         if len(prefix) < PREFIX.size or prefix[:8] != MAGIC:
             raise TinyFBIError(f"{path} is not a tinyfbi packed file")
         _, version, header_len = PREFIX.unpack(prefix)
-        if version != VERSION:
-            raise TinyFBIError(f"{path} is packed format version {version}; this tinyfbi reads version "
-                               f"{VERSION} (repack it with this version's `python -m tinyfbi.pack`)")
+        if version not in READABLE:
+            raise TinyFBIError(f"{path} is packed format version {version}; this tinyfbi reads versions "
+                               f"{', '.join(map(str, READABLE))} (repack it with this version's `python -m tinyfbi.pack`)")
         raw = f.read(header_len)
     try:
         header = json.loads(raw.decode())

@@ -2,7 +2,15 @@
 bits in the kernels' layout. runtime.packed_runner runs the result.
 
 sign(W) is decided by the one binarize rule (tinyfbi.core.binarize, via kernels.bitpack.sign_mask);
-alpha/beta go to fp16, as the paper counts its 1.01 bits (arXiv 2407.07093, section 4.1).
+alpha/beta go to fp16, as the paper counts its 1.01 bits (arXiv 2407.07093, section 4.1). A released
+checkpoint (the authors' sign(0) = 0) also gets the positions of its exact-zero latent weights, which
+one bit stores as +1 and the runner corrects.
+
+The checkpoint is streamed tensor by tensor from its files (formats.hf_folder.iter_hf_tensors) into
+the file (formats.fbipack.PackedWriter): the memory held is one tensor and its packed form, never
+the model (a legacy non-zip `.bin` is read one shard at a time), so a 7B's 27 GB of fp32 latent
+weights pack on a laptop. Measured on a 1.3B-shaped release (5.46 GB of fp32 in 3 `.bin` shards):
+peak RSS 0.64 GB, was 6.13 GB when the whole checkpoint was loaded first.
 
     python -m tinyfbi.pack runs/tiny-ad tiny.fbipack
 """
@@ -12,49 +20,98 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.bitpack import pack_blocked_mask, sign_mask
+from kernels.bitpack import BLOCK, pack_blocked_mask, sign_mask
 
+from ..core.config import ModelConfig
 from ..core.errors import TinyFBIError
-from ..formats.checkpoint import load_checkpoint
-from ..formats.fbipack import write_packed
-from ..formats.run_checkpoint import resolve_checkpoint
+from ..formats.atomic import atomic_open
+from ..formats.checkpoint import read_layout, with_checkpoint
+from ..formats.fbipack import PackedWriter, zeros_name
+from ..formats.hf_folder import iter_hf_tensors
+
+TOKENIZER_FILE = "tokenizer.model"   # a released folder's LLaMA sentencepiece model, packed with it when present
 
 
-def pack_checkpoint(ckpt, out, dense_dtype="float16") -> dict:
-    """Pack a checkpoint folder; returns size statistics (bits per parameter etc.)."""
-    ckpt = resolve_checkpoint(ckpt)
-    config, params, raw = load_checkpoint(ckpt)
-    if not config.binarized or not config.has_scales:
-        raise TinyFBIError(f"{ckpt} is not an FBI (column-scaled binarized) checkpoint: nothing to pack")
+def pack_checkpoint(ckpt, out, dense_dtype="float16", on_file=None) -> dict:
+    """Pack a checkpoint folder (or a run folder's checkpoint) into `out`, atomically, streaming its
+    files; on_file(path) is called as each weight file is opened. Returns size statistics."""
+    def pack_folder(folder):
+        config, raw = read_layout(folder)
+        return pack_tensors(out, config, raw, iter_hf_tensors(folder, on_file), dense_dtype, folder)
+    return with_checkpoint(ckpt, pack_folder)
+
+
+def storage_plan(config: ModelConfig, dense_dtype="float16") -> dict:
+    """name -> (kind, dtype, shape[, in_features]) of every tensor a .fbipack of this model holds."""
     binarized = set(config.binarized_weight_names())
-    tensors, stats = {}, {"binarized_params": 0, "binarized_bytes": 0, "other_params": 0, "other_bytes": 0,
-                          "exact_zeros": 0, "sign_of_zero": config.sign_of_zero}
-    for name, value in params.items():
+    plan = {}
+    for name, shape in config.param_shapes().items():
         prefix = name.rsplit(".", 1)[0]
-        if name in binarized:
-            bits = pack_blocked_mask(sign_mask(value))                        # (out, 32*ceil(in/256))
-            tensors[name] = ("signs", bits, value.shape[1])
-            stats["binarized_params"] += value.size
-            stats["exact_zeros"] += int(np.count_nonzero(value == 0))
-            stats["binarized_bytes"] += bits.nbytes
+        if name in binarized:                                             # (out, 32*ceil(in/256)) blocked bits
+            plan[name] = ("signs", np.uint8, (shape[0], 32 * -(-shape[1] // BLOCK)), shape[1])
         elif name.endswith((".wscale", ".wbias")) and prefix + ".weight" in binarized:
-            tensors[name] = ("dense", value.astype(np.float16))               # alpha/beta: fp16, as the paper counts
-            stats["binarized_bytes"] += value.size * 2
+            plan[name] = ("dense", np.float16, shape)                     # alpha/beta: fp16, as the paper counts
         else:
-            tensors[name] = ("dense", value.astype(dense_dtype))
-            stats["other_params"] += value.size
-            stats["other_bytes"] += tensors[name][1].nbytes
-    tok_spec = (raw.get("fbi") or {}).get("tokenizer")
-    tokenizer = None
-    if tok_spec and tok_spec.get("file"):
-        tokenizer = {"spec": tok_spec, "file_hex": (ckpt / tok_spec["file"]).read_bytes().hex()}
-    elif tok_spec:
-        tokenizer = {"spec": tok_spec}
-    write_packed(out, raw, tensors, tokenizer)
-    total_params = stats["binarized_params"] + stats["other_params"]
-    stats.update(
-        bits_per_binarized_param=8 * stats["binarized_bytes"] / stats["binarized_params"],
-        bits_per_param=8 * Path(out).stat().st_size / total_params,
-        file_bytes=Path(out).stat().st_size,
-        float32_bytes=4 * sum(v.size for v in params.values()))
+            plan[name] = ("dense", np.dtype(dense_dtype), shape)
+    return plan
+
+
+def pack_tensors(out, config: ModelConfig, raw: dict, tensors, dense_dtype="float16", folder=None) -> dict:
+    """Write `out` from (name, array) pairs in any order (a checkpoint streamed, or one in memory).
+    raw: its config.json dict; folder: where its tokenizer file lies."""
+    if not config.binarized or not config.has_scales:
+        raise TinyFBIError(f"{folder or 'this checkpoint'} is not an FBI (column-scaled binarized) checkpoint: "
+                           "nothing to pack")
+    if config.scaling != "column":
+        raise TinyFBIError(f"{folder or 'this checkpoint'} scales its linears per {config.scaling}; "
+                           "the packed runtime has per-column alpha/beta only")
+    plan, shapes = storage_plan(config, dense_dtype), config.param_shapes()
+    binarized = set(config.binarized_weight_names())
+    scales = {p.removesuffix(".weight") + s for p in binarized for s in (".wscale", ".wbias")}
+    correct_zeros = config.sign_of_zero == 0              # the authors' sign(0) = 0: keep where the zeros are
+    stats = {"binarized_params": 0, "binarized_bytes": 0, "other_params": 0, "other_bytes": 0, "exact_zeros": 0,
+             "zero_lists": 0, "sign_of_zero": config.sign_of_zero}
+    with atomic_open(out) as f:
+        writer = PackedWriter(f, raw, plan, _tokenizer(raw, folder), zero_lists=correct_zeros)
+        for name, value in tensors:
+            if shapes.get(name) != tuple(value.shape):
+                raise TinyFBIError(f"{folder}: tensor {name!r} of shape {tuple(value.shape)} is not in the "
+                                   "model its config.json describes")
+            if name in binarized:
+                bits = pack_blocked_mask(sign_mask(value))                # (out, 32*ceil(in/256))
+                writer.write(name, bits)
+                zeros = np.argwhere(value == 0)                           # (n, 2): (out row, in column) each
+                stats["exact_zeros"] += len(zeros)
+                if correct_zeros:
+                    writer.write_zeros(zeros_name(name), zeros)
+                    stats["zero_lists"] += bool(len(zeros))
+                stats["binarized_params"] += value.size
+                stats["binarized_bytes"] += bits.nbytes
+                continue
+            stored = np.asarray(value).astype(plan[name][1])
+            writer.write(name, stored)
+            if name in scales:                                            # alpha/beta count with the signs
+                stats["binarized_bytes"] += stored.nbytes
+            else:
+                stats["other_params"] += stored.size
+                stats["other_bytes"] += stored.nbytes
+        writer.finish()
+    total_params = config.num_params()
+    file_bytes = Path(out).stat().st_size
+    stats.update(bits_per_binarized_param=8 * stats["binarized_bytes"] / stats["binarized_params"],
+                 bits_per_param=8 * file_bytes / total_params, file_bytes=file_bytes,
+                 float32_bytes=4 * total_params)
     return stats
+
+
+def _tokenizer(raw: dict, folder) -> dict | None:
+    """The tokenizer entry of the header: the checkpoint's spec and its file's bytes (hex); a released
+    folder (no spec) with a tokenizer.model gets a sentencepiece spec for it."""
+    spec = (raw.get("fbi") or {}).get("tokenizer")
+    if spec is None and folder is not None and (Path(folder) / TOKENIZER_FILE).is_file():
+        spec = {"kind": "sentencepiece", "file": TOKENIZER_FILE}
+    if not spec:
+        return None
+    if spec.get("file") and folder is not None:
+        return {"spec": spec, "file_hex": (Path(folder) / spec["file"]).read_bytes().hex()}
+    return {"spec": spec}

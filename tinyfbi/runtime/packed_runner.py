@@ -12,6 +12,11 @@ another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per r
 - prefill (many tokens): the batch kernels (v7 int8 / v6 exact) per linear, compiled attention over
   the heads in parallel, compiled RMSNorm and SwiGLU.
 
+A released checkpoint's exact-zero latent weights (the authors' sign(0) = 0, W~ = beta there) are
+stored as +1 bits plus their positions (formats.fbipack's zero lists): each linear that has any
+subtracts alpha_j * x_j from y_i for its zeros (i, j) after the kernel (ZeroFix), in both kinds on
+the float activations; a model without zeros pays one None check per layer.
+
 `runner.times` accumulates seconds per part (the benchmark's breakdown). The KV cache (`kv`) is fp16
 by default with int8 activations (half the bytes attention reads per token; rounding 2^-11 relative,
 far below int8's) and float32 with exact ones; kv="f32" / "f16" chooses.
@@ -58,6 +63,48 @@ class PackedLayer:
     down: StackedSigns      # (C) over silu(gate) * up
     norm1: np.ndarray       # (C,) input_layernorm
     norm2: np.ndarray       # (C,) post_attention_layernorm
+    zeros: "ZeroFix | None" = None   # the block's exact-zero weights, if its checkpoint had any
+
+
+@dataclass
+class Zeros:
+    """One linear's exact-zero latent weights: zero k sits at output row rows[k], input column cols[k]."""
+    out_features: int
+    rows: np.ndarray        # (n,) int64 output rows
+    cols: np.ndarray        # (n,) int64 input columns
+    coef: np.ndarray        # (n,) float32 alpha at each column, as the kernels use it
+
+    @classmethod
+    def from_positions(cls, positions: np.ndarray, out_features: int, alpha: np.ndarray) -> "Zeros":
+        """positions (n, 2) of (row, column), as the file stores them; alpha (in,)."""
+        cols = positions[:, 1].astype(np.int64)
+        return cls(out_features, positions[:, 0].astype(np.int64), cols, np.asarray(alpha, np.float32)[cols])
+
+    def subtract(self, y: np.ndarray, x: np.ndarray):
+        """y (..., out) -= the +1 the bits gave each zero: y_i -= sum over its zeros j of alpha_j x_j, for
+        x (..., in); in place (y may be a view). A scatter-add by bincount over (token, row) pairs."""
+        x2 = x.reshape(-1, x.shape[-1])                                              # (N, in)
+        N = x2.shape[0]
+        gathered = x2[:, self.cols] * self.coef                                      # (N, n) alpha_j x_j
+        at = self.rows + self.out_features * np.arange(N)[:, None]                   # (N, n) flat (token, row)
+        y -= np.bincount(at.ravel(), gathered.ravel(), N * self.out_features).reshape(y.shape).astype(np.float32)
+
+
+@dataclass
+class ZeroFix:
+    """A block's exact-zero weights per stacked group: group -> ((segment s, Zeros), ...)."""
+    groups: dict
+
+    def stacked(self, group: str, st: StackedSigns, y: np.ndarray, x: np.ndarray):
+        """y (R,) a stacked call's output for x (in,): each segment's rows corrected in place."""
+        for s, zeros in self.groups.get(group, ()):
+            r0 = int(st.starts[s])
+            zeros.subtract(y[r0:r0 + st.out_features[s]], x)
+
+    def per_linear(self, group: str, ys: list, x: np.ndarray):
+        """ys [(N, out_s)] the group's outputs for x (N, in), corrected in place."""
+        for s, zeros in self.groups.get(group, ()):
+            zeros.subtract(ys[s], x)
 
 
 class PackedRunner(Runner):
@@ -75,12 +122,14 @@ class PackedRunner(Runner):
         positions = np.arange(config.max_position_embeddings)
         self.cos, self.sin = L.rope_cos_sin(positions, config.head_dim, config.rope_theta)  # (P, D) each
         # prefix -> (PackedSigns view, alpha, beta): each linear on its own, for linear() and tests
-        self.linears = {}
+        self.linears, self.zeros = {}, {}
         for i, layer in enumerate(layers):
             for group, names in GROUPS.items():
                 st = getattr(layer, group)
                 for s, name in enumerate(names):
                     self.linears[f"model.layers.{i}.{name}"] = (st.segment(s), st.alpha[s], st.beta[s])
+                for s, zeros in (layer.zeros.groups.get(group, ()) if layer.zeros else ()):
+                    self.zeros[f"model.layers.{i}.{names[s]}"] = zeros
 
     def new_cache(self, batch=1, max_len=None) -> KVCache:
         """float32, or float16 for kv 'f16' (the kernels read its bits as uint16: see _kv_bits)."""
@@ -89,11 +138,15 @@ class PackedRunner(Runner):
 
     def linear(self, prefix, x):
         packed, alpha, beta = self.linears[prefix]
-        return matvec(packed, alpha, beta, x, self.kind)
+        y = matvec(packed, alpha, beta, x, self.kind)
+        if prefix in self.zeros:
+            self.zeros[prefix].subtract(y, np.asarray(x, np.float32))
+        return y
 
     def weight_bytes(self) -> int:
         packed = sum(getattr(layer, g).nbytes for layer in self.layers for g in GROUPS)
-        return packed + sum(v.nbytes for v in self.params.values()) + self.head.nbytes
+        zeros = sum(a.nbytes for z in self.zeros.values() for a in (z.rows, z.cols, z.coef))
+        return packed + zeros + sum(v.nbytes for v in self.params.values()) + self.head.nbytes
 
     def kernel_names(self, tokens: int) -> dict:
         """Which kernel runs each part for a step of this many tokens."""
@@ -148,21 +201,31 @@ class PackedRunner(Runner):
             rmsnorm_into(x, layer.norm1, cfg.rms_norm_eps, h)
             t = lap("norm", t)
             y = stacked_matvec(layer.qkv, h, kind)                                       # (R,) q | k | v
+            if layer.zeros is not None:
+                layer.zeros.stacked("qkv", layer.qkv, y, h)
             t = lap("qkv", t)
             q0, k0, v0 = layer.qkv.starts
             attend(y[None, q0:q0 + C], y[None, k0:k0 + kv], y[None, v0:v0 + kv], cos, sin,
                    _kv_bits(cache.k[i][0]), _kv_bits(cache.v[i][0]), pos, a)
             t = lap("attention", t)
-            x += stacked_matvec(layer.o, a[0], kind)[:C]
+            y = stacked_matvec(layer.o, a[0], kind)
+            if layer.zeros is not None:
+                layer.zeros.stacked("o", layer.o, y, a[0])
+            x += y[:C]
             t = lap("o", t)
             rmsnorm_into(x, layer.norm2, cfg.rms_norm_eps, h)
             t = lap("norm", t)
             gu = stacked_matvec(layer.gate_up, h, kind)                                  # (R,) gate | up
+            if layer.zeros is not None:
+                layer.zeros.stacked("gate_up", layer.gate_up, gu, h)
             t = lap("gate_up", t)
             g0, u0 = layer.gate_up.starts
             swiglu_into(gu[g0:g0 + I], gu[u0:u0 + I], m)
             t = lap("swiglu", t)
-            x += stacked_matvec(layer.down, m, kind)[:C]
+            y = stacked_matvec(layer.down, m, kind)
+            if layer.zeros is not None:
+                layer.zeros.stacked("down", layer.down, y, m)
+            x += y[:C]
             t = lap("down", t)
         cache.length = pos + 1
         out = np.empty(C, np.float32)
@@ -170,13 +233,18 @@ class PackedRunner(Runner):
         lap("norm", t)
         return out
 
-    def _batch_linears(self, st: StackedSigns, x2: np.ndarray) -> list:
-        """x2 (N, in) -> [(N, out_s) for each stacked linear]: the batch kernels when N is large enough
-        for them, else the stacked batch-1 call token by token (one call for all linears, lut3 rows)."""
+    def _batch_linears(self, layer: PackedLayer, group: str, x2: np.ndarray) -> list:
+        """x2 (N, in) -> [(N, out_s) for each linear of the layer's group]: the batch kernels when N is
+        large enough for them, else the stacked batch-1 call token by token (one call for all linears)."""
+        st = getattr(layer, group)
         if is_batch_kernel(kernel_name(st.segment(0), x2.shape[0], self.kind)):
-            return [matvec(st.segment(s), st.alpha[s], st.beta[s], x2, self.kind) for s in range(len(st.starts))]
-        y = np.stack([stacked_matvec(st, row, self.kind) for row in x2])                 # (N, R)
-        return [y[:, r0:r0 + n] for r0, n in zip(st.starts, st.out_features)]
+            ys = [matvec(st.segment(s), st.alpha[s], st.beta[s], x2, self.kind) for s in range(len(st.starts))]
+        else:
+            y = np.stack([stacked_matvec(st, row, self.kind) for row in x2])             # (N, R)
+            ys = [y[:, r0:r0 + n] for r0, n in zip(st.starts, st.out_features)]
+        if layer.zeros is not None:
+            layer.zeros.per_linear(group, ys, x2)
+        return ys
 
     def _prefill(self, x: np.ndarray, cache: KVCache) -> np.ndarray:
         """x (B, T, C) embeddings -> final-normed (B, T, C); appends T positions to the cache."""
@@ -189,22 +257,22 @@ class PackedRunner(Runner):
         for i, layer in enumerate(self.layers):
             rmsnorm_rows_into(x.reshape(B * T, C), layer.norm1, cfg.rms_norm_eps, h2)
             t = lap("norm", t)
-            q, k, v = (np.ascontiguousarray(y).reshape(B, T, -1) for y in lin(layer.qkv, h2))  # (B, T, C | kv | kv)
+            q, k, v = (np.ascontiguousarray(y).reshape(B, T, -1) for y in lin(layer, "qkv", h2))  # (B, T, C | kv | kv)
             t = lap("qkv", t)
             a = np.empty((B, T, C), np.float32)                                          # (B, T, H*D)
             for b in range(B):  # BLAS-free: numpy's batched matmul beside spinning kernel threads stalls
                 attend_parallel(q[b], k[b], v[b], cos, sin, _kv_bits(cache.k[i][b]), _kv_bits(cache.v[i][b]), start, a[b])
             t = lap("attention", t)
-            x = x + lin(layer.o, a.reshape(B * T, C))[0].reshape(B, T, C)
+            x = x + lin(layer, "o", a.reshape(B * T, C))[0].reshape(B, T, C)
             t = lap("o", t)
             rmsnorm_rows_into(x.reshape(B * T, C), layer.norm2, cfg.rms_norm_eps, h2)
             t = lap("norm", t)
-            gate, up = (np.ascontiguousarray(y) for y in lin(layer.gate_up, h2))         # (B*T, I) each
+            gate, up = (np.ascontiguousarray(y) for y in lin(layer, "gate_up", h2))         # (B*T, I) each
             t = lap("gate_up", t)
             mlp = np.empty_like(gate)
             swiglu_into(gate.reshape(-1), up.reshape(-1), mlp.reshape(-1))
             t = lap("swiglu", t)
-            x = x + lin(layer.down, mlp)[0].reshape(B, T, C)
+            x = x + lin(layer, "down", mlp)[0].reshape(B, T, C)
             t = lap("down", t)
         cache.length = end
         h = np.empty((B, T, C), np.float32)
@@ -216,13 +284,13 @@ class PackedRunner(Runner):
 
     @classmethod
     def from_arrays(cls, config, arrays: dict, kind="exact", lut=None, head="f16", kv="auto"):
-        """arrays: name -> array as stored in a packed file (signs as blocked uint8 bits)."""
+        """arrays: name -> array as stored in a packed file (signs as blocked uint8 bits, zero lists if any)."""
         lut = (kind == "exact") if lut is None else lut  # the lut3 layout speeds up the exact batch-1 kernel
         shapes = config.linear_shapes()
         layers = []
         for i in range(config.num_hidden_layers):
             pre = f"model.layers.{i}."
-            stacks = {}
+            stacks, zeros = {}, {}
             for group, names in GROUPS.items():
                 linears = []
                 for name in names:
@@ -230,8 +298,13 @@ class PackedRunner(Runner):
                     linears.append((PackedSigns(out_f, in_f, arrays[pre + name + ".weight"]),
                                     arrays[pre + name + ".wscale"], arrays[pre + name + ".wbias"]))
                 stacks[group] = stack_linears(linears, lut, nib4=kind == "int8")
+                found = [(s, Zeros.from_positions(np.asarray(arrays[pre + name + ".zeros"]), linears[s][0].out_features,
+                                                  stacks[group].alpha[s]))
+                         for s, name in enumerate(names) if pre + name + ".zeros" in arrays]
+                if found:
+                    zeros[group] = tuple(found)
             norms = [np.asarray(arrays[pre + n + ".weight"], np.float32) for n in ("input_layernorm", "post_attention_layernorm")]
-            layers.append(PackedLayer(**stacks, norm1=norms[0], norm2=norms[1]))
+            layers.append(PackedLayer(**stacks, norm1=norms[0], norm2=norms[1], zeros=ZeroFix(zeros) if zeros else None))
         # the embedding stays as stored (fp16, memory-mapped), only looked up
         dense = {"model.embed_tokens.weight": arrays["model.embed_tokens.weight"],
                  "model.norm.weight": np.asarray(arrays["model.norm.weight"], np.float32),
