@@ -16,6 +16,8 @@ peak RSS 0.64 GB, was 6.13 GB when the whole checkpoint was loaded first.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,24 @@ from ..formats.fbipack import PackedWriter, zeros_name
 from ..formats.hf_folder import iter_hf_tensors
 
 TOKENIZER_FILE = "tokenizer.model"   # a released folder's LLaMA sentencepiece model, packed with it when present
+CACHE_ENV = "TINYFBI_CACHE"          # where packed copies of downloaded models are kept
+
+
+def cache_dir() -> Path:
+    """$TINYFBI_CACHE, else $XDG_CACHE_HOME/tinyfbi, else ~/.cache/tinyfbi."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyfbi"
+
+
+def packed_once(folder, name: str) -> Path:
+    """The cache's `name`.fbipack of a checkpoint folder: packed on first use (atomically, so a killed
+    pack leaves nothing half-written behind), reused after."""
+    out = cache_dir() / f"{name}.fbipack"
+    if not out.is_file():
+        print(f"packing {folder} into {out} (once; later runs reuse it)", file=sys.stderr, flush=True)
+        pack_checkpoint(folder, out)
+    return out
 
 
 def pack_checkpoint(ckpt, out, dense_dtype="float16", on_file=None) -> dict:

@@ -6,6 +6,7 @@ The runner needs only the full-precision parameters (embeddings, norms, lm_head)
 
     runner = FloatRunner(load_model("runs/tiny"))
     ids = generate(runner, prompt_ids, max_new_tokens=100, temperature=0.8, top_k=40)
+    session = Session(runner, greedy=True); session.feed(ids); more = session.continue_text(20)   # a chat turn
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ class Runner:
     def new_cache(self, batch=1, max_len=None) -> KVCache:
         return KVCache(self.config, batch, max_len or self.config.max_position_embeddings)
 
-    def forward(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
-        """tokens (B, T_new) continuing the cache -> logits (B, T_new, V); appends to the cache."""
+    def forward(self, tokens: np.ndarray, cache: KVCache, last_only: bool = False) -> np.ndarray:
+        """tokens (B, T_new) continuing the cache -> logits (B, T_new, V), or (B, 1, V) if last_only;
+        appends to the cache."""
         cfg, p = self.config, self.params
         B, T = tokens.shape
         H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -66,8 +68,8 @@ class Runner:
             m, _ = L.swiglu_forward(self.linear(pre + "mlp.gate_proj", h2), self.linear(pre + "mlp.up_proj", h2))
             x = x + self.linear(pre + "mlp.down_proj", m).reshape(B, T, -1)
         cache.length = end
-        h, _ = L.rmsnorm_forward(x, p["model.norm.weight"], cfg.rms_norm_eps)
-        return h @ p["lm_head.weight"].T                                              # (B, T, V)
+        h, _ = L.rmsnorm_forward(x[:, -1:] if last_only else x, p["model.norm.weight"], cfg.rms_norm_eps)
+        return h @ p["lm_head.weight"].T                                              # (B, T | 1, V)
 
 
 class FloatRunner(Runner):
@@ -93,25 +95,60 @@ def sample_next(logits: np.ndarray, rng, temperature=1.0, top_k=None, greedy=Fal
     return int(rng.choice(logits.size, p=probs))
 
 
+class Session:
+    """One sequence and its KV cache, kept across calls: feed(ids) runs only the new tokens (appended to
+    the cache), continue_text(n) samples n more, each fed back. What `generate` and a chat are made of.
+    When the context is full, the most recent half window is re-read into a fresh cache."""
+
+    def __init__(self, runner: Runner, temperature=1.0, top_k=None, greedy=False, seed=0):
+        self.runner, self.temperature, self.top_k, self.greedy = runner, temperature, top_k, greedy
+        self.max_len = runner.config.max_position_embeddings
+        self.rng = np.random.default_rng(seed)
+        self.reset()
+
+    def reset(self):
+        """Forget the sequence: an empty cache (the sampler's random state goes on)."""
+        self.cache = self.runner.new_cache(1, self.max_len)
+        self.ids, self.logits = [], None                  # logits (V,): the next token's, after self.ids
+
+    @property
+    def position(self) -> int:
+        """Tokens in the KV cache: where the next one goes."""
+        return self.cache.length
+
+    def feed(self, ids):
+        """Append ids to the sequence, running only them through the model (the cache holds the rest)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return
+        if self.cache.length + len(ids) > self.max_len:   # context full: the most recent half window, afresh
+            keep = (self.ids + ids)[-(self.max_len // 2):]
+            self.reset()
+            ids = keep
+        self.logits = self.runner.forward(np.array([ids], dtype=np.int64), self.cache, last_only=True)[0, -1]
+        self.ids += ids
+
+    def continue_text(self, max_new_tokens: int, eos_id=None, on_token=None) -> list[int]:
+        """Sample up to max_new_tokens ids after the sequence, each fed back; stops after eos (which is
+        returned and passed to on_token, but not fed)."""
+        if self.logits is None:
+            raise ValueError("feed at least one token before sampling")
+        new = []
+        for _ in range(max_new_tokens):
+            nxt = sample_next(self.logits, self.rng, self.temperature, self.top_k, self.greedy)
+            new.append(nxt)
+            if on_token is not None:
+                on_token(nxt)
+            if eos_id is not None and nxt == eos_id:
+                break
+            self.feed([nxt])
+        return new
+
+
 def generate(runner: Runner, prompt_ids, max_new_tokens=100, temperature=1.0, top_k=None,
              greedy=False, seed=0, eos_id=None, on_token=None) -> list[int]:
     """Prompt ids -> prompt + new ids, with a KV cache (prefill once, then one token per step)."""
-    ids = list(prompt_ids) or [0]
-    max_len = runner.config.max_position_embeddings
-    ids = ids[-max_len:]  # the prompt keeps its last tokens if it is too long
-    rng = np.random.default_rng(seed)
-    cache = runner.new_cache(1, max_len)
-    logits = runner.forward(np.array([ids], dtype=np.int64), cache)[0, -1]
-    for _ in range(max_new_tokens):
-        nxt = sample_next(logits, rng, temperature, top_k, greedy)
-        ids.append(nxt)
-        if on_token is not None:
-            on_token(nxt)
-        if eos_id is not None and nxt == eos_id:
-            break
-        if cache.length < max_len:
-            logits = runner.forward(np.array([[nxt]], dtype=np.int64), cache)[0, -1]
-        else:  # context full: re-read the most recent half window into a fresh cache
-            cache = runner.new_cache(1, max_len)
-            logits = runner.forward(np.array([ids[-(max_len // 2):]], dtype=np.int64), cache)[0, -1]
-    return ids
+    ids = (list(prompt_ids) or [0])[-runner.config.max_position_embeddings:]  # a long prompt keeps its end
+    session = Session(runner, temperature, top_k, greedy, seed)
+    session.feed(ids)
+    return ids + session.continue_text(max_new_tokens, eos_id, on_token)
