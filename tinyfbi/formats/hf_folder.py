@@ -143,6 +143,8 @@ def _torch_load(path) -> tuple[dict, bool]:
             state, mapped = torch.load(path, map_location="cpu", weights_only=True), False  # legacy non-zip format
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "allocate memory" in first:
+            raise TinyFBIError(f"not enough memory to read {path} ({first})") from None
         raise TinyFBIError(f"{path} is truncated, corrupted or not a state dict ({first})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TinyFBIError(f"{path} is not a flat state dict of tensors (name -> tensor)")
@@ -167,6 +169,7 @@ def iter_hf_tensors(folder, on_file=None):
                 raise TinyFBIError(f"tensor {name!r} appears in two shards of {folder} (again in {path.name})")
             seen.add(name)
             yield name, value
+            del value                 # a view of a mapped .bin shard: let it go before the next shard opens
 
 
 def _safetensors_one_by_one(path):

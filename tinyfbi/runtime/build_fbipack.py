@@ -107,14 +107,15 @@ def pack_tensors(out, config: ModelConfig, raw: dict, tensors, dense_dtype="floa
                     stats["zero_lists"] += bool(len(zeros))
                 stats["binarized_params"] += value.size
                 stats["binarized_bytes"] += bits.nbytes
-                continue
-            stored = np.asarray(value).astype(plan[name][1])
-            writer.write(name, stored)
-            if name in scales:                                            # alpha/beta count with the signs
-                stats["binarized_bytes"] += stored.nbytes
             else:
-                stats["other_params"] += stored.size
-                stats["other_bytes"] += stored.nbytes
+                stored = np.asarray(value).astype(plan[name][1])
+                writer.write(name, stored)
+                if name in scales:                                        # alpha/beta count with the signs
+                    stats["binarized_bytes"] += stored.nbytes
+                else:
+                    stats["other_params"] += stored.size
+                    stats["other_bytes"] += stored.nbytes
+            del value                 # a view of a mapped .bin shard: let it go before the next shard opens
         writer.finish()
     total_params = config.num_params()
     file_bytes = Path(out).stat().st_size
