@@ -9,6 +9,7 @@ peak is the child's own ru_maxrss less its value after importing what packing im
 hand on all 24 layers (5.46 GB of fp32 in 3 shards of 1.8 GB): peak RSS 0.64 GB, was 6.13 GB.
 """
 import filecmp
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -55,7 +56,8 @@ def wide_params(cfg, seed=0):
 def wide_release(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wide") / "FBI-LLM_1.3B-2layers"
     write_released(folder, SimpleNamespace(config=WIDE, params=wide_params(WIDE)), "bin-sharded", shards=3)
-    return folder
+    yield folder
+    shutil.rmtree(folder)                                   # 0.94 GB: not kept among pytest's last runs
 
 
 def test_pack_streams_a_sharded_release_in_bounded_memory(wide_release, tmp_path):
@@ -83,6 +85,9 @@ def test_pack_streams_a_sharded_release_in_bounded_memory(wide_release, tmp_path
     w = params["model.layers.1.mlp.down_proj.weight"]
     assert np.array_equal(zeros, np.argwhere(w == 0)) and stats["exact_zeros"] == sum(
         np.count_nonzero(params[n] == 0) for n in config.binarized_weight_names())
+    del header, arrays, zeros
+    for f in (out, tmp_path / "memory.fbipack"):
+        f.unlink()
 
 
 def test_every_layout_packs_to_the_same_bytes(tmp_path):
