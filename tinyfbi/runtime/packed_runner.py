@@ -42,6 +42,7 @@ from kernels.dense_head import DenseHead
 from kernels.dispatch import is_batch_kernel, kernel_name, matvec
 from kernels.simd import ISA
 from kernels.stacked import StackedSigns, stack_linears, stacked_kernel_name, stacked_matvec
+from kernels.zero_fix import subtract_zeros
 
 from ..core import layers as L
 from ..core.config import ModelConfig
@@ -82,12 +83,12 @@ class Zeros:
 
     def subtract(self, y: np.ndarray, x: np.ndarray):
         """y (..., out) -= the +1 the bits gave each zero: y_i -= sum over its zeros j of alpha_j x_j, for
-        x (..., in); in place (y may be a view). A scatter-add by bincount over (token, row) pairs."""
-        x2 = x.reshape(-1, x.shape[-1])                                              # (N, in)
-        N = x2.shape[0]
-        gathered = x2[:, self.cols] * self.coef                                      # (N, n) alpha_j x_j
-        at = self.rows + self.out_features * np.arange(N)[:, None]                   # (N, n) flat (token, row)
-        y -= np.bincount(at.ravel(), gathered.ravel(), N * self.out_features).reshape(y.shape).astype(np.float32)
+        x (..., in); in place (y may be a view). kernels.zero_fix, about a nanosecond per zero and token."""
+        x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])            # (N, in)
+        y2 = y[None] if y.ndim == 1 else y.reshape(-1, self.out_features)            # (N, out), a view if it can be
+        subtract_zeros(y2, x2, self.rows, self.cols, self.coef)
+        if not np.shares_memory(y2, y):                                              # reshape had to copy
+            y[...] = y2.reshape(y.shape)
 
 
 @dataclass
