@@ -1,4 +1,4 @@
-"""The row loops every int8 kernel shares, built around its row intrinsic (v5, v7, v8 and v8's twin).
+"""The row loops every int8 kernel shares, built around its row intrinsic (v5, v7, v8, v10 and twins).
 
 Each int8 kernel differs only in how it sums the int8 activations under one row's +1 bits (a row
 intrinsic: maddubs, vpdpbusd, or vpdpbusd in generic IR); the quantization, the parallel loop over

@@ -1,0 +1,113 @@
+"""A/B timing of the 512-bit kernels (v10, v11, v12) beside the kernels they would replace, in one
+process: each round calls every kernel once, in alternating order, and each kernel's figure is the
+median of its calls. A row starts only after 2 s in which other processes used under 3% of the CPUs,
+and is timed again (up to --attempts times) when they used more while it ran; the `others` column
+is that share for the attempt shown. Weights hot (the same matrix every call), random signs.
+
+    python -m kernels.ab_avx512                                 # 3 shapes x batch 1, 128, 512, 2 threads
+    python -m kernels.ab_avx512 --shape 4096x4096 --batch 1 --threads 1
+
+Batch 1 (decode): v9 (dispatch today with nib4), v11 (v9 in zmm), v8 and v10 (vpdpbusd 256 / 512),
+v12 and v4 (popcount, zmm / LLVM's choice). Batch >= 4 (prefill): v8 (dispatch today), v10, v7.
+Needs AVX-512 F/BW/VL + VNNI (kernels.simd.ISA == 'avx512').
+"""
+import argparse
+import os
+import time
+
+import numba
+import numpy as np
+
+from kernels import bitpack
+from kernels.simd import HAS_AVX512_VNNI, ISA
+from kernels.v4_popcount_int8 import matvec_popcount_int8
+from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
+from kernels.v8_vnni_int8 import matmul_vnni_int8, matvec_vnni_int8
+from kernels.v9_lut4_int8 import matvec_lut4_int8
+from kernels.v10_vnni512_int8 import matmul_vnni512_int8, matvec_vnni512_int8
+from kernels.v11_lut4_512_int8 import matvec_lut4_512_int8
+from kernels.v12_vpopcnt_int8 import matvec_vpopcnt_int8
+
+
+def _jiffies():
+    """(all CPUs' jiffies, busy jiffies, this process's jiffies) from /proc."""
+    f = open("/proc/stat").readline().split()[1:9]
+    total = sum(map(int, f))
+    me = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    return total, total - int(f[3]) - int(f[4]), int(me[11]) + int(me[12])
+
+
+def others_share(j0, j1) -> float:
+    """Share of all CPUs' time other processes used between two _jiffies() readings."""
+    return max(0, (j1[1] - j0[1]) - (j1[2] - j0[2])) / max(1, j1[0] - j0[0])
+
+
+def alternate(fns, calls: int, min_s: float):
+    """Median ms of each fn, calling all once per round, forward then backward order."""
+    for f in fns:
+        f(), f()
+    times = [[] for _ in fns]
+    end, rounds = time.perf_counter() + min_s, 0
+    while rounds < calls or time.perf_counter() < end:
+        order = range(len(fns)) if rounds % 2 == 0 else range(len(fns) - 1, -1, -1)
+        for j in order:
+            t0 = time.perf_counter()
+            fns[j]()
+            times[j].append(time.perf_counter() - t0)
+        rounds += 1
+    return [float(np.median(t)) * 1e3 for t in times], rounds
+
+
+def kernels_for(batch: int, p, a, b, x):
+    if batch == 1:
+        x1 = x[0]
+        return {"v9": lambda: matvec_lut4_int8(p, a, b, x1), "v11": lambda: matvec_lut4_512_int8(p, a, b, x1),
+                "v8": lambda: matvec_vnni_int8(p, a, b, x1), "v10": lambda: matvec_vnni512_int8(p, a, b, x1),
+                "v12": lambda: matvec_vpopcnt_int8(p, a, b, x1), "v4": lambda: matvec_popcount_int8(p, a, b, x1)}
+    return {"v8": lambda: matmul_vnni_int8(p, a, b, x), "v10": lambda: matmul_vnni512_int8(p, a, b, x),
+            "v7": lambda: matmul_maddubs_int8(p, a, b, x)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", action="append", help="OUTxIN (repeatable); default 4096x4096, 11008x4096, 4096x11008")
+    ap.add_argument("--batch", action="append", type=int, help="tokens (repeatable); default 1, 128, 512")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--attempts", type=int, default=6)
+    args = ap.parse_args(argv)
+    if not HAS_AVX512_VNNI:
+        raise SystemExit(f"needs AVX-512 F/BW/VL + VNNI; kernels.simd.ISA = {ISA!r}")
+    numba.set_num_threads(args.threads)
+    shapes = [tuple(map(int, s.split("x"))) for s in (args.shape or ["4096x4096", "11008x4096", "4096x11008"])]
+    rng = np.random.default_rng(0)
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} threads={args.threads} isa={ISA} numba={numba.__version__}")
+    for out_f, in_f in shapes:
+        p = bitpack.pack_signs(rng.standard_normal((out_f, in_f)).astype(np.float32)).with_nib4()
+        a = rng.uniform(0.1, 2, in_f).astype(np.float32)
+        b = (rng.standard_normal(in_f) * 0.1).astype(np.float32)
+        for batch in args.batch or [1, 128, 512]:
+            x = rng.standard_normal((batch, in_f)).astype(np.float32)
+            ks = kernels_for(batch, p, a, b, x)
+            calls, min_s = (400, 2.0) if batch == 1 else (15 if batch <= 128 else 7, 3.0)
+            best = None
+            for _ in range(args.attempts):
+                while True:                                   # start after 2 s with the CPUs idle
+                    j = _jiffies()
+                    time.sleep(2.0)
+                    if others_share(j, _jiffies()) < 0.03:
+                        break
+                j0, load = _jiffies(), os.getloadavg()[0]
+                med, rounds = alternate(list(ks.values()), calls, min_s)
+                other = others_share(j0, _jiffies())
+                if best is None or other < best[2]:
+                    best = (med, rounds, other, load, time.strftime("%H:%M:%S"))
+                if other < 0.03:
+                    break
+            med, rounds, other, load, at = best
+            cells = "  ".join(f"{k} {m:8.3f}" for k, m in zip(ks, med))
+            print(f"{out_f:5d}x{in_f:<5d} B={batch:4d}  {cells}  ms  (rounds {rounds}, others {other:.2f}, "
+                  f"load {load:.2f}, {at})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
