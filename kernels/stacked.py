@@ -66,6 +66,20 @@ class StackedSigns:
         self.group_ends = self._ends // LUT_ROWS                      # (n,) the same in lut3 row groups
 
 
+def back_to_back(parts: list) -> np.ndarray | None:
+    """One read-only (sum of rows, width) view over C-contiguous uint8 arrays of one width that lie back
+    to back in memory (a packed file's q/k/v signs, mapped): the stacked bits with no copy. Else None."""
+    first = parts[0]
+    address = first.__array_interface__["data"][0]
+    for p in parts:
+        if p.dtype != np.uint8 or p.ndim != 2 or p.shape[1] != first.shape[1] or not p.flags.c_contiguous \
+                or p.__array_interface__["data"][0] != address:
+            return None
+        address += p.nbytes
+    rows = sum(p.shape[0] for p in parts)
+    return np.lib.stride_tricks.as_strided(first, (rows, first.shape[1]), first.strides, writeable=False)
+
+
 def stack_linears(linears, lut: bool, nib4: bool = False) -> StackedSigns:
     """[(PackedSigns, alpha (in,), beta (in,)), ...] sharing in_features -> StackedSigns, with the
     lut3 layout (exact batch 1) and / or the nib4 layout (int8 batch 1), one more bit per weight each."""
@@ -74,10 +88,13 @@ def stack_linears(linears, lut: bool, nib4: bool = False) -> StackedSigns:
         raise ValueError("stacked linears must share in_features (they read the same input)")
     padded = [-(-p.out_features // NIB_ROWS) * NIB_ROWS for p, _, _ in linears]
     starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
-    bits = np.zeros((sum(padded), linears[0][0].bits.shape[1]), np.uint8)
+    bits = back_to_back([p.bits for p, _, _ in linears]) if padded == [p.out_features for p, _, _ in linears] else None
+    if bits is None:                               # copy the segments into one array, rows padded to tiles
+        bits = np.zeros((sum(padded), linears[0][0].bits.shape[1]), np.uint8)
+        for (p, _, _), r0 in zip(linears, starts):
+            bits[r0: r0 + p.out_features] = p.bits
     masks = np.zeros((sum(padded), in_f), bool) if lut else None
     for (p, _, _), r0 in zip(linears, starts):
-        bits[r0: r0 + p.out_features] = p.bits
         if lut:
             masks[r0: r0 + p.out_features] = p.mask()
     alpha = np.stack([np.asarray(a, np.float32).reshape(in_f) for _, a, _ in linears])

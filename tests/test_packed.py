@@ -109,6 +109,23 @@ def test_released_checkpoint_with_exact_zeros_packs_to_the_authors_logits(tmp_pa
     assert np.max(np.abs(plus_one.forward(tokens, plus_one.new_cache()) - ref)) > 1e-2 * scale
 
 
+def test_runner_maps_the_signs_from_the_file_without_a_copy(tmp_path):
+    """A layer's q/k/v (and gate/up) signs lie back to back in the file: the runner's stacked bits are
+    one view of the file's mapping, not a copy (widths a multiple of 32 rows, as every paper size)."""
+    cfg = CFG.replace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96)
+    save_model(Model(cfg, seed=1), tmp_path / "ckpt", tokenizer=ByteTokenizer())
+    pack_checkpoint(tmp_path / "ckpt", tmp_path / "m.fbipack")
+    runner, _ = load_packed(tmp_path / "m.fbipack", kind="exact")
+    for i, layer in enumerate(runner.layers):
+        for group in ("qkv", "o", "gate_up", "down"):
+            bits = getattr(layer, group).bits
+            assert not bits.flags.writeable and not bits.flags.owndata, (i, group)
+            base = bits
+            while not isinstance(base, np.memmap):       # view of a view ... of the file's one mapping
+                base = base.base
+            assert str(base.filename) == str((tmp_path / "m.fbipack").resolve()), (i, group)
+
+
 def test_packed_greedy_generation_equals_float(checkpoint):
     model, tmp = checkpoint
     pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")

@@ -177,8 +177,12 @@ def read_packed(path):
     if size != header.get("file_size"):
         raise TinyFBIError(f"{path} is truncated or padded: {size} bytes, the header says {header.get('file_size')}")
     data_start = PREFIX.size + header_len
+    # one read-only mapping of the whole file, every tensor a view into it: nothing is read until used,
+    # and tensors stored back to back (a layer's q/k/v signs) can be viewed as one array
+    mapping = np.memmap(path, dtype=np.uint8, mode="r")
     arrays = {}
     for name, t in header["tensors"].items():
-        arrays[name] = np.memmap(path, dtype=np.dtype(t["dtype"]), mode="r", offset=data_start + t["offset"],
-                                 shape=tuple(t["shape"])) if t["nbytes"] else np.zeros(t["shape"], t["dtype"])
+        start = data_start + t["offset"]
+        arrays[name] = (mapping[start:start + t["nbytes"]].view(np.dtype(t["dtype"])).reshape(t["shape"])
+                        if t["nbytes"] else np.zeros(t["shape"], t["dtype"]))
     return header, arrays

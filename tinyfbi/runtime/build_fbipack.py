@@ -61,11 +61,32 @@ def pack_checkpoint(ckpt, out, dense_dtype="float16", on_file=None) -> dict:
     return with_checkpoint(ckpt, pack_folder)
 
 
+# linears that read the same input, in the order the packed runner stacks them (runtime.packed_runner.GROUPS)
+STACKED = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj"))
+
+
+def stacking_order(shapes: dict) -> dict:
+    """The checkpoint's names, with each layer's q/k/v signs and gate/up signs placed back to back: the
+    runner then maps each group as one (rows, bytes) array of the file, with no copy."""
+    ordered = {}
+    for name, shape in shapes.items():
+        if name in ordered:
+            continue
+        group = next((g for g in STACKED if any(name.endswith(f".{m}.weight") for m in g)), None)
+        if group is None:
+            ordered[name] = shape
+            continue
+        layer = name[:name.index(".", len("model.layers.")) + 1]                 # "model.layers.{i}."
+        for member in group:
+            ordered[f"{layer}{member}.weight"] = shapes[f"{layer}{member}.weight"]
+    return ordered
+
+
 def storage_plan(config: ModelConfig, dense_dtype="float16") -> dict:
     """name -> (kind, dtype, shape[, in_features]) of every tensor a .fbipack of this model holds."""
     binarized = set(config.binarized_weight_names())
     plan = {}
-    for name, shape in config.param_shapes().items():
+    for name, shape in stacking_order(config.param_shapes()).items():
         prefix = name.rsplit(".", 1)[0]
         if name in binarized:                                             # (out, 32*ceil(in/256)) blocked bits
             plan[name] = ("signs", np.uint8, (shape[0], 32 * -(-shape[1] // BLOCK)), shape[1])
