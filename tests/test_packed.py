@@ -177,6 +177,26 @@ def test_random_packed_model_decodes(capsys):
     assert row["runtime"] == "PackedRunner" and row["decode_tok_s"] > 0 and row["peak_rss_mb"] > 0
 
 
+def test_random_init_packs_a_file_that_runs_the_same_model(tmp_path, capsys):
+    """pack --random-init writes what PackedRunner.random runs (same signs, scales and dense weights),
+    and --bench on the file says when the model was ready and when its first token came."""
+    from tinyfbi.generate import main as generate_main
+    pack_main(["--random-init", "micro", str(tmp_path / "r.fbipack")])
+    from_file, _ = load_packed(tmp_path / "r.fbipack", kind="exact")
+    in_memory = PackedRunner.random(ModelConfig.from_name("micro"), seed=0, kind="exact")
+    tokens = np.array([[5, 6, 7, 8]])
+    np.testing.assert_array_equal(from_file.forward(tokens, from_file.new_cache()),
+                                  in_memory.forward(tokens, in_memory.new_cache()))
+    capsys.readouterr()
+    generate_main(["--ckpt", str(tmp_path / "r.fbipack"), "--bench", "--json", "--prompt-tokens", "8",
+                   "--max-new-tokens", "2"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 < row["load_s"] <= row["first_token_s"]
+    with pytest.raises(SystemExit) as e:
+        pack_main(["--random-init", "micro"])
+    assert e.value.code == 2
+
+
 def test_evaluate_prices_each_speed_up_in_perplexity(checkpoint, tmp_path, capsys):
     """tinyfbi.evaluate on a packed file: exact kernels give the float model's perplexity (float32 sums in
     another order, 1e-4 relative), int8 activations / an int8 head within 5% (the logit tolerances above)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .bench.end_to_end import format_report, run_benchmark
+from .bench.machine import seconds_since_start
 from .cli import CLIParser, run_cli
 from .core.config import ModelConfig
 from .core.errors import TinyFBIError
@@ -112,7 +113,7 @@ def sample(args):
         runner, tokenizer = load_runner(args.ckpt, args.kind, args.head, args.kv)
     if args.bench:
         try:
-            row = run_benchmark(runner, args.prompt_tokens, new_tokens, args.seed)
+            row = run_benchmark(runner, args.prompt_tokens, new_tokens, args.seed, load_s=seconds_since_start())
         except ValueError as e:
             raise TinyFBIError(str(e)) from None
         print(json.dumps(row) if args.json else format_report(row))

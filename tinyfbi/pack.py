@@ -11,21 +11,27 @@ The file format: tinyfbi/formats/fbipack.py; building one: tinyfbi/runtime/build
 tinyfbi/runtime/packed_runner.py.
 
     python -m tinyfbi.pack runs/tiny-ad tiny.fbipack
+    python -m tinyfbi.pack --random-init 7b random-7b.fbipack     # random signs: a 7B file to benchmark
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from .cli import CLIParser, run_cli
+from .core.config import PRESETS, ModelConfig
 from .core.errors import TinyFBIError
-from .runtime.build_fbipack import pack_checkpoint
+from .runtime.build_fbipack import pack_checkpoint, pack_random
 
 
 def build_parser():
     ap = CLIParser(prog="python -m tinyfbi.pack", description=__doc__.split("\n\n")[0])
-    ap.add_argument("ckpt", help="checkpoint folder or run folder (ours, or a released FBI-LLM checkpoint: "
-                    "safetensors or .bin, single or sharded)")
-    ap.add_argument("out", help="packed file to write (e.g. model.fbipack)")
+    ap.add_argument("paths", nargs="+", metavar="CKPT OUT",
+                    help="checkpoint folder or run folder (ours, or a released FBI-LLM checkpoint: safetensors or "
+                         ".bin, single or sharded), then the packed file to write (e.g. model.fbipack); with "
+                         "--random-init, OUT alone")
+    ap.add_argument("--random-init", metavar="SIZE", choices=list(PRESETS),
+                    help="no checkpoint: write a randomly initialized model of this preset (benchmarks)")
+    ap.add_argument("--seed", type=int, default=0, help="--random-init: the random signs' seed")
     ap.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                     help="storage of embeddings, norms and lm_head")
     ap.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -33,10 +39,19 @@ def build_parser():
 
 
 def pack(args):
-    if Path(args.out).exists() and not args.force:
-        raise TinyFBIError(f"{args.out} exists; pass --force to replace it")
-    s = pack_checkpoint(args.ckpt, args.out, args.dtype, on_file=lambda path: print(f"reading {path.name}", flush=True))
-    print(f"wrote {args.out}: {s['file_bytes'] / 2**20:.2f} MiB ({s['float32_bytes'] / s['file_bytes']:.1f}x "
+    want = 1 if args.random_init else 2
+    if len(args.paths) != want:
+        raise TinyFBIError("give CKPT OUT, or --random-init SIZE OUT")
+    out = args.paths[-1]
+    if Path(out).exists() and not args.force:
+        raise TinyFBIError(f"{out} exists; pass --force to replace it")
+    if args.random_init:
+        pack_random(ModelConfig.from_name(args.random_init), out, args.seed)
+        print(f"wrote {out}: a randomly initialized {args.random_init} model, "
+              f"{Path(out).stat().st_size / 2**20:,.1f} MiB")
+        return
+    s = pack_checkpoint(args.paths[0], out, args.dtype, on_file=lambda path: print(f"reading {path.name}", flush=True))
+    print(f"wrote {out}: {s['file_bytes'] / 2**20:.2f} MiB ({s['float32_bytes'] / s['file_bytes']:.1f}x "
           f"smaller than float32)")
     print(f"  binarized linears: {s['binarized_params']:,} weights at {s['bits_per_binarized_param']:.3f} "
           f"bits each (signs + fp16 alpha/beta; the paper's 1.01)")

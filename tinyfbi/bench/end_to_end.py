@@ -14,7 +14,7 @@ import resource
 
 import numpy as np
 
-from .machine import describe
+from .machine import describe, seconds_since_start
 from .timing import call_times, median_ms
 
 PARTS = ("embed", "norm", "qkv", "attention", "o", "gate_up", "swiglu", "down", "head")
@@ -26,8 +26,11 @@ def _forward(runner, tokens, cache, last_only):
     return runner.forward(tokens, cache)                          # the float runner computes every position
 
 
-def run_benchmark(runner, prompt_len=128, new_tokens=32, seed=0) -> dict:
-    """-> a dict of the figures (see format_report); warms every kernel on a scratch cache first."""
+def run_benchmark(runner, prompt_len=128, new_tokens=32, seed=0, load_s=None) -> dict:
+    """-> a dict of the figures (see format_report); warms every kernel on a scratch cache first.
+    load_s: seconds from the process's start until `runner` was ready (generate passes it); the
+    warm-up's first prefill is then also timed from the process's start: the first token a user
+    would get (kernels compiled, or loaded from Numba's cache)."""
     cfg = runner.config
     if prompt_len < 1 or new_tokens < 1 or prompt_len + new_tokens > cfg.max_position_embeddings:
         raise ValueError(f"need 1 <= prompt ({prompt_len}), 1 <= new tokens ({new_tokens}) and their sum "
@@ -37,6 +40,7 @@ def run_benchmark(runner, prompt_len=128, new_tokens=32, seed=0) -> dict:
     # warm-up: the same shapes as the measured run, so every kernel is compiled and every page touched
     warm = runner.new_cache(1, prompt_len + 3)
     logits = _forward(runner, prompt, warm, True)[0, -1]
+    first_token_s = seconds_since_start() if load_s is not None else None
     for _ in range(2):
         logits = _forward(runner, np.array([[int(np.argmax(logits))]]), warm, True)[0, -1]
     del warm
@@ -74,6 +78,8 @@ def run_benchmark(runner, prompt_len=128, new_tokens=32, seed=0) -> dict:
         "kernels_decode": runner.kernel_names(1) if hasattr(runner, "kernel_names") else None,
         "kernels_prefill": runner.kernel_names(prompt_len) if hasattr(runner, "kernel_names") else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "load_s": None if load_s is None else round(load_s, 3),
+        "first_token_s": None if first_token_s is None else round(first_token_s, 3),
     }
 
 
@@ -84,6 +90,9 @@ def format_report(row: dict) -> str:
              f"runtime {row['runtime']}, activations {row.get('kind', 'float32')}, head {row.get('head', 'f32')}, "
              f"KV cache {row.get('kv', 'f32')}, "
              f"weights {row['weight_mb']} MB, peak RSS {row['peak_rss_mb']} MB"]
+    if row.get("load_s") is not None:
+        lines.append(f"start: model ready {row['load_s']:.2f} s, first token (prefill of {row['prompt_tokens']}) "
+                     f"{row['first_token_s']:.2f} s after the process started")
     if row.get("kernels_decode"):
         lines.append(f"kernels: decode {row['kernels_decode']}, prefill {row['kernels_prefill']}")
     lines.append(f"prefill: {row['prompt_tokens']} tokens in {row['prefill_s']:.3f} s = {row['prefill_tok_s']} tok/s")

@@ -25,3 +25,15 @@ def cpu_name() -> str:
 
 def describe() -> dict:
     return {"cpu": cpu_name(), "cores": os.cpu_count()}
+
+
+def seconds_since_start() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): load times include the imports."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])          # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.bitpack import BLOCK, pack_blocked_mask, sign_mask
+from kernels.bitpack import BLOCK, pack_blocked_mask, sign_mask, unpack_blocked_mask
 
 from ..core.config import ModelConfig
 from ..core.errors import TinyFBIError
 from ..formats.atomic import atomic_open
 from ..formats.checkpoint import read_layout, with_checkpoint
+from ..formats.config_json import config_to_json
 from ..formats.fbipack import PackedWriter, zeros_name
 from ..formats.hf_folder import iter_hf_tensors
 
@@ -157,3 +158,33 @@ def _tokenizer(raw: dict, folder) -> dict | None:
     if spec.get("file") and folder is not None:
         return {"spec": spec, "file_hex": (Path(folder) / spec["file"]).read_bytes().hex()}
     return {"spec": spec}
+
+
+def iter_random_packed(config: ModelConfig, seed=0):
+    """(name, array) of a randomly initialized FBI model as a .fbipack stores it (random signs, no
+    float32 weights), in the file's order, one at a time: what `PackedRunner.random` runs and
+    `pack --random-init` writes."""
+    rng = np.random.default_rng(seed)
+    for name, (kind, dtype, shape, *_) in storage_plan(config).items():
+        if kind == "signs":
+            in_f = config.param_shapes()[name][1]
+            bits = rng.integers(0, 256, shape, dtype=np.uint8)                  # (out, 32*ceil(in/256))
+            yield name, pack_blocked_mask(unpack_blocked_mask(bits, in_f)) if in_f % BLOCK else bits
+        elif name.endswith(".wscale"):
+            yield name, np.full(shape, 0.016, np.float16)      # |N(0, 0.02)| has mean 0.016: FBI's init alpha
+        elif name.endswith(".wbias"):
+            yield name, (rng.standard_normal(shape) * 1e-3).astype(np.float16)     # beta near 0
+        elif name.endswith("norm.weight"):
+            yield name, np.ones(shape, dtype)
+        else:                                                  # embeddings and lm_head, N(0, 0.02)
+            yield name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
+
+
+def pack_random(config: ModelConfig, out, seed=0):
+    """Write a randomly initialized model of `config` as a .fbipack, atomically (benchmarks of a file
+    without a download: load time, memory); one tensor in memory at a time."""
+    with atomic_open(out) as f:
+        writer = PackedWriter(f, config_to_json(config), storage_plan(config))
+        for name, array in iter_random_packed(config, seed):
+            writer.write(name, array)
+        writer.finish()

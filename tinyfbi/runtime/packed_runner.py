@@ -36,7 +36,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from kernels.bitpack import BLOCK, PackedSigns, pack_blocked_mask, unpack_blocked_mask
+from kernels.bitpack import PackedSigns
 from kernels.decode_ops import attend_fn, attend_parallel, rmsnorm_into, rmsnorm_rows_into, swiglu_into
 from kernels.dense_head import DenseHead
 from kernels.dispatch import is_batch_kernel, kernel_name, matvec
@@ -49,6 +49,7 @@ from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
 from ..formats.config_json import config_from_json
 from ..formats.fbipack import read_packed
+from .build_fbipack import iter_random_packed
 from .inference import KVCache, Runner
 
 GROUPS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
@@ -315,25 +316,7 @@ class PackedRunner(Runner):
     @classmethod
     def random(cls, config: ModelConfig, seed=0, kind="int8", head="f16", kv="auto"):
         """A randomly initialized FBI model built directly in packed form (no float32 weights)."""
-        rng = np.random.default_rng(seed)
-        arrays = {}
-        for name in config.binarized_weight_names():
-            prefix = name.removesuffix(".weight")
-            out_f, in_f = config.linear_shapes()[prefix.rsplit(".", 1)[-1]]
-            bits = rng.integers(0, 256, (out_f, 32 * -(-in_f // BLOCK)), dtype=np.uint8)
-            if in_f % BLOCK:  # padding bits past in_features are zero, like pack_blocked_mask's
-                bits = pack_blocked_mask(unpack_blocked_mask(bits, in_f))
-            arrays[name] = bits
-            # |N(0, 0.02)| has mean 0.016: the FBI init's alpha for std-0.02 weights; beta near 0
-            arrays[prefix + ".wscale"] = np.full((1, in_f), 0.016, np.float16)
-            arrays[prefix + ".wbias"] = (rng.standard_normal((1, in_f)) * 1e-3).astype(np.float16)
-        C, V = config.hidden_size, config.vocab_size
-        arrays["model.embed_tokens.weight"] = (rng.standard_normal((V, C), dtype=np.float32) * 0.02).astype(np.float16)
-        arrays["lm_head.weight"] = (rng.standard_normal((V, C), dtype=np.float32) * 0.02).astype(np.float16)
-        arrays["model.norm.weight"] = np.ones(C, np.float32)
-        for i in range(config.num_hidden_layers):
-            for norm in ("input_layernorm", "post_attention_layernorm"):
-                arrays[f"model.layers.{i}.{norm}.weight"] = np.ones(C, np.float32)
+        arrays = dict(iter_random_packed(config, seed))
         return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head, kv=kv)
 
 
