@@ -6,8 +6,8 @@ import math
 import pytest
 
 from tinyfbi.reproduce import main
-from tinyfbi.reproduction.claims import CLAIMS, evaluate_claims, judge
-from tinyfbi.reproduction.plan import ARM_NAMES
+from tinyfbi.reproduction.claims import CLAIMS, arms_for, evaluate_claims, judge, seeds_needed, why_inconclusive
+from tinyfbi.reproduction.plan import ARM_NAMES, ARMS
 from tinyfbi.reproduction.stats import paired_interval, t_quantile
 
 # two-sided 95% critical values of Student's t (any statistics table, e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2)
@@ -65,12 +65,39 @@ def test_each_claim_gets_each_outcome_from_constructed_seeds():
     # c: scratch and init within 10% perplexity (0.0953 nats)
     assert verdict(constructed({"fbi-init-ad": [3.01, 2.99, 3.02]}), "c")["verdict"] == "supported"
     assert verdict(constructed({"fbi-init-ad": [2.5, 2.52, 2.49]}), "c")["verdict"] == "contradicted"
-    # e: the gap (fbi - fp) at the students' size against the gap at the smaller size, seed by seed
-    gaps = constructed({"fp-ad": [2.9] * 3, "small-fbi-ad": [3.5, 3.6, 3.55], "small-fp-ad": [3.2] * 3})
+    # e: the gap (fbi - fp) at the larger size against the gap at the students' size, seed by seed
+    gaps = constructed({"fp-ad": [2.9] * 3, "large-fbi-ad": [2.75, 2.76, 2.74], "large-fp-ad": [2.7] * 3})
     v = verdict(gaps, "e")
-    assert v["diffs"] == pytest.approx([0.1 - 0.3, 0.1 - 0.4, 0.1 - 0.35]) and v["verdict"] == "supported"
+    assert v["diffs"] == pytest.approx([0.05 - 0.1, 0.06 - 0.1, 0.04 - 0.1]) and v["verdict"] == "supported"
     assert verdict(constructed({"teacher": 3.5}), "teacher")["verdict"] == "contradicted"
     assert len(evaluate_claims(constructed({}), (0, 1, 2))) == len(CLAIMS)
+
+
+def test_each_claim_trains_only_the_arms_it_compares():
+    assert arms_for(["a1", "b1", "d"]) == ("fp-ad", "fbi-ad", "fbi-ce", "noscale-ad")
+    assert arms_for(["c"]) == ("fp", "fbi-ad", "fbi-init-ad")             # the init arm starts from `fp`
+    assert arms_for(["teacher"]) == ("fp",)
+    assert arms_for([c.key for c in CLAIMS]) == ARM_NAMES                # every arm answers some claim
+    with pytest.raises(ValueError, match="unknown claim"):
+        arms_for(["z"])
+
+
+def test_every_distilled_arm_learns_the_full_softmax():
+    for arm in ARMS:
+        assert "teacher_cache" not in arm.fields, arm.name              # the plan sets teacher_cache=0 for all
+
+
+def test_seeds_needed_is_the_first_n_whose_half_width_is_below_the_distance_to_the_boundary():
+    # beats: distance |mean| = 0.05; sd 0.03: n=4 gives 3.182 * 0.03 / 2 = 0.0477 < 0.05, n=3 gives 0.0745
+    assert seeds_needed("beats", 0, -0.05, 0.03) == 4
+    # no_worse within 0.01: mean -0.02 is 0.03 from the margin; sd 0.01: n=3 gives 4.303 * 0.01 / 1.732 = 0.0248
+    assert seeds_needed("no_worse", 0.01, -0.02, 0.01) == 3
+    # agree within 0.1: mean 0.09 is 0.01 from +0.1; sd 0.02 needs 2.0 * 0.02 / sqrt(n) < 0.01: n near 18
+    n = seeds_needed("agree", 0.1, 0.09, 0.02)
+    assert 17 <= n <= 19
+    assert seeds_needed("beats", 0, 0.0, 0.05) is None                     # no effect: no number of seeds
+    v = verdict(constructed({"fbi-ad": [2.8, 3.2, 3.05]}), "a1")
+    assert v["verdict"] == "inconclusive" and "seeds" in why_inconclusive(v)
 
 
 def test_fast_reproduction_writes_arms_seeds_spread_and_a_verdict_per_claim(tmp_path):
@@ -85,6 +112,9 @@ def test_fast_reproduction_writes_arms_seeds_spread_and_a_verdict_per_claim(tmp_
     for name, arm in results["arms"].items():
         assert list(arm["seeds"]) == ["0", "1", "2"], name
         assert {r["tokens_seen"] for r in arm["seeds"].values()} == {3 * 8 * 64}   # same budget in every arm
+        assert arm["distillation"] == ("the teacher's full softmax (T = 1)" + (", mixed 0.5/0.5 with the labels"
+                                       if name == "fbi-mix" else "") if name not in ("fp", "fbi-ce")
+                                       else "next-token labels"), name
     # the same seed gives the same start: fbi-ad and fbi-mix differ in loss only, so their runs differ
     # but each seed's run is its own (three different final losses)
     assert len({r["val_loss"] for r in results["arms"]["fbi-ad"]["seeds"].values()}) == 3
@@ -117,3 +147,31 @@ def test_fast_reproduction_writes_arms_seeds_spread_and_a_verdict_per_claim(tmp_
     again = main(["--fast", "--steps", 3, "--teacher-steps", 3, "--data", corpus, "--tokenizer", "byte",
                   "--out", out, "--data-dir", tmp_path / "data"])
     assert [v["verdict"] for v in again["claims"]] == [v["verdict"] for v in results["claims"]]
+    # one arm and seed rerun alone, into a fresh folder, gives the published value (the teacher's forward on
+    # the fly included: NumPy float32 on one machine is deterministic)
+    rerun = main(["--fast", "--steps", 3, "--teacher-steps", 3, "--data", corpus, "--tokenizer", "byte",
+                  "--out", out, "--data-dir", tmp_path / "data", "--only", "fbi-ad", "--seed", 1])
+    assert "reruns" in rerun["run"] and rerun["published"] == results["arms"]["fbi-ad"]["seeds"]["1"]["val_loss"]
+    assert abs(rerun["val_loss"] - rerun["published"]) < 1e-4
+    # the pilot: a1's arms at two budgets; the plan's own budget (3 steps) reuses the runs above
+    pilot = main(["--fast", "--steps", 3, "--teacher-steps", 3, "--data", corpus, "--tokenizer", "byte",
+                  "--out", out, "--data-dir", tmp_path / "data", "--pilot", "--claims", "a1", "--pilot-steps", "2,3"])
+    assert [b["steps"] for b in pilot["budgets"]] == [2, 3] and (out / "pilot-2" / "fbi-ce-s2").is_dir()
+    assert set(pilot["budgets"][1]["arms"]) == {"fbi-ad", "fbi-ce"}
+    assert pilot["budgets"][1]["arms"]["fbi-ad"]["val_loss"] == [results["arms"]["fbi-ad"]["seeds"][str(s)]["val_loss"]
+                                                                   for s in range(3)]
+    a1 = pilot["budgets"][1]["claims"][0]
+    assert a1["key"] == "a1" and a1["sd"] >= 0 and a1["mean"] == pytest.approx(verdict(results, "a1")["mean"])
+    assert "| a1 | 2 |" in (out / "pilot-a1.md").read_text()
+
+
+def test_a_run_another_invocation_holds_is_left_to_it(tmp_path):
+    from tinyfbi.reproduce import busy, run_once
+    from tinyfbi.training.run_lock import RunLock
+    held = RunLock(tmp_path / "fbi-ad-s0").acquire()           # as a second invocation training it would
+    try:
+        assert busy(tmp_path / "fbi-ad-s0") and not busy(tmp_path / "fbi-ad-s1")
+        assert run_once({"name": "fbi-ad-s0", "size": "micro", "steps": 3, "out": str(tmp_path)}, wait=False) is None
+    finally:
+        held.release()
+    assert not busy(tmp_path / "fbi-ad-s0")

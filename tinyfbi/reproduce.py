@@ -1,20 +1,24 @@
 """`python -m tinyfbi.reproduce`: the paper's claims at laptop scale, each judged over seeds.
 
-First a full-precision teacher, 4x the students' size and trained for 5x a student's tokens
-(once, reused by every arm and every rerun), with its top-K next-token probabilities cached. Then
-every arm (reproduction.plan.ARMS) over the same seeds, each arm of a size on the same
-tokens with the same initial weights and batch order per seed:
+First a full-precision teacher, 13x the students' size and trained for 4x a student's tokens (once,
+reused by every arm and every rerun). Then every arm (reproduction.plan.ARMS) over the same seeds,
+each arm of a size on the same tokens with the same initial weights and batch order per seed, every
+distilled arm learning the teacher's full softmax (T = 1), the teacher run forward each step:
   (a) FBI with autoregressive distillation vs next-token labels vs the 0.5/0.5 mix;
   (b) FBI's per-column alpha/beta vs none vs per-row vs BitNet b1.58 ternary;
   (c) from scratch vs from the trained full-precision model of the same shape (flip-flop curves);
   (d) the full-precision model of the students' shape and budget;
-  (e) FBI and full precision at a second, smaller size: does the gap narrow as the model grows?
+  (e) FBI and full precision at a second, larger size: does the gap narrow as the model grows?
 Each claim is supported, contradicted or inconclusive by the rule printed with the table
 (reproduction.claims.RULE). Writes OUT/{results.md, results.json, ppl.png, flips.png}; finished runs
-are reused (a killed one resumes), so a rerun only trains what is missing.
+are reused (a killed one resumes), so a rerun only trains what is missing, and the command can be
+run in parts (--claims, --seeds) or interrupted and started again.
 
-    python -m tinyfbi.reproduce          # tiny + mini students, 3 seeds; teacher ~25 min, its cache ~13, students ~45 (2 cores)
-    python -m tinyfbi.reproduce --fast   # the same structure, one size down, a few steps: a few minutes
+    python -m tinyfbi.reproduce                         # every claim, 6 seeds (docs/reproduction.md)
+    python -m tinyfbi.reproduce --claims a1,b1,d        # only the arms of the central claims
+    python -m tinyfbi.reproduce --pilot                 # effects and spreads at the pilot's budgets
+    python -m tinyfbi.reproduce --only fbi-ad --seed 1  # rerun one arm and seed alone, print its value
+    python -m tinyfbi.reproduce --fast                  # the same structure, a few steps: a few minutes
 """
 from __future__ import annotations
 
@@ -31,30 +35,40 @@ from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
 from .formats.atomic import atomic_write_bytes, atomic_write_json
 from .formats.run_checkpoint import has_checkpoint, resolve_checkpoint
-from .reproduction.claims import RULE, evaluate_claims
-from .reproduction.plan import ARMS, FAST, FULL, INIT_FROM_FP
-from .reproduction.report import markdown, plots
+from .reproduction.claims import CLAIM_KEYS, RULE, arms_for, evaluate_claims
+from .reproduction.plan import ARM_NAMES, ARMS_BY_NAME, FAST, FULL, INIT_FROM_FP
+from .reproduction.report import design_estimate, markdown, pilot_markdown, plots, step_seconds
 from .train import train
+from .training.run_lock import RunLock
 from .training.spec import RunSpec
-from .training.teacher_cache import cache_folder, cache_identity
 
 
 def build_parser():
     ap = CLIParser("python -m tinyfbi.reproduce", __doc__.split("\n\n")[0])
     ap.add_argument("--fast", action="store_true", help="a few steps per arm: the structure in minutes (CI, a first look)")
+    ap.add_argument("--claims", default=None, help=f"comma-separated claims to decide, training only their arms "
+                    f"(default: all of {','.join(CLAIM_KEYS)})")
+    ap.add_argument("--pilot", action="store_true", help="train the claims' arms at the plan's pilot budgets over "
+                    "its pilot seeds; write OUT/pilot.json and pilot.md (effect, spread, seeds needed per claim)")
+    ap.add_argument("--only", default=None, choices=ARM_NAMES, help="rerun this arm alone (with --seed) into a "
+                    "fresh folder under OUT/reruns/ and print its value beside the published one")
+    ap.add_argument("--seed", type=int, default=None, help="the seed of --only")
     ap.add_argument("--steps", type=int, default=None,
                     help=f"optimizer steps per student arm (default {FULL.steps}, --fast {FAST.steps})")
     ap.add_argument("--teacher-steps", type=int, default=None,
                     help=f"the teacher's steps (default {FULL.teacher_steps}, --fast {FAST.teacher_steps})")
+    ap.add_argument("--pilot-steps", default=None, help=f"comma-separated budgets of --pilot (default "
+                    f"{','.join(map(str, FULL.pilot_steps))}, --fast {','.join(map(str, FAST.pilot_steps))})")
     ap.add_argument("--teacher-only", action="store_true", help="train (or resume) the teacher and stop: "
                     "build it ahead, e.g. overnight")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds per arm, the same in every arm (at least 2 "
-                    "for an interval; the verdicts need 3+)")
+    ap.add_argument("--seeds", type=int, default=None, help=f"seeds per arm, the same in every arm (default "
+                    f"{len(FULL.seeds)}; at least 2 for an interval)")
     ap.add_argument("--out", default=None, help="where runs, table and plots go (default runs/reproduce, "
                     "--fast: runs/reproduce-fast)")
     ap.add_argument("--data", default=None, help="corpus (default: Shakespeare)")
     ap.add_argument("--data-dir", default="data")
-    ap.add_argument("--tokenizer", default="sentencepiece")
+    ap.add_argument("--tokenizer", default="sentencepiece", help="sentencepiece (trained here at the plan's "
+                    "vocabulary), byte, tiktoken or PATH/tokenizer.model")
     return ap
 
 
@@ -67,24 +81,51 @@ def main(argv=None):
 
 def choose_plan(args):
     plan = FAST if args.fast else FULL
-    changes = {"seeds": tuple(range(args.seeds))}
+    changes = {}
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise TinyFBIError(f"--seeds must be at least 1, got {args.seeds}")
+        changes["seeds"] = tuple(range(args.seeds))
     if args.steps is not None:
         changes["steps"] = args.steps
     if args.teacher_steps is not None:
         changes["teacher_steps"] = args.teacher_steps
+    if args.pilot_steps is not None:
+        try:
+            changes["pilot_steps"] = tuple(int(s) for s in args.pilot_steps.split(","))
+        except ValueError:
+            raise TinyFBIError(f"--pilot-steps takes comma-separated integers, got {args.pilot_steps!r}") from None
     plan = dataclasses.replace(plan, **changes)
-    if plan.steps <= 0 or plan.teacher_steps <= 0:
-        raise TinyFBIError(f"--steps and --teacher-steps must be positive, got {plan.steps} and {plan.teacher_steps}")
-    if args.seeds < 1:
-        raise TinyFBIError(f"--seeds must be at least 1, got {args.seeds}")
+    if min(plan.steps, plan.teacher_steps, *plan.pilot_steps) <= 0:
+        raise TinyFBIError(f"--steps, --teacher-steps and --pilot-steps must be positive, got {plan.steps}, "
+                           f"{plan.teacher_steps} and {plan.pilot_steps}")
+    if (args.only is None) != (args.seed is None):
+        raise TinyFBIError("--only ARM and --seed S go together: they rerun one arm and seed")
     return plan
+
+
+def chosen_claims(args) -> tuple[str, ...]:
+    if args.claims is None:
+        return CLAIM_KEYS
+    keys = tuple(k.strip() for k in args.claims.split(",") if k.strip())
+    try:
+        arms_for(keys)
+    except ValueError as e:
+        raise TinyFBIError(f"--claims: {e}") from None
+    return keys
+
+
+def suffix(keys) -> str:
+    """'' for every claim; '-a1-b1-d' for a subset, so a partial table never overwrites the full one."""
+    return "" if tuple(keys) == CLAIM_KEYS else "-" + "-".join(keys)
 
 
 def common_fields(args, plan, out, size, steps, seed, name) -> dict:
     """The RunSpec fields every run of the reproduction shares."""
     return {"size": size, "steps": steps, "batch_size": plan.batch_size, "seq_len": plan.seq_len, "seed": seed,
             "out": str(out), "name": name, "data_dir": args.data_dir, "tokenizer": args.tokenizer,
-            "eval_batches": plan.eval_batches, "sample_tokens": plan.sample_tokens, "data": args.data}
+            "eval_batches": plan.eval_batches, "sample_tokens": plan.sample_tokens, "data": args.data,
+            "vocab_size": plan.vocab_size if args.tokenizer == "sentencepiece" else None}
 
 
 def save_every(steps, checkpoints) -> int:
@@ -92,12 +133,31 @@ def save_every(steps, checkpoints) -> int:
     return steps // checkpoints if steps >= 2 * checkpoints else steps
 
 
-def run_once(fields: dict) -> dict:
-    """Train one run (RunSpec fields), or reuse it if finished (resume it if killed); -> its summary plus wall_s."""
+def busy(run_dir) -> bool:
+    """Another process is training this run now (it holds the run's lock)."""
+    try:
+        RunLock(run_dir).acquire().release()
+        return False
+    except TinyFBIError:
+        return True
+
+
+def finished(run_dir) -> bool:
+    return (Path(run_dir) / "summary.json").is_file() and (Path(run_dir) / "reproduce.json").is_file()
+
+
+def run_once(fields: dict, wait=True) -> dict | None:
+    """Train one run (RunSpec fields), or reuse it if finished (resume it if killed); -> its summary plus wall_s.
+    A run another invocation is training is waited for, or with wait=False left to it (-> None)."""
     name, size, steps = fields["name"], fields["size"], fields["steps"]
     run_dir = Path(fields["out"]) / name
+    if busy(run_dir):
+        if not wait:
+            print(f"== {name}: another invocation is training it; coming back to it later")
+            return None
+        RunLock(run_dir).acquire(wait=True).release()
     summary_path, timing_path = run_dir / "summary.json", run_dir / "reproduce.json"
-    if summary_path.is_file() and timing_path.is_file():
+    if finished(run_dir):
         summary = json.loads(summary_path.read_text())
         if summary["steps"] != steps or summary["size"] != size:
             raise TinyFBIError(f"{run_dir} was trained with another plan ({summary['size']}, {summary['steps']} steps, "
@@ -115,78 +175,154 @@ def run_once(fields: dict) -> dict:
 
 def train_teacher(args, plan, out) -> dict:
     name = f"teacher-{plan.teacher}"
-    return run_once({**common_fields(args, plan, out, plan.teacher, plan.teacher_steps, plan.teacher_seed, name),
-                     "full_precision": True, "teacher": "none", "lr": plan.teacher_lr, "warmup": plan.teacher_warmup,
-                     "eval_every": max(plan.teacher_steps // 3, 1),
-                     "save_every": save_every(plan.teacher_steps, 12)})
+    t = run_once({**common_fields(args, plan, out, plan.teacher, plan.teacher_steps, plan.teacher_seed, name),
+                  "full_precision": True, "teacher": "none", "lr": plan.teacher_lr, "warmup": plan.teacher_warmup,
+                  "eval_every": max(plan.teacher_steps // 3, 1), "save_every": save_every(plan.teacher_steps, 12)})
+    return {"run": t["run"], "checkpoint": str(resolve_checkpoint(t["run"])), "size": plan.teacher,
+            "params": t["params"], "steps": t["steps"], "seed": plan.teacher_seed, "tokens_seen": t["tokens_seen"],
+            "val_loss": t["val_loss"], "val_ppl": t["val_ppl"], "wall_s": t["wall_s"], "tok_s": t["tok_s"]}
 
 
-def train_arm(args, plan, out, arm, seed, teacher_ckpt) -> dict:
-    size = plan.small if arm.small else plan.student
-    name = f"{arm.name}-s{seed}"
-    fields = {**common_fields(args, plan, out, size, plan.steps, seed, name), "eval_every": plan.eval_every,
-              "save_every": save_every(plan.steps, 2), "track_flips": arm.track_flips, **arm.fields}
+def arm_fields(args, plan, folder, arm, seed, teacher, steps, name=None, fp_folder=None) -> dict:
+    """One arm and seed's RunSpec fields; `fp_folder` holds the `fp` run that fbi-init-ad starts from."""
+    size = plan.large if arm.large else plan.student
+    fields = {**common_fields(args, plan, folder, size, steps, seed, name or f"{arm.name}-s{seed}"),
+              "lr": plan.lr, "eval_every": min(plan.eval_every, steps), "save_every": save_every(steps, 2),
+              "track_flips": arm.track_flips, **arm.fields}
     if fields.get("init") == INIT_FROM_FP:
-        fields["init"] = str(resolve_checkpoint(Path(out) / f"fp-s{seed}"))
+        fields["init"] = str(resolve_checkpoint(Path(fp_folder or folder) / f"fp-s{seed}"))
     if arm.distilled:
-        fields.update(teacher=str(teacher_ckpt), teacher_cache=plan.teacher_cache)
-    return run_once(fields)
+        fields.update(teacher=teacher["checkpoint"], teacher_cache=0)   # the full softmax, on the fly
+    return fields
 
 
 KEEP = ("run", "val_loss", "val_ppl", "tokens_seen", "rollbacks", "tok_s", "wall_s")
 
 
-def reproduce(args):
-    plan = choose_plan(args)
-    out = Path(args.out or ("runs/reproduce-fast" if args.fast else "runs/reproduce"))
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    t = train_teacher(args, plan, out)
-    teacher_ckpt = resolve_checkpoint(t["run"])
-    teacher = {"run": t["run"], "size": plan.teacher, "params": t["params"], "steps": t["steps"],
-               "seed": plan.teacher_seed, "tokens_seen": t["tokens_seen"], "val_loss": t["val_loss"],
-               "val_ppl": t["val_ppl"], "wall_s": t["wall_s"], "tok_s": t["tok_s"]}
-    if args.teacher_only:
-        print(f"teacher ready: {teacher_ckpt} (validation perplexity {t['val_ppl']:.1f})")
-        return {"teacher": teacher}
-
-    arms = {a.name: {"question": a.question, "size": plan.small if a.small else plan.student, "seeds": {}}
-            for a in ARMS}
-    for seed in plan.seeds:            # seed by seed: a run cut short still has whole seeds to compare
-        for arm in ARMS:
-            s = train_arm(args, plan, out, arm, seed, teacher_ckpt)
-            arms[arm.name]["params"] = s["params"]
-            arms[arm.name]["seeds"][str(seed)] = {k: s[k] for k in KEEP}
-            data, tokenizer = s["data"], s["tokenizer"]
+def train_arms(args, plan, folder, names, seeds, teacher, steps) -> dict:
+    """Every named arm over `seeds` at `steps`, seed by seed (a run cut short still has whole seeds)."""
+    arms = {n: {"question": ARMS_BY_NAME[n].question, "size": plan.large if ARMS_BY_NAME[n].large else plan.student,
+                "seeds": {}} for n in names}
+    # seed by seed (a run cut short still has whole seeds); a run that another invocation on the same OUT is
+    # training is left to it and collected at the end, so two invocations share the work
+    order = [(seed, name) for seed in seeds for name in names]
+    later = []
+    for wait in (False, True):
+        for seed, name in (order if not wait else later):
+            if not wait and ARMS_BY_NAME[name].fields.get("init") == INIT_FROM_FP and not finished(folder / f"fp-s{seed}"):
+                later.append((seed, name))       # its initial weights are still being trained elsewhere
+                continue
+            s = run_once(arm_fields(args, plan, folder, ARMS_BY_NAME[name], seed, teacher, steps), wait)
+            if s is None:
+                later.append((seed, name))
+                continue
+            arm = arms[name]
+            arm.update(params=s["params"], distillation=s["distillation"], data=s["data"], tokenizer=s["tokenizer"])
+            arm["seeds"][str(seed)] = {k: s[k] for k in KEEP}
+    for arm in arms.values():                    # seeds in order, whatever order the runs finished in
+        arm["seeds"] = {str(seed): arm["seeds"][str(seed)] for seed in seeds}
     budgets = {(a["size"], r["tokens_seen"]) for a in arms.values() for r in a["seeds"].values()}
     if len({size for size, _ in budgets}) != len(budgets):
         raise TinyFBIError(f"arms of one size saw different numbers of tokens: {sorted(budgets)}")
+    return arms
 
-    cache_s = 0.0
-    if plan.teacher_cache:
-        cache = cache_folder(out, cache_identity(teacher_ckpt, data, tokenizer), plan.seq_len, plan.teacher_cache)
-        cache_s = json.loads((cache / "build.json").read_text())["seconds"]
-    students_s = sum(r["wall_s"] for a in arms.values() for r in a["seeds"].values()) - cache_s
+
+def reproduce(args):
+    plan = choose_plan(args)
+    keys = chosen_claims(args)
+    out = Path(args.out or ("runs/reproduce-fast" if args.fast else "runs/reproduce"))
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    teacher = train_teacher(args, plan, out)
+    if args.teacher_only:
+        print(f"teacher ready: {teacher['checkpoint']} (validation perplexity {teacher['val_ppl']:.1f})")
+        return {"teacher": teacher}
+    if args.only is not None:
+        return rerun_one(args, plan, out, teacher)
+    if args.pilot:
+        return pilot(args, plan, out, teacher, keys, start)
+
+    arms = train_arms(args, plan, out, arms_for(keys), plan.seeds, teacher, plan.steps)
+    students_s = sum(r["wall_s"] for a in arms.values() for r in a["seeds"].values())
+    first = next(iter(arms.values()))
     results = {
         "command": getattr(args, "command", "python -m tinyfbi.reproduce"),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
-        "fast": args.fast, "plan": dataclasses.asdict(plan), "student_tokens": plan.student_tokens(),
-        "student_params": {a["size"]: a["params"] for a in arms.values()}, "data": data, "tokenizer": tokenizer,
-        "teacher": teacher, "arms": arms,
-        "timing": {"teacher_s": teacher["wall_s"], "cache_s": cache_s, "students_s": students_s,
+        "fast": args.fast, "claims_asked": list(keys), "plan": dataclasses.asdict(plan),
+        "student_tokens": plan.student_tokens(),
+        "student_params": {a["size"]: a["params"] for a in arms.values()}, "data": first["data"],
+        "tokenizer": first["tokenizer"], "teacher": teacher, "arms": arms,
+        "timing": {"teacher_s": teacher["wall_s"], "students_s": students_s,
                    # the teacher's whole budget at its median step time: its wall_s covers only the last
                    # invocation's part when a killed teacher was resumed
                    "teacher_at_median_step_s": teacher["tokens_seen"] / teacher["tok_s"] if teacher["tok_s"] else None,
-                   "total_s": teacher["wall_s"] + cache_s + students_s, "this_invocation_s": time.perf_counter() - start},
+                   "total_s": teacher["wall_s"] + students_s, "this_invocation_s": time.perf_counter() - start,
+                   # every run's steps at its 10th-percentile step time: about the same work on an idle machine
+                   "idle_estimate_s": step_seconds([teacher["run"]])["step_s_p10"] * teacher["steps"] + sum(
+                       step_seconds([r["run"] for r in a["seeds"].values()])["step_s_p10"] * plan.steps * len(a["seeds"])
+                       for a in arms.values())},
         "rule": RULE}
-    results["claims"] = evaluate_claims(results, plan.seeds)
-    atomic_write_json(out / "results.json", results)
-    report = markdown(results, results["command"])
-    atomic_write_bytes(out / "results.md", report.encode())
-    plots(out, results)
+    results["claims"] = evaluate_claims(results, plan.seeds, keys)
+    tail = suffix(keys)
+    atomic_write_json(out / f"results{tail}.json", results)
+    report = markdown(results, results["command"], tail)
+    atomic_write_bytes(out / f"results{tail}.md", report.encode())
+    plots(out, results, tail)
     print("\n" + report)
-    print(f"wrote {out}/results.md, results.json, ppl.png, flips.png")
+    print(f"wrote {out}/results{tail}.md, results{tail}.json, ppl{tail}.png, flips{tail}.png")
     return results
+
+
+def pilot(args, plan, out, teacher, keys, start):
+    """The claims' arms at each pilot budget over the pilot seeds: per claim its effect (the mean paired
+    difference), the spread of the per-seed differences and the seeds that would decide it. The runs at
+    the plan's own budget live in OUT itself, so the full run reuses them as its first seeds."""
+    budgets = []
+    for steps in plan.pilot_steps:
+        folder = out if steps == plan.steps else out / f"pilot-{steps}"
+        arms = train_arms(args, plan, folder, arms_for(keys), plan.pilot_seeds, teacher, steps)
+        results = {"teacher": teacher, "arms": arms}
+        budgets.append({"steps": steps, "tokens": steps * plan.batch_size * plan.seq_len,
+                        "tokens_per_param": {a["size"]: steps * plan.batch_size * plan.seq_len / a["params"]
+                                             for a in arms.values()},
+                        "arms": {n: {"size": a["size"], "params": a["params"], "distillation": a["distillation"],
+                                     "val_loss": [r["val_loss"] for r in a["seeds"].values()],
+                                     **step_seconds([r["run"] for r in a["seeds"].values()])}
+                                 for n, a in arms.items()},
+                        "claims": evaluate_claims(results, plan.pilot_seeds, keys)})
+    data = {"command": getattr(args, "command", "python -m tinyfbi.reproduce --pilot"),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
+            "plan": dataclasses.asdict(plan), "claims_asked": list(keys), "seeds": list(plan.pilot_seeds),
+            "teacher": {**teacher, **step_seconds([teacher["run"]])}, "budgets": budgets,
+            "wall_s": time.perf_counter() - start}
+    data["estimate"] = design_estimate(data, plan)
+    tail = suffix(keys)
+    atomic_write_json(out / f"pilot{tail}.json", data)
+    report = pilot_markdown(data)
+    atomic_write_bytes(out / f"pilot{tail}.md", report.encode())
+    print("\n" + report)
+    print(f"wrote {out}/pilot{tail}.md, pilot{tail}.json")
+    return data
+
+
+def rerun_one(args, plan, out, teacher) -> dict:
+    """Train one arm and seed again into a fresh folder (the teacher, and for fbi-init-ad the `fp` run of
+    that seed, taken from OUT) and compare its value with the published one in OUT/results*.json."""
+    arm = ARMS_BY_NAME[args.only]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = out / "reruns" / f"{arm.name}-s{args.seed}-{stamp}"
+    s = run_once(arm_fields(args, plan, folder, arm, args.seed, teacher, plan.steps, fp_folder=out))
+    published = None
+    for path in sorted(out.glob("results*.json")):
+        runs = json.loads(path.read_text())["arms"].get(arm.name, {}).get("seeds", {})
+        if str(args.seed) in runs:
+            published = runs[str(args.seed)]["val_loss"]
+            break
+    line = f"{arm.name} seed {args.seed}: validation loss {s['val_loss']:.6f} nats (perplexity {s['val_ppl']:.3f})"
+    if published is not None:
+        line += f"; published {published:.6f}, difference {s['val_loss'] - published:+.2e} nats"
+    print(line)
+    return {"arm": arm.name, "seed": args.seed, "run": s["run"], "val_loss": s["val_loss"], "published": published}
 
 
 if __name__ == "__main__":

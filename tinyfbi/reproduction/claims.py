@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
-from .stats import paired_interval
+from .plan import ARMS_BY_NAME, INIT_FROM_FP
+from .stats import paired_interval, t_quantile
 
 ONE_PERCENT = math.log(1.01)       # "no worse": within 1% perplexity
 TEN_PERCENT = math.log(1.10)       # "about as good": within 10% perplexity
@@ -50,9 +52,51 @@ CLAIMS = (
           "the same shape (section 5)", "fbi-ad", "fbi-init-ad", "agree", TEN_PERCENT),
     Claim("d", "binarization costs perplexity: full precision beats FBI at the same shape, budget and recipe "
           "(both distilled)", "fp-ad", "fbi-ad"),
-    Claim("e", "the gap between FBI and full precision (both distilled) narrows as the model grows (smaller "
-          "size -> students' size)", "fbi-ad - fp-ad", "small-fbi-ad - small-fp-ad"),
+    Claim("e", "the gap between FBI and full precision (both distilled) narrows as the model grows (students' "
+          "size -> the larger size, same tokens)", "large-fbi-ad - large-fp-ad", "fbi-ad - fp-ad"),
 )
+
+CLAIM_KEYS = tuple(c.key for c in CLAIMS)
+MAX_SEEDS = 100                    # "seeds needed" beyond this is reported as more than 100
+
+
+def arms_for(keys) -> tuple[str, ...]:
+    """The arms that the claims `keys` compare (with `fp` where an arm starts from it), in plan order."""
+    unknown = [k for k in keys if k not in CLAIM_KEYS]
+    if unknown:
+        raise ValueError(f"unknown claim {unknown[0]!r}: choose among {', '.join(CLAIM_KEYS)}")
+    names = {n for c in CLAIMS if c.key in keys for part in (c.a, c.b) for n in part.split(" - ") if n != "teacher"}
+    names |= {"fp" for n in names if ARMS_BY_NAME[n].fields.get("init") == INIT_FROM_FP}
+    if any(c.key in keys and "teacher" in (c.a, c.b) for c in CLAIMS):
+        names.add("fp")
+    return tuple(n for n in ARMS_BY_NAME if n in names)
+
+
+def distance_to_boundary(kind, margin, mean) -> float:
+    """How far the mean difference lies from the nearest edge of its verdict: 0 for 'beats', the margin
+    for 'no worse', -m and +m for 'agree'. An interval narrower than this (each side) decides the claim."""
+    if kind == "beats":
+        return abs(mean)
+    if kind == "no_worse":
+        return abs(mean - margin)
+    return min(abs(mean - margin), abs(mean + margin))
+
+
+@lru_cache(maxsize=None)
+def t975(df) -> float:
+    return t_quantile(0.5 + LEVEL / 2, df)
+
+
+def seeds_needed(kind, margin, mean, sd) -> int | None:
+    """The fewest seeds whose interval half-width t(0.975, n-1) * sd / sqrt(n) is below the distance of
+    `mean` to its verdict's boundary, if the mean and the spread of the paired differences held; None
+    beyond MAX_SEEDS."""
+    dist = distance_to_boundary(kind, margin, mean)
+    for n in range(2, MAX_SEEDS + 1):
+        if t975(n - 1) * sd / math.sqrt(n) < dist:
+            return n
+    return None
+
 
 WORDS = {"beats": "beats", "no_worse": "is no worse than", "agree": "agrees with"}
 
@@ -80,18 +124,35 @@ def judge(kind, margin, low, high) -> str:
     raise ValueError(f"unknown claim kind {kind!r}")
 
 
-def evaluate_claims(results, seeds) -> list[dict]:
-    """One verdict per claim whose arms are in `results`; each with its per-seed differences."""
+def evaluate_claims(results, seeds, keys=CLAIM_KEYS) -> list[dict]:
+    """One verdict per claim of `keys` whose arms are in `results`; each with its per-seed differences, their
+    spread and the seeds that spread would need to decide it."""
     out = []
     for c in CLAIMS:
+        if c.key not in keys:
+            continue
         names = [n for part in (c.a, c.b) for n in part.split(" - ") if n != "teacher"]
         if not all(n in results["arms"] for n in names) or (c.a == "teacher" and "teacher" not in results):
             continue
         iv = paired_interval(side(results, c.a, seeds), side(results, c.b, seeds), LEVEL)
         verdict = judge(c.kind, c.margin, iv["low"], iv["high"])
+        sd = iv["se"] * math.sqrt(iv["n"]) if iv["n"] > 1 else math.inf
+        needed = seeds_needed(c.kind, c.margin, iv["mean"], sd) if iv["n"] > 1 else None
         out.append({"key": c.key, "claim": c.text, "a": c.a, "b": c.b, "kind": c.kind, "margin": c.margin,
-                    **iv, "verdict": verdict})
+                    **iv, "sd": sd, "seeds_needed": needed, "verdict": verdict})
     return out
+
+
+def why_inconclusive(v) -> str:
+    """Why the seeds could not decide an inconclusive claim, and how many would at the spread measured."""
+    dist = distance_to_boundary(v["kind"], v["margin"], v["mean"])
+    half = (v["high"] - v["low"]) / 2
+    head = (f"  inconclusive because the interval's half-width {half:.4f} nats exceeds the distance {dist:.4f} of the "
+            f"mean from the verdict's boundary (sd of the per-seed differences {v['sd']:.4f})")
+    if v["seeds_needed"] is None:
+        return (head + f"; at this spread even {MAX_SEEDS} seeds would not decide it: the difference is within the "
+                "seeds' noise at this budget, and only a larger budget (less noise per seed) could resolve it")
+    return head + f"; at this spread and mean, {v['seeds_needed']} seeds would decide it"
 
 
 def describe(v) -> str:

@@ -1,9 +1,12 @@
 """What `python -m tinyfbi.reproduce` trains: one teacher, then every arm over the same seeds.
 
-Every student arm of a size trains the same shape on the same tokens: the same --seed gives the
+Every student arm of a size trains the same shape on the same tokens: the same seed gives the
 same initial weights and the same batch order in every arm, so arms can be compared seed by seed.
-The teacher is 4x larger, trained for 5x a student's budget with a seed of its own (so all
-student seeds share it), as LLaMA-2-7B is for FBI-LLM's 130M student.
+Every distilled arm learns the teacher's full softmax (T = 1) at every position, the teacher run
+forward on the fly each step, as in the paper. The teacher is 13x the students' size, trained for
+4x a student's tokens with a seed of its own (so all student seeds share it), as LLaMA-2-7B is for
+FBI-LLM's 130M student. The sizes, vocabulary, budget and seeds were chosen from the pilot
+(`python -m tinyfbi.reproduce --pilot`, docs/reproduction.md).
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ class Arm:
     name: str
     question: str
     fields: MappingProxyType = field(default_factory=spec_fields)   # RunSpec fields beyond the plan's
-    small: bool = False            # the smaller student size (the scaling claim)
-    distilled: bool = True         # learns from the teacher (ad or mix)
+    large: bool = False            # the larger student size (the scaling claim)
+    distilled: bool = True         # learns from the teacher's full softmax (ad or mix)
     track_flips: bool = False
 
 
@@ -33,46 +36,47 @@ ARMS = (
     Arm("fp-ad", "(d) full precision, distillation: the students' recipe without binarization",
         spec_fields(full_precision=True)),
     Arm("fbi-ad", "(a)(b)(c) FBI, distillation: the paper's recipe", track_flips=True),
-    Arm("fbi-ce", "(a) FBI, next-token labels", spec_fields(loss="ce", teacher="none"),
-        distilled=False),
+    Arm("fbi-ce", "(a) FBI, next-token labels", spec_fields(loss="ce", teacher="none"), distilled=False),
     Arm("fbi-mix", "(a) FBI, 0.5 labels + 0.5 distillation", spec_fields(loss="mix")),
     Arm("noscale-ad", "(b) sign(W) alone, no alpha/beta", spec_fields(scaling="none")),
     Arm("rowscale-ad", "(b) alpha/beta per output row", spec_fields(scaling="row")),
     Arm("ternary-ad", "(b) BitNet b1.58 ternary (absmean), same recipe", spec_fields(scaling="ternary")),
     Arm("fbi-init-ad", "(c) FBI, initialized from the trained `fp` model of the same seed",
         spec_fields(init=INIT_FROM_FP), track_flips=True),
-    Arm("small-fp", "full precision, labels, at the smaller size (reference)", spec_fields(full_precision=True, teacher="none"), small=True, distilled=False),
-    Arm("small-fp-ad", "(e) full precision, distillation, at the smaller size", spec_fields(full_precision=True),
-        small=True),
-    Arm("small-fbi-ad", "(e) FBI, distillation, at the smaller size", small=True),
+    Arm("large-fp-ad", "(e) full precision, distillation, at the larger size", spec_fields(full_precision=True),
+        large=True),
+    Arm("large-fbi-ad", "(e) FBI, distillation, at the larger size", large=True),
 )
 ARM_NAMES = tuple(a.name for a in ARMS)
+ARMS_BY_NAME = {a.name: a for a in ARMS}
 
 
 @dataclass(frozen=True)
 class Plan:
-    student: str = "tiny"           # the students' size (ModelConfig preset)
-    small: str = "mini"             # the second, smaller student size of the scaling claim
-    teacher: str = "20m"            # full precision, larger than any student
-    steps: int = 120                # optimizer steps per student arm (30 arms in about 45 min on 2 cores)
-    teacher_steps: int = 600        # 5x a student's tokens
+    student: str = "micro"          # the students' size (ModelConfig preset): 0.24M parameters at vocabulary 1024
+    large: str = "mini"             # the second, larger student size of the scaling claim (e): 1.12M
+    teacher: str = "tiny"           # full precision, 13x the student, 2.8x the larger size (3.15M)
+    vocab_size: int = 1024          # sentencepiece BPE: a small head, so the blocks get the compute
+    steps: int = 300                # optimizer steps per student arm: 614k tokens, 2.5 per student parameter
+    teacher_steps: int = 1200       # 4x a student's tokens
     batch_size: int = 16
     seq_len: int = 128
-    teacher_lr: float = 1e-3        # 20m at the tiny models' 2e-3 is needlessly close to unstable
-    teacher_warmup: int = 50
+    lr: float = 2e-3                # every student arm, cosine to lr / 10 after steps / 10 of warmup
+    teacher_lr: float = 2e-3
+    teacher_warmup: int = 100
     teacher_seed: int = 1000        # not a student seed: every student seed shares the teacher
-    eval_every: int = 100
+    eval_every: int = 150
     eval_batches: int = 32          # the same validation windows for every arm and the teacher
-    teacher_cache: int = 32         # top-K teacher probabilities cached once for every distilled arm
     sample_tokens: int = 30
-    seeds: tuple = field(default=(0, 1, 2))
+    seeds: tuple = field(default=(0, 1, 2, 3, 4, 5))
+    pilot_steps: tuple = field(default=(100, 300))   # the pilot's budgets (its last is the design's)
+    pilot_seeds: tuple = field(default=(0, 1, 2))
 
     def student_tokens(self) -> int:
         return self.steps * self.batch_size * self.seq_len
 
 
 FULL = Plan()
-# a first look, and the CI test of the reproduction's structure: every size one step down, and no
-# cache (a few steps are cheaper with the teacher's forward on the fly than a pass over the corpus)
-FAST = Plan(student="mini", small="micro", teacher="tiny", steps=30, teacher_steps=60, batch_size=8, seq_len=64,
-            teacher_lr=2e-3, teacher_warmup=6, eval_every=15, eval_batches=8, teacher_cache=0, sample_tokens=8)
+# the CI test of the reproduction's structure: the same sizes, a few steps, a smaller batch
+FAST = Plan(steps=30, teacher_steps=60, batch_size=8, seq_len=64, teacher_warmup=6, eval_every=15, eval_batches=8,
+            sample_tokens=8, seeds=(0, 1, 2), pilot_steps=(10, 30))
