@@ -11,8 +11,10 @@
 `kind="exact"` agrees with float32 maths to float32 rounding; `kind="int8"` rounds alpha * x to
 int8 per token (error bound in act_int8.py) and is about twice as fast. The kernel is
 chosen by batch size, by the layouts `packed` carries and by kernels.simd.ISA, the instruction set
-found at run time ('avx512' with VNNI -> v8, 'avx2' -> v3/v5/v7, both -> v9 where packed.nib4 is
-present, 'portable' -> v2/v4/v6; TINYFBI_ISA=avx2 or =portable steps down);
+found at run time ('avx512' with VNNI -> v10 for int8 at every batch size (the 512-bit vpdpbusd on
+the blocked bits, faster than v9's tables there, so no nib4 copy is needed), 'avx2' -> v3/v5/v7,
+and v9 where packed.nib4 is present, 'portable' -> v2/v4/v6; TINYFBI_ISA=avx2 or =portable steps
+down); `int8_decode_layout()` says which layout int8 decode wants on this CPU;
 `kernel_name` says which. Threads: whatever numba.set_num_threads
 and the BLAS library are set to.
 """
@@ -28,26 +30,33 @@ from kernels.v6_tiles_blas import matmul_tiles_blas
 from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
 from kernels.v8_vnni_int8 import matmul_vnni_int8, matvec_vnni_int8
 from kernels.v9_lut4_int8 import matvec_lut4_int8
+from kernels.v10_vnni512_int8 import matmul_vnni512_int8, matvec_vnni512_int8
 
 BATCH_MIN = 32       # exact: from this many tokens on, BLAS over decoded tiles beats a v3 loop
 BATCH_MIN_INT8 = 4   # int8: from this many tokens on, v7 (4 tokens per pass over the bits) wins
 _BATCH1 = {
     "v2_masked_f32": matvec_masked_f32, "v3_lut3_f32": matvec_lut3_f32,
     "v4_popcount_int8": matvec_popcount_int8, "v5_maddubs_int8": matvec_maddubs_int8,
-    "v8_vnni_int8": matvec_vnni_int8, "v9_lut4_int8": matvec_lut4_int8,
+    "v8_vnni_int8": matvec_vnni_int8, "v9_lut4_int8": matvec_lut4_int8, "v10_vnni512_int8": matvec_vnni512_int8,
 }
 _BATCH = {"v6_tiles_blas": matmul_tiles_blas, "v7_maddubs_gemm_int8": matmul_maddubs_int8,
-          "v8_vnni_gemm_int8": matmul_vnni_int8}
+          "v8_vnni_gemm_int8": matmul_vnni_int8, "v10_vnni512_gemm_int8": matmul_vnni512_int8}
+
+
+def int8_decode_layout() -> str:
+    """'blocked' where v10 runs int8 decode (AVX-512 VNNI: the bits as stored, one copy), else 'nib4'
+    (v9's tables want the nib4 layout beside the blocked bits the batch kernels read)."""
+    return "blocked" if HAS_AVX512_VNNI else "nib4"
 
 
 def kernel_name(packed: PackedSigns, batch: int, kind: str = "exact") -> str:
     """The kernel matvec uses for this many tokens: 'v2_masked_f32', ..., 'v7_maddubs_gemm_int8'."""
     if kind not in ("exact", "int8"):
         raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
+    if kind == "int8" and HAS_AVX512_VNNI:                         # 13 instructions per 256 weights, 2 planes each
+        return "v10_vnni512_gemm_int8" if batch >= BATCH_MIN_INT8 else "v10_vnni512_int8"
     if kind == "int8" and HAS_AVX2 and batch < BATCH_MIN_INT8 and packed.nib4 is not None:
         return "v9_lut4_int8"                                       # 15 instructions per 256 weights
-    if kind == "int8" and HAS_AVX512_VNNI:
-        return "v8_vnni_gemm_int8" if batch >= BATCH_MIN_INT8 else "v8_vnni_int8"
     if kind == "int8" and HAS_AVX2:
         return "v7_maddubs_gemm_int8" if batch >= BATCH_MIN_INT8 else "v5_maddubs_int8"
     if batch >= BATCH_MIN:

@@ -7,8 +7,10 @@ another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per r
 (kernels/dense_head.py). Same sections as the float runtime (runtime.inference), two paths:
 
 - decode (one new token): compiled calls on vectors per layer: norm, q/k/v, rope + cache append +
-  attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries. The
-  int8 runner also holds the signs in the nib4 layout for v9 (one more bit per weight);
+  attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries. On a
+  CPU without AVX-512 VNNI the int8 runner also holds the signs in the nib4 layout for v9 (one more
+  bit per weight); with it, v10 runs decode and prefill from the one blocked copy, mapped from the
+  file;
 - prefill (many tokens): the batch kernels (v7 int8 / v6 exact) per linear, compiled attention over
   the heads in parallel, compiled RMSNorm and SwiGLU.
 
@@ -39,7 +41,7 @@ import numpy as np
 from kernels.bitpack import PackedSigns
 from kernels.decode_ops import attend_fn, attend_parallel, rmsnorm_into, rmsnorm_rows_into, swiglu_into
 from kernels.dense_head import DenseHead
-from kernels.dispatch import is_batch_kernel, kernel_name, matvec
+from kernels.dispatch import int8_decode_layout, is_batch_kernel, kernel_name, matvec
 from kernels.simd import ISA
 from kernels.stacked import StackedSigns, stack_linears, stacked_kernel_name, stacked_matvec
 from kernels.zero_fix import subtract_zeros
@@ -299,7 +301,7 @@ class PackedRunner(Runner):
                     out_f, in_f = shapes[name.rsplit(".", 1)[-1]]
                     linears.append((PackedSigns(out_f, in_f, arrays[pre + name + ".weight"]),
                                     arrays[pre + name + ".wscale"], arrays[pre + name + ".wbias"]))
-                stacks[group] = stack_linears(linears, lut, nib4=kind == "int8")
+                stacks[group] = stack_linears(linears, lut, nib4=kind == "int8" and int8_decode_layout() == "nib4")
                 found = [(s, Zeros.from_positions(np.asarray(arrays[pre + name + ".zeros"]), linears[s][0].out_features,
                                                   stacks[group].alpha[s]))
                          for s, name in enumerate(names) if pre + name + ".zeros" in arrays]
