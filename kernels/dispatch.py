@@ -11,10 +11,10 @@
 `kind="exact"` agrees with float32 maths to float32 rounding; `kind="int8"` rounds alpha * x to
 int8 per token (error bound in act_int8.py) and is about twice as fast. The kernel is
 chosen by batch size, by the layouts `packed` carries and by kernels.simd.ISA, the instruction set
-found at run time ('avx512' with VNNI -> v10 for int8 at every batch size (the 512-bit vpdpbusd on
-the blocked bits, faster than v9's tables there, so no nib4 copy is needed), 'avx2' -> v3/v5/v7,
-and v9 where packed.nib4 is present, 'portable' -> v2/v4/v6; TINYFBI_ISA=avx2 or =portable steps
-down); `int8_decode_layout()` says which layout int8 decode wants on this CPU;
+found at run time ('avx512' with VNNI -> v10 for int8 batches, and for batch 1 unless the nib4
+copy is present, 'avx2' -> v3/v5/v7, v9 for int8 batch 1 wherever packed.nib4 is present,
+'portable' -> v2/v4/v6; TINYFBI_ISA=avx2 or =portable steps down); `int8_decode_layout()` says
+which layout int8 decode reads on this CPU;
 `kernel_name` says which. Threads: whatever numba.set_num_threads
 and the BLAS library are set to.
 """
@@ -43,20 +43,26 @@ _BATCH = {"v6_tiles_blas": matmul_tiles_blas, "v7_maddubs_gemm_int8": matmul_mad
           "v8_vnni_gemm_int8": matmul_vnni_int8, "v10_vnni512_gemm_int8": matmul_vnni512_int8}
 
 
-def int8_decode_layout() -> str:
-    """'blocked' where v10 runs int8 decode (AVX-512 VNNI: the bits as stored, one copy), else 'nib4'
-    (v9's tables want the nib4 layout beside the blocked bits the batch kernels read)."""
-    return "blocked" if HAS_AVX512_VNNI else "nib4"
+def int8_decode_layout(prefer: str = "auto") -> str:
+    """The layout int8 decode reads. 'nib4' (v9's tables, a second copy of the signs beside the blocked
+    bits the batch kernels read): the fastest decode. 'blocked' (v10 on the one copy mapped from the
+    file): half the memory, decode about a quarter slower (7B on a 2-core AVX-512 Xeon, docs/runtime.md);
+    AVX-512 VNNI only. auto: 'blocked' where v10 runs, else 'nib4'."""
+    if prefer not in ("auto", "blocked", "nib4"):
+        raise ValueError(f"layout must be auto, blocked or nib4, got {prefer!r}")
+    if prefer == "auto":
+        return "blocked" if HAS_AVX512_VNNI else "nib4"
+    return "nib4" if prefer == "nib4" or not HAS_AVX512_VNNI else "blocked"
 
 
 def kernel_name(packed: PackedSigns, batch: int, kind: str = "exact") -> str:
     """The kernel matvec uses for this many tokens: 'v2_masked_f32', ..., 'v7_maddubs_gemm_int8'."""
     if kind not in ("exact", "int8"):
         raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
+    if kind == "int8" and HAS_AVX2 and batch < BATCH_MIN_INT8 and packed.nib4 is not None:
+        return "v9_lut4_int8"                                       # tables shared by 32 rows: fastest decode
     if kind == "int8" and HAS_AVX512_VNNI:                         # 13 instructions per 256 weights, 2 planes each
         return "v10_vnni512_gemm_int8" if batch >= BATCH_MIN_INT8 else "v10_vnni512_int8"
-    if kind == "int8" and HAS_AVX2 and batch < BATCH_MIN_INT8 and packed.nib4 is not None:
-        return "v9_lut4_int8"                                       # 15 instructions per 256 weights
     if kind == "int8" and HAS_AVX2:
         return "v7_maddubs_gemm_int8" if batch >= BATCH_MIN_INT8 else "v5_maddubs_int8"
     if batch >= BATCH_MIN:

@@ -128,12 +128,15 @@ def test_stacked_nib4_equals_v1_per_segment(seed, outs, in_f):
         assert np.array_equal(got, dispatch.matvec(bitpack.pack_signs(w), a, b, x, "int8")), s
 
 
-def test_dispatch_picks_v9_only_with_nib4_and_avx2_without_vnni512():
+def test_dispatch_picks_v9_only_with_nib4_and_avx2():
     p = bitpack.pack_signs(np.ones((8, 64), np.float32))
     assert dispatch.kernel_name(p, 1, "int8") != "v9_lut4_int8"
-    expected = "v10_vnni512_int8" if HAS_AVX512_VNNI else "v9_lut4_int8" if HAS_AVX2 else "v4_popcount_int8"
-    assert dispatch.kernel_name(p.with_nib4(), 1, "int8") == expected
+    assert dispatch.kernel_name(p.with_nib4(), 1, "int8") == ("v9_lut4_int8" if HAS_AVX2 else "v4_popcount_int8")
+    # without the nib4 copy: v10 where AVX-512 VNNI runs it; the copy is built only where decode wants it
+    assert dispatch.kernel_name(p, 1, "int8") == ("v10_vnni512_int8" if HAS_AVX512_VNNI else
+                                                  "v5_maddubs_int8" if HAS_AVX2 else "v4_popcount_int8")
     assert dispatch.int8_decode_layout() == ("blocked" if HAS_AVX512_VNNI else "nib4")
+    assert dispatch.int8_decode_layout("nib4") == "nib4"
     assert dispatch.kernel_name(p.with_nib4(), 4, "int8") != "v9_lut4_int8"   # batches: v7 / v8 / v6
 
 

@@ -58,6 +58,10 @@ def build_parser():
                     help="packed: lm_head storage (fp16 kernel, int8 per row, or float32 BLAS)")
     ap.add_argument("--kv", choices=["auto", "f16", "f32"], default="auto",
                     help="packed: KV cache storage (auto: fp16 with --kind int8, float32 with exact)")
+    ap.add_argument("--layout", choices=["auto", "blocked", "nib4"], default="auto",
+                    help="packed int8 decode: blocked reads the one copy of the signs mapped from the file (AVX-512 "
+                         "VNNI; half the memory), nib4 adds a second copy for v9's faster decode; auto: blocked where "
+                         "AVX-512 VNNI runs it, else nib4")
     ap.add_argument("--bench", action="store_true",
                     help="warm every kernel, then report prefill and decode tokens/s, a per-part breakdown, "
                          "peak memory and the instruction set, instead of sampling text")
@@ -68,7 +72,7 @@ def build_parser():
     return ap
 
 
-def load_runner(path, kind="exact", head="f16", kv="auto"):
+def load_runner(path, kind="exact", head="f16", kv="auto", layout="auto"):
     """(runner, tokenizer) for a packed file, a checkpoint folder, a run folder, or a Hugging Face name
     in the local cache (packed on first use)."""
     if is_hub_name(str(path)):
@@ -78,18 +82,18 @@ def load_runner(path, kind="exact", head="f16", kv="auto"):
         from .runtime.packed_runner import (
             load_packed,  # compiles the Numba kernels: only for packed files
         )
-        return load_packed(path, kind, head, kv)
+        return load_packed(path, kind, head, kv, layout)
     ckpt = resolve_checkpoint(path)
     return FloatRunner(load_model(ckpt, dtype=np.float32)), load_tokenizer(ckpt)
 
 
-def random_runner(size, packed, kind, seed, head="f16", kv="auto"):
+def random_runner(size, packed, kind, seed, head="f16", kv="auto", layout="auto"):
     config = ModelConfig.from_name(size)
     if packed:
         from .runtime.packed_runner import (
             PackedRunner,  # compiles the Numba kernels: only for --packed
         )
-        return PackedRunner.random(config, seed, kind, head, kv)
+        return PackedRunner.random(config, seed, kind, head, kv, layout)
     return FloatRunner(Model(config, seed=seed))
 
 
@@ -108,9 +112,10 @@ def sample(args):
         from kernels.threads import set_threads
         set_threads(args.threads)
     if args.random_init:
-        runner, tokenizer = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head, args.kv), None
+        runner = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head, args.kv, args.layout)
+        tokenizer = None
     else:
-        runner, tokenizer = load_runner(args.ckpt, args.kind, args.head, args.kv)
+        runner, tokenizer = load_runner(args.ckpt, args.kind, args.head, args.kv, args.layout)
     if args.bench:
         try:
             row = run_benchmark(runner, args.prompt_tokens, new_tokens, args.seed, load_s=seconds_since_start())

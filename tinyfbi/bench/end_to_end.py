@@ -28,9 +28,9 @@ def _forward(runner, tokens, cache, last_only):
 
 def run_benchmark(runner, prompt_len=128, new_tokens=32, seed=0, load_s=None) -> dict:
     """-> a dict of the figures (see format_report); warms every kernel on a scratch cache first.
-    load_s: seconds from the process's start until `runner` was ready (generate passes it); the
-    warm-up's first prefill is then also timed from the process's start: the first token a user
-    would get (kernels compiled, or loaded from Numba's cache)."""
+    load_s: seconds from the process's start until `runner` was ready (generate passes it); then the
+    first token of a one-token prompt is timed from the process's start too: what a user waits for
+    before any output (kernels compiled, or loaded from Numba's cache)."""
     cfg = runner.config
     if prompt_len < 1 or new_tokens < 1 or prompt_len + new_tokens > cfg.max_position_embeddings:
         raise ValueError(f"need 1 <= prompt ({prompt_len}), 1 <= new tokens ({new_tokens}) and their sum "
@@ -38,9 +38,12 @@ def run_benchmark(runner, prompt_len=128, new_tokens=32, seed=0, load_s=None) ->
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, cfg.vocab_size, (1, prompt_len))
     # warm-up: the same shapes as the measured run, so every kernel is compiled and every page touched
+    first_token_s = None
+    if load_s is not None:   # a user's first token: a one-token prompt, kernels compiled or loaded from the cache
+        _forward(runner, prompt[:, :1], runner.new_cache(1, 2), True)
+        first_token_s = seconds_since_start()
     warm = runner.new_cache(1, prompt_len + 3)
     logits = _forward(runner, prompt, warm, True)[0, -1]
-    first_token_s = seconds_since_start() if load_s is not None else None
     for _ in range(2):
         logits = _forward(runner, np.array([[int(np.argmax(logits))]]), warm, True)[0, -1]
     del warm
@@ -88,10 +91,10 @@ def format_report(row: dict) -> str:
     lines = [f"cpu: {row['cpu']} ({row['cores']} cores), instruction set: {row['isa']}, threads: {row['threads']}",
              f"model: {row['params'] / 1e9:.2f}B params, {row['layers']} layers, hidden {row['hidden']}; "
              f"runtime {row['runtime']}, activations {row.get('kind', 'float32')}, head {row.get('head', 'f32')}, "
-             f"KV cache {row.get('kv', 'f32')}, "
+             f"KV cache {row.get('kv', 'f32')}, " + (f"signs {row['layout']}, " if row.get("layout") else "") +
              f"weights {row['weight_mb']} MB, peak RSS {row['peak_rss_mb']} MB"]
     if row.get("load_s") is not None:
-        lines.append(f"start: model ready {row['load_s']:.2f} s, first token (prefill of {row['prompt_tokens']}) "
+        lines.append(f"start: model ready {row['load_s']:.2f} s, first token of a one-token prompt "
                      f"{row['first_token_s']:.2f} s after the process started")
     if row.get("kernels_decode"):
         lines.append(f"kernels: decode {row['kernels_decode']}, prefill {row['kernels_prefill']}")

@@ -162,8 +162,9 @@ class PackedRunner(Runner):
 
     def describe(self) -> dict:
         """Runtime, activation kind, head storage, instruction set and kernel threads, for reports."""
+        layout = "nib4" if self.layers and self.layers[0].qkv.nib4 is not None else "blocked"
         return {"runtime": type(self).__name__, "kind": self.kind, "head": self.head.kind, "kv": self.kv,
-                "isa": ISA, "threads": numba.get_num_threads()}
+                "layout": layout if self.kind == "int8" else None, "isa": ISA, "threads": numba.get_num_threads()}
 
     def _lap(self, part: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -287,8 +288,9 @@ class PackedRunner(Runner):
     # ---- construction ----
 
     @classmethod
-    def from_arrays(cls, config, arrays: dict, kind="exact", lut=None, head="f16", kv="auto"):
-        """arrays: name -> array as stored in a packed file (signs as blocked uint8 bits, zero lists if any)."""
+    def from_arrays(cls, config, arrays: dict, kind="exact", lut=None, head="f16", kv="auto", layout="auto"):
+        """arrays: name -> array as stored in a packed file (signs as blocked uint8 bits, zero lists if any);
+        layout: int8 decode's (kernels.dispatch.int8_decode_layout): nib4 adds v9's copy of the signs."""
         lut = (kind == "exact") if lut is None else lut  # the lut3 layout speeds up the exact batch-1 kernel
         shapes = config.linear_shapes()
         layers = []
@@ -301,7 +303,7 @@ class PackedRunner(Runner):
                     out_f, in_f = shapes[name.rsplit(".", 1)[-1]]
                     linears.append((PackedSigns(out_f, in_f, arrays[pre + name + ".weight"]),
                                     arrays[pre + name + ".wscale"], arrays[pre + name + ".wbias"]))
-                stacks[group] = stack_linears(linears, lut, nib4=kind == "int8" and int8_decode_layout() == "nib4")
+                stacks[group] = stack_linears(linears, lut, nib4=kind == "int8" and int8_decode_layout(layout) == "nib4")
                 found = [(s, Zeros.from_positions(np.asarray(arrays[pre + name + ".zeros"]), linears[s][0].out_features,
                                                   stacks[group].alpha[s]))
                          for s, name in enumerate(names) if pre + name + ".zeros" in arrays]
@@ -316,10 +318,10 @@ class PackedRunner(Runner):
         return cls(config, dense, layers, kind, head, kv)
 
     @classmethod
-    def random(cls, config: ModelConfig, seed=0, kind="int8", head="f16", kv="auto"):
+    def random(cls, config: ModelConfig, seed=0, kind="int8", head="f16", kv="auto", layout="auto"):
         """A randomly initialized FBI model built directly in packed form (no float32 weights)."""
         arrays = dict(iter_random_packed(config, seed))
-        return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head, kv=kv)
+        return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head, kv=kv, layout=layout)
 
 
 def _kv_bits(a: np.ndarray) -> np.ndarray:
@@ -327,11 +329,11 @@ def _kv_bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
-def load_packed(path, kind="exact", head="f16", kv="auto"):
+def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto"):
     """(PackedRunner, tokenizer or None) from a .fbipack file."""
     header, arrays = read_packed(path)
     config = config_from_json(header["config"], str(path), binarized_default=True)
-    runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv)
+    runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv, layout=layout)
     tokenizer = None
     tok = header.get("tokenizer")
     if tok:
