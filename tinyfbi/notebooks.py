@@ -62,6 +62,7 @@ def execute(path: Path, timeout: int) -> float:
     import nbformat
     notebook = jupytext.read(path)
     env_fast = os.environ.pop("TINYFBI_FAST", None)         # the default size, not CI's
+    os.environ["TQDM_DISABLE"] = "1"                         # the kernel inherits it: no progress bars saved
     start = time.perf_counter()
     try:
         nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
@@ -69,6 +70,7 @@ def execute(path: Path, timeout: int) -> float:
     except nbclient.exceptions.CellExecutionError as e:
         raise TinyFBIError(f"{path.name} failed: {str(e).strip().splitlines()[-1]}") from None
     finally:
+        os.environ.pop("TQDM_DISABLE", None)
         if env_fast is not None:
             os.environ["TINYFBI_FAST"] = env_fast
     seconds = time.perf_counter() - start

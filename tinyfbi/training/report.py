@@ -5,11 +5,11 @@ from ..formats.atomic import atomic_path
 
 
 def plot_losses(path, curves: dict, title: str):
-    """curves: label -> metrics.jsonl rows; written atomically (matplotlib is imported here, on use)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """curves: label -> metrics.jsonl rows; written atomically. A Figure of its own, not pyplot's: a
+    run inside a notebook must not change the notebook's plotting backend (matplotlib imported on use)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for label, rows in curves.items():
         steps = [r["step"] for r in rows]
         line, = ax.plot(steps, [r["loss"] for r in rows], lw=1, alpha=0.6, label=f"{label} train")
@@ -24,4 +24,3 @@ def plot_losses(path, curves: dict, title: str):
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
