@@ -8,7 +8,7 @@ import pytest
 COMMANDS = ["tinyfbi.train", "tinyfbi.generate", "tinyfbi.pack", "tinyfbi.export", "tinyfbi.evaluate",
             "tinyfbi.prepare", "tinyfbi.reproduce", "tinyfbi.bench.kernels", "tinyfbi.bench.gpu",
             "tinyfbi.bench.llamacpp", "tinyfbi.bench.train_step", "tinyfbi.bench.prepare",
-            "tinyfbi.bench.loss_memory"]
+            "tinyfbi.bench.loss_memory", "tinyfbi.bench.kernels_avx512"]
 
 
 def flag_helps(text: str) -> dict:

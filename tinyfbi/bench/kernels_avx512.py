@@ -4,14 +4,13 @@ median of its calls. A row starts only after 2 s in which other processes used u
 and is timed again (up to --attempts times) when they used more while it ran; the `others` column
 is that share for the attempt shown. Weights hot (the same matrix every call), random signs.
 
-    python -m kernels.ab_avx512                                 # 3 shapes x batch 1, 128, 512, 2 threads
-    python -m kernels.ab_avx512 --shape 4096x4096 --batch 1 --threads 1
+    python -m tinyfbi.bench.kernels_avx512                                 # 3 shapes x batch 1, 128, 512, 2 threads
+    python -m tinyfbi.bench.kernels_avx512 --shape 4096x4096 --batch 1 --threads 1
 
 Batch 1 (decode): v9 (dispatch today with nib4), v11 (v9 in zmm), v8 and v10 (vpdpbusd 256 / 512),
 v12 and v4 (popcount, zmm / LLVM's choice). Batch >= 4 (prefill): v8 (dispatch today), v10, v7.
 Needs AVX-512 F/BW/VL + VNNI (kernels.simd.ISA == 'avx512').
 """
-import argparse
 import os
 import time
 
@@ -27,6 +26,9 @@ from kernels.v9_lut4_int8 import matvec_lut4_int8
 from kernels.v10_vnni512_int8 import matmul_vnni512_int8, matvec_vnni512_int8
 from kernels.v11_lut4_512_int8 import matvec_lut4_512_int8
 from kernels.v12_vpopcnt_int8 import matvec_vpopcnt_int8
+
+from ..cli import CLIParser, run_cli
+from ..core.errors import TinyFBIError
 
 
 def _jiffies():
@@ -69,14 +71,18 @@ def kernels_for(batch: int, p, a, b, x):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = CLIParser("python -m tinyfbi.bench.kernels_avx512", __doc__.split("\n")[0])
     ap.add_argument("--shape", action="append", help="OUTxIN (repeatable); default 4096x4096, 11008x4096, 4096x11008")
     ap.add_argument("--batch", action="append", type=int, help="tokens (repeatable); default 1, 128, 512")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--attempts", type=int, default=6)
     args = ap.parse_args(argv)
+    run_cli(bench, args)
+
+
+def bench(args):
     if not HAS_AVX512_VNNI:
-        raise SystemExit(f"needs AVX-512 F/BW/VL + VNNI; kernels.simd.ISA = {ISA!r}")
+        raise TinyFBIError(f"needs AVX-512 F/BW/VL + VNNI; kernels.simd.ISA = {ISA!r}")
     numba.set_num_threads(args.threads)
     shapes = [tuple(map(int, s.split("x"))) for s in (args.shape or ["4096x4096", "11008x4096", "4096x11008"])]
     rng = np.random.default_rng(0)
