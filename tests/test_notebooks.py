@@ -29,3 +29,12 @@ def test_every_notebook_has_a_parameters_cell():
         cells = jupytext.read(path).cells
         assert any("parameters" in c.metadata.get("tags", []) for c in cells), path.name
         assert not any(c.get("outputs") for c in cells if c.cell_type == "code"), path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_executed_copy_matches_its_source(path):
+    """notebooks/NN_name.ipynb (outputs at the default size) holds the same cells as NN_name.py: a
+    source edited without `python -m tinyfbi.notebooks --execute NN` fails here."""
+    pytest.importorskip("jupytext")
+    from tinyfbi.notebooks import stale
+    assert stale(path) is None, stale(path)
