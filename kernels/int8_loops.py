@@ -59,3 +59,20 @@ def rows_matmul(row_x4):
                                 y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
 
     return _matmul
+
+
+def call_matvec(fn, packed, alpha, beta, x) -> np.ndarray:
+    """A rows_matvec kernel on PackedSigns: x (in,) float32 -> y (out,) float32 (the wrappers' one body)."""
+    y = np.empty(packed.out_features, np.float32)
+    fn(packed.bits, np.ascontiguousarray(alpha, np.float32).reshape(-1),
+       np.ascontiguousarray(beta, np.float32).reshape(-1), np.ascontiguousarray(x, np.float32), y)
+    return y
+
+
+def call_matmul(fn, packed, alpha, beta, x) -> np.ndarray:
+    """A rows_matmul kernel on PackedSigns: x (B, in) float32 -> y (B, out) float32."""
+    x = np.ascontiguousarray(x, np.float32)
+    y = np.empty((x.shape[0], packed.out_features), np.float32)
+    fn(packed.bits, np.ascontiguousarray(alpha, np.float32).reshape(-1),
+       np.ascontiguousarray(beta, np.float32).reshape(-1), x, y)
+    return y

@@ -30,7 +30,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from kernels.bitpack import PackedSigns
-from kernels.int8_loops import TOKENS, rows_matmul, rows_matvec
+from kernels.int8_loops import TOKENS, call_matmul, call_matvec, rows_matmul, rows_matvec
 from kernels.simd import I8, I16, I32, V32xI8, counted_loop, data_pointer, hsum, is_c_array, splat
 
 V64xI8, V32xI16, V16xI32 = ir.VectorType(I8, 64), ir.VectorType(I16, 32), ir.VectorType(I32, 16)
@@ -136,18 +136,9 @@ _matmul, _matmul_emulated = rows_matmul(plus_qsum_row_x4_vnni512), rows_matmul(p
 
 def matvec_vnni512_int8(packed: PackedSigns, alpha, beta, x, emulated=False) -> np.ndarray:
     """x (in,) float32 -> y (out,) float32, int8 activations. Needs AVX-512 BW + VNNI unless emulated."""
-    y = np.empty(packed.out_features, np.float32)
-    (_matvec_emulated if emulated else _matvec)(
-        packed.bits, np.ascontiguousarray(alpha, np.float32).reshape(-1),
-        np.ascontiguousarray(beta, np.float32).reshape(-1), np.ascontiguousarray(x, np.float32), y)
-    return y
+    return call_matvec(_matvec_emulated if emulated else _matvec, packed, alpha, beta, x)
 
 
 def matmul_vnni512_int8(packed: PackedSigns, alpha, beta, x, emulated=False) -> np.ndarray:
     """x (B, in) float32 -> y (B, out) float32, per-token int8. Needs AVX-512 BW + VNNI unless emulated."""
-    x = np.ascontiguousarray(x, np.float32)
-    y = np.empty((x.shape[0], packed.out_features), np.float32)
-    (_matmul_emulated if emulated else _matmul)(
-        packed.bits, np.ascontiguousarray(alpha, np.float32).reshape(-1),
-        np.ascontiguousarray(beta, np.float32).reshape(-1), x, y)
-    return y
+    return call_matmul(_matmul_emulated if emulated else _matmul, packed, alpha, beta, x)
