@@ -11,7 +11,7 @@
 `kind="exact"` agrees with float32 maths to float32 rounding; `kind="int8"` rounds alpha * x to
 int8 per token (error bound in act_int8.py) and is about twice as fast. The kernel is
 chosen by batch size, by the layouts `packed` carries and by kernels.simd.ISA, the instruction set
-found at run time ('avx512' with VNNI -> v10 for int8 batches, and for batch 1 unless the nib4
+found at run time ('avx512' with VNNI -> v10 for int8 batches and v13 for batch 1 unless the nib4
 copy is present, 'avx2' -> v3/v5/v7, v9 for int8 batch 1 wherever packed.nib4 is present,
 'portable' -> v2/v4/v6; TINYFBI_ISA=avx2 or =portable steps down); `int8_decode_layout()` says
 which layout int8 decode reads on this CPU;
@@ -31,6 +31,7 @@ from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
 from kernels.v8_vnni_int8 import matmul_vnni_int8, matvec_vnni_int8
 from kernels.v9_lut4_int8 import matvec_lut4_int8
 from kernels.v10_vnni512_int8 import matmul_vnni512_int8, matvec_vnni512_int8
+from kernels.v13_kmask_int8 import matvec_kmask_int8
 
 BATCH_MIN = 32       # exact: from this many tokens on, BLAS over decoded tiles beats a v3 loop
 BATCH_MIN_INT8 = 4   # int8: from this many tokens on, v7 (4 tokens per pass over the bits) wins
@@ -38,16 +39,17 @@ _BATCH1 = {
     "v2_masked_f32": matvec_masked_f32, "v3_lut3_f32": matvec_lut3_f32,
     "v4_popcount_int8": matvec_popcount_int8, "v5_maddubs_int8": matvec_maddubs_int8,
     "v8_vnni_int8": matvec_vnni_int8, "v9_lut4_int8": matvec_lut4_int8, "v10_vnni512_int8": matvec_vnni512_int8,
+    "v13_kmask_int8": matvec_kmask_int8,
 }
 _BATCH = {"v6_tiles_blas": matmul_tiles_blas, "v7_maddubs_gemm_int8": matmul_maddubs_int8,
           "v8_vnni_gemm_int8": matmul_vnni_int8, "v10_vnni512_gemm_int8": matmul_vnni512_int8}
 
 
 def int8_decode_layout(prefer: str = "auto") -> str:
-    """The layout int8 decode reads. 'nib4' (v9's tables, a second copy of the signs beside the blocked
-    bits the batch kernels read): the fastest decode. 'blocked' (v10 on the one copy mapped from the
-    file): half the memory, decode about a quarter slower (7B on a 2-core AVX-512 Xeon, docs/runtime.md);
-    AVX-512 VNNI only. auto: 'blocked' where v10 runs, else 'nib4'."""
+    """The layout int8 decode reads. 'blocked' (v13's masked loads on the one copy of the signs mapped from
+    the file, AVX-512 VNNI only): the fastest decode there, in half the memory. 'nib4' (v9's tables, a
+    second copy of the signs beside the blocked bits the batch kernels read): the fastest decode with
+    AVX2 alone. auto: 'blocked' where v13 runs, else 'nib4' (docs/runtime.md has both measured)."""
     if prefer not in ("auto", "blocked", "nib4"):
         raise ValueError(f"layout must be auto, blocked or nib4, got {prefer!r}")
     if prefer == "auto":
@@ -61,8 +63,8 @@ def kernel_name(packed: PackedSigns, batch: int, kind: str = "exact") -> str:
         raise ValueError(f"kind must be 'exact' or 'int8', got {kind!r}")
     if kind == "int8" and HAS_AVX2 and batch < BATCH_MIN_INT8 and packed.nib4 is not None:
         return "v9_lut4_int8"                                       # tables shared by 32 rows: fastest decode
-    if kind == "int8" and HAS_AVX512_VNNI:                         # 13 instructions per 256 weights, 2 planes each
-        return "v10_vnni512_gemm_int8" if batch >= BATCH_MIN_INT8 else "v10_vnni512_int8"
+    if kind == "int8" and HAS_AVX512_VNNI:     # batch: v10, 2 planes per vpdpbusd; batch 1: v13, masked loads
+        return "v10_vnni512_gemm_int8" if batch >= BATCH_MIN_INT8 else "v13_kmask_int8"
     if kind == "int8" and HAS_AVX2:
         return "v7_maddubs_gemm_int8" if batch >= BATCH_MIN_INT8 else "v5_maddubs_int8"
     if batch >= BATCH_MIN:

@@ -11,8 +11,8 @@ and the tail of one matrix overlaps the head of the next.
 
 Each segment's rows are padded to a multiple of 32 (the nib4 tile, four lut3 row groups), so
 segment s starts at `starts[s]` in y and the padding rows (zero bits) produce values nobody reads.
-Kernels: int8 -> v10's 512-bit vpdpbusd rows on the blocked bits (AVX-512 VNNI), else v9's 32-row
-lookup tiles (AVX2 and the nib4 layout: stack_linears(..., nib4=True)), else each segment through
+Kernels: int8 -> v9's 32-row lookup tiles where the nib4 layout is present (stack_linears(...,
+nib4=True)), else v13's masked loads on the blocked bits (AVX-512 VNNI), else each segment through
 kernels.dispatch (v5 / v4); exact -> v3's lookup row groups with AVX2 and the lut3 layout, else v2
 per segment.
 
@@ -29,7 +29,7 @@ from kernels.dispatch import kernel_name, matvec
 from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI
 from kernels.v3_lut3_f32 import lut_rowgroup, scaled_tables
 from kernels.v9_lut4_int8 import lut4_tile, quantized_tables
-from kernels.v10_vnni512_int8 import plus_qsum_row_emulated, plus_qsum_row_vnni512
+from kernels.v13_kmask_int8 import plus_qsum_row_kmask, plus_qsum_row_kmask_emulated, to_bit_order
 
 
 @dataclass
@@ -148,32 +148,41 @@ def _exact_lut3(lut, group_ends, alpha, beta, x, y8):
             y8[g, lane] += bx[s]
 
 
+@numba.njit(cache=True)
+def _quantize_bit_order(alpha, beta, x, q, qb):
+    # alpha, beta, x (in,); q, qb (256*nblk,) scratch and output -> (scale, sum q, beta . x), qb in bit order
+    scale, qsum, bx = quantize_int8(alpha, beta, x, q)
+    to_bit_order(q, qb)
+    return scale, qsum, bx
+
+
 def stacked_rows(row):
-    """row(bits (32*nblk,), q (256*nblk,)) -> int32, a kernel's row intrinsic -> njit (bits, ends, alpha,
-    beta, x, y): every segment's int8 activations, then one parallel loop over all stacked rows."""
+    """row(bits (32*nblk,), q (256*nblk,) in bit order) -> int32, v13's row intrinsic or its twin -> njit
+    (bits, ends, alpha, beta, x, y): every segment's int8 activations, then one parallel loop over all rows."""
 
     @numba.njit(cache=True, parallel=True)
     def _stacked(bits, ends, alpha, beta, x, y):
         # bits (R, 32*nblk) uint8; ends (n,) rows; alpha, beta (n, in); x (in,) -> y (R,)
         n = alpha.shape[0]
         q = np.empty((n, 8 * bits.shape[1]), np.int8)                   # (n, 256*nblk), zero-padded
+        qb = np.empty_like(q)                                            # the same in the bits' order
         scale, qsum, bx = np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32)
         if n == 1:                                   # o, down: no parallel region for one segment
-            scale[0], qsum[0], bx[0] = quantize_int8(alpha[0], beta[0], x, q[0])
+            scale[0], qsum[0], bx[0] = _quantize_bit_order(alpha[0], beta[0], x, q[0], qb[0])
         else:
             for s in numba.prange(n):
-                scale[s], qsum[s], bx[s] = quantize_int8(alpha[s], beta[s], x, q[s])
+                scale[s], qsum[s], bx[s] = _quantize_bit_order(alpha[s], beta[s], x, q[s], qb[s])
         for o in numba.prange(bits.shape[0]):
             s = 0
             while o >= ends[s]:
                 s += 1
-            y[o] = scale[s] * np.float32(2 * np.int64(row(bits[o], q[s])) - qsum[s]) + bx[s]
+            y[o] = scale[s] * np.float32(2 * np.int64(row(bits[o], qb[s])) - qsum[s]) + bx[s]
 
     return _stacked
 
 
 # compiled on first call: the VNNI row never on a CPU without it; the twin tests the loop anywhere
-_int8_vnni512, _int8_vnni512_emulated = stacked_rows(plus_qsum_row_vnni512), stacked_rows(plus_qsum_row_emulated)
+_int8_kmask, _int8_kmask_emulated = stacked_rows(plus_qsum_row_kmask), stacked_rows(plus_qsum_row_kmask_emulated)
 
 
 def stacked_kernel_name(st: StackedSigns, kind: str) -> str:
@@ -181,7 +190,7 @@ def stacked_kernel_name(st: StackedSigns, kind: str) -> str:
     if kind == "int8" and HAS_AVX2 and st.nib4 is not None:    # the nib4 copy exists to be used: fastest decode
         return "v9_lut4_int8"
     if kind == "int8" and HAS_AVX512_VNNI:                      # one copy of the signs, the blocked bits
-        return "v10_vnni512_int8"
+        return "v13_kmask_int8"
     if kind == "exact" and HAS_AVX2 and st.lut is not None:
         return "v3_lut3_f32"
     return kernel_name(st.segment(0), 1, kind)
@@ -192,8 +201,8 @@ def stacked_matvec(st: StackedSigns, x: np.ndarray, kind: str = "exact") -> np.n
     x = np.ascontiguousarray(x, np.float32)
     name = stacked_kernel_name(st, kind)
     y = np.empty(st.rows, np.float32)
-    if name == "v10_vnni512_int8":
-        _int8_vnni512(st.bits, st.ends, st.alpha, st.beta, x, y)
+    if name == "v13_kmask_int8":
+        _int8_kmask(st.bits, st.ends, st.alpha, st.beta, x, y)
     elif name == "v9_lut4_int8":
         _int8_lut4(st.nib4, st.tile_ends, st.alpha, st.beta, x, y)
     elif name == "v3_lut3_f32":

@@ -1,11 +1,11 @@
-"""The 512-bit kernels (v10: zmm vpdpbusd, v11: zmm vpshufb, v12: zmm vpopcntq) against v1 and bit for bit against the
+"""The 512-bit kernels (v10: zmm vpdpbusd, v11: zmm vpshufb, v12: zmm vpopcntq, v13: masked loads) against v1 and bit for bit against the
 256-bit kernels they widen; each real kernel where the CPU has the instructions, its generic-IR twin
 on every CPU, and the assembly for an AVX-512 target everywhere (compiled, never run).
 
 References and tolerances (as tests/test_runtime_kernels.py and tests/test_lut4_kernel.py):
 - v1_reference in float64 on the kernel's own int8 activations scale * q, to the float32 rounding
   of the final scale-and-add (4 u of the terms' mass): the integer part is exact;
-- v10 equals v8 (and v5 where AVX2 runs) bit for bit, v11 equals v9, v12 equals v4: the same integer
+- v10 equals v8 (and v5 where AVX2 runs) bit for bit, v11 equals v9, v12 equals v4, v13 equals v10: the same integer
   sums, the same float steps after them; v8's twin stands in where the real v8 cannot run.
 """
 import os
@@ -32,6 +32,7 @@ from kernels.v9_lut4_int8 import matvec_lut4_int8
 from kernels.v10_vnni512_int8 import matmul_vnni512_int8, matvec_vnni512_int8
 from kernels.v11_lut4_512_int8 import matvec_lut4_512_int8
 from kernels.v12_vpopcnt_int8 import matvec_vpopcnt_int8, pack_planes
+from kernels.v13_kmask_int8 import matvec_kmask_int8, to_bit_order
 
 REPO = Path(__file__).resolve().parents[1]
 U = 2.0 ** -24
@@ -113,6 +114,53 @@ for fn, sig in ((v10._matvec, sig1), (v10._matmul, sig2)):
     for asm, per_block in ((matvec, 4), (matmul, 16)):
         assert count(asm, "vpdpbusd", "zmm") >= per_block and count(asm, "vpdpbusd", "ymm") == 0
         assert count(asm, "vpsrlvw", "zmm") >= 4 and "vpmaddubsw" not in asm
+
+
+# ---- v13: 64 bits in a mask register select activation bytes, vpdpbusd sums them ----
+
+def test_v13_bit_order_is_the_blocked_layouts():
+    """to_bit_order lines activations up with the bits: bit i of 64-bit word w of a blocked row is input
+    to_bit_order(arange)[64 w + i] (the layout's own unpacking, kernels.bitpack, is the oracle)."""
+    n_in = 512
+    inputs = np.arange(n_in)
+    got = np.empty(n_in, np.int8)
+    to_bit_order((inputs % 127).astype(np.int8), got)
+    for j in (0, 1, 7, 8, 33, 100, 255, 256, 300, 511):                 # one +1 sign at input j
+        mask = np.zeros((1, n_in), bool)
+        mask[0, j] = True
+        word_bits = np.unpackbits(bitpack.pack_blocked_mask(mask).view(np.uint8), bitorder="little")
+        assert word_bits.sum() == 1 and got[int(np.flatnonzero(word_bits)[0])] == j % 127
+
+
+@pytest.mark.parametrize("emulated", PARAMS)
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), out_f=st.integers(1, 40), in_f=st.integers(1, 1100))
+def test_v13_equals_v1_and_v10(emulated, seed, out_f, in_f):
+    w, a, b, x = case(np.random.default_rng(seed), out_f, in_f, 1)
+    packed = bitpack.pack_signs(w)
+    y = matvec_kmask_int8(packed, a, b, x[0], emulated=emulated)
+    ref, slack = v1_on_own_activations(bitpack.pack_canonical(w), in_f, a, b, x[0])
+    assert np.all(np.abs(y - ref) <= slack)
+    assert np.array_equal(y, matvec_vnni512_int8(packed, a, b, x[0], emulated=not HAS_AVX512_VNNI))
+
+
+def test_v13_assembles_to_masked_loads_and_zmm_vpdpbusd(tmp_path):
+    """Compiled (never run) for an AVX-512 VNNI target: per block 4 mask loads (kmovq), 4 zero-masking
+    byte loads into zmm, 4 zmm vpdpbusd, a prefetch, and none of v10's shifts."""
+    code = """
+from numba import types
+import kernels.v13_kmask_int8 as v13
+arr = lambda dt, nd: types.Array(dt, nd, "C")
+sig = (arr(types.uint8, 2), arr(types.float32, 1), arr(types.float32, 1), arr(types.float32, 1), arr(types.float32, 1))
+v13._matvec.compile(sig)
+print("@@@@")
+print(v13._matvec.inspect_asm(sig))
+"""
+    (asm,) = asm_for_avx512(tmp_path, code)
+    assert count(asm, "vpdpbusd", "zmm") >= 4 and count(asm, "vpdpbusd", "ymm") == 0
+    assert len(re.findall(r"kmovq\s+[^\n]*\(", asm)) >= 4                 # masks straight from memory
+    assert len(re.findall(r"vmovdqu8\s[^\n]*%zmm\d+ \{%k\d\} \{z\}", asm)) >= 4
+    assert "prefetch" in asm and "vpsrlvw" not in asm
 
 
 # ---- v11: 512-bit vpshufb over v9's layout and tables ----

@@ -1,5 +1,6 @@
 """Packed file format and the packed 1-bit runtime against the float model."""
 import json
+import mmap
 
 import numpy as np
 import pytest
@@ -109,21 +110,39 @@ def test_released_checkpoint_with_exact_zeros_packs_to_the_authors_logits(tmp_pa
     assert np.max(np.abs(plus_one.forward(tokens, plus_one.new_cache()) - ref)) > 1e-2 * scale
 
 
-def test_runner_maps_the_signs_from_the_file_without_a_copy(tmp_path):
+def first_base(a: np.ndarray):
+    """The array a view chain ends in (the file's mapping, or the buffer the tensors were read into)."""
+    while getattr(a, "base", None) is not None and not isinstance(a, np.memmap):
+        a = a.base                          # through ndarray views and as_strided's DummyArray
+    return a.obj if isinstance(a, memoryview) else a
+
+
+@pytest.mark.parametrize("load", ["map", "read"])
+def test_runner_holds_one_copy_of_the_signs(tmp_path, load):
     """A layer's q/k/v (and gate/up) signs lie back to back in the file: the runner's stacked bits are
-    one view of the file's mapping, not a copy (widths a multiple of 32 rows, as every paper size)."""
+    one view of the file's mapping (load="map") or of the one buffer the file was read into ("read"),
+    never a copy per linear (widths a multiple of 32 rows, as every paper size); the embeddings stay
+    mapped either way, and both loads give the same tensors."""
     cfg = CFG.replace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96)
     save_model(Model(cfg, seed=1), tmp_path / "ckpt", tokenizer=ByteTokenizer())
     pack_checkpoint(tmp_path / "ckpt", tmp_path / "m.fbipack")
-    runner, _ = load_packed(tmp_path / "m.fbipack", kind="exact")
+    runner, _ = load_packed(tmp_path / "m.fbipack", kind="exact", load=load)
+    bases = set()
     for i, layer in enumerate(runner.layers):
         for group in ("qkv", "o", "gate_up", "down"):
             bits = getattr(layer, group).bits
             assert not bits.flags.writeable and not bits.flags.owndata, (i, group)
-            base = bits
-            while not isinstance(base, np.memmap):       # view of a view ... of the file's one mapping
-                base = base.base
-            assert str(base.filename) == str((tmp_path / "m.fbipack").resolve()), (i, group)
+            base = first_base(bits)
+            if load == "map":
+                assert str(base.filename) == str((tmp_path / "m.fbipack").resolve()), (i, group)
+            else:
+                assert isinstance(base, mmap.mmap), (i, group)     # the anonymous buffer read_packed filled
+                bases.add(id(base))
+    assert len(bases) == (1 if load == "read" else 0)       # one buffer for every linear's signs
+    _, read = read_packed(tmp_path / "m.fbipack", load)
+    _, mapped = read_packed(tmp_path / "m.fbipack", "map")
+    assert isinstance(first_base(read["model.embed_tokens.weight"]), np.memmap)
+    assert read.keys() == mapped.keys() and all(np.array_equal(read[k], mapped[k]) for k in read)
 
 
 def test_packed_greedy_generation_equals_float(checkpoint):

@@ -59,9 +59,13 @@ def build_parser():
     ap.add_argument("--kv", choices=["auto", "f16", "f32"], default="auto",
                     help="packed: KV cache storage (auto: fp16 with --kind int8, float32 with exact)")
     ap.add_argument("--layout", choices=["auto", "blocked", "nib4"], default="auto",
-                    help="packed int8 decode: blocked reads the one copy of the signs mapped from the file (AVX-512 "
-                         "VNNI; half the memory), nib4 adds a second copy for v9's faster decode; auto: blocked where "
-                         "AVX-512 VNNI runs it, else nib4")
+                    help="packed int8 decode: blocked reads the file's one copy of the signs (v13, AVX-512 VNNI: "
+                         "the fastest decode there), nib4 adds a second copy for v9 (the fastest with AVX2 alone); "
+                         "auto: blocked where AVX-512 VNNI runs it, else nib4")
+    ap.add_argument("--load", choices=["read", "map"], default="read",
+                    help="packed files: read the signs and head into huge-page memory (faster decode), or map the "
+                         "whole file (nothing read up front, pages shared between processes); embeddings are mapped "
+                         "either way")
     ap.add_argument("--bench", action="store_true",
                     help="warm every kernel, then report prefill and decode tokens/s, a per-part breakdown, "
                          "peak memory and the instruction set, instead of sampling text")
@@ -72,7 +76,7 @@ def build_parser():
     return ap
 
 
-def load_runner(path, kind="exact", head="f16", kv="auto", layout="auto"):
+def load_runner(path, kind="exact", head="f16", kv="auto", layout="auto", load="read"):
     """(runner, tokenizer) for a packed file, a checkpoint folder, a run folder, or a Hugging Face name
     in the local cache (packed on first use)."""
     if is_hub_name(str(path)):
@@ -82,7 +86,7 @@ def load_runner(path, kind="exact", head="f16", kv="auto", layout="auto"):
         from .runtime.packed_runner import (
             load_packed,  # compiles the Numba kernels: only for packed files
         )
-        return load_packed(path, kind, head, kv, layout)
+        return load_packed(path, kind, head, kv, layout, load)
     ckpt = resolve_checkpoint(path)
     return FloatRunner(load_model(ckpt, dtype=np.float32)), load_tokenizer(ckpt)
 
@@ -115,7 +119,7 @@ def sample(args):
         runner = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head, args.kv, args.layout)
         tokenizer = None
     else:
-        runner, tokenizer = load_runner(args.ckpt, args.kind, args.head, args.kv, args.layout)
+        runner, tokenizer = load_runner(args.ckpt, args.kind, args.head, args.kv, args.layout, args.load)
     if args.bench:
         try:
             row = run_benchmark(runner, args.prompt_tokens, new_tokens, args.seed, load_s=seconds_since_start())

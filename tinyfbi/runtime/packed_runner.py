@@ -9,9 +9,9 @@ another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per r
 - decode (one new token): compiled calls on vectors per layer: norm, q/k/v, rope + cache append +
   attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries. On a
   CPU without AVX-512 VNNI the int8 runner also holds the signs in the nib4 layout for v9 (one more
-  bit per weight); with it, v10 runs decode and prefill from the one blocked copy, mapped from the
-  file;
-- prefill (many tokens): the batch kernels (v7 int8 / v6 exact) per linear, compiled attention over
+  bit per weight); with it, v13 (decode) and v10 (prefill) run from the file's one blocked copy,
+  read into huge-page memory or mapped (formats.fbipack.read_packed's load);
+- prefill (many tokens): the batch kernels (v10 / v7 int8, v6 exact) per linear, compiled attention over
   the heads in parallel, compiled RMSNorm and SwiGLU.
 
 A released checkpoint's exact-zero latent weights (the authors' sign(0) = 0, W~ = beta there) are
@@ -278,6 +278,7 @@ class PackedRunner(Runner):
             swiglu_into(gate.reshape(-1), up.reshape(-1), mlp.reshape(-1))
             t = lap("swiglu", t)
             x = x + lin(layer, "down", mlp)[0].reshape(B, T, C)
+            del q, k, v, a, gate, up, mlp       # freed before the next layer allocates its own: a lower peak
             t = lap("down", t)
         cache.length = end
         h = np.empty((B, T, C), np.float32)
@@ -329,9 +330,9 @@ def _kv_bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
-def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto"):
-    """(PackedRunner, tokenizer or None) from a .fbipack file."""
-    header, arrays = read_packed(path)
+def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto", load="read"):
+    """(PackedRunner, tokenizer or None) from a .fbipack file; load: formats.fbipack.read_packed's."""
+    header, arrays = read_packed(path, load)
     config = config_from_json(header["config"], str(path), binarized_default=True)
     runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv, layout=layout)
     tokenizer = None
