@@ -1,4 +1,4 @@
-"""A/B timing of the 512-bit kernels (v10, v11, v12) beside the kernels they would replace, in one
+"""A/B timing of the 512-bit kernels (v10, v11, v12, v13) beside the kernels they would replace, in one
 process: each round calls every kernel (batch 1: --block times in a row), in alternating order, and
 each kernel's figure is the median of its calls. A row starts only after 2 s in which other processes
 used under 3% of the CPUs, and is timed again (up to --attempts times) when they used more while it
@@ -10,8 +10,9 @@ both layouts are 540 MB, past L2 and most of a 480 MB L3).
     python -m tinyfbi.bench.kernels_avx512 --shape 4096x4096 --batch 1 --threads 1
     python -m tinyfbi.bench.kernels_avx512 --batch 1 --copies 48            # decode with the weights cold
 
-Batch 1 (decode): v9 (dispatch today with nib4), v11 (v9 in zmm), v8 and v10 (vpdpbusd 256 / 512),
-v12 and v4 (popcount, zmm / LLVM's choice). Batch >= 4 (prefill): v8 (dispatch today), v10, v7.
+Batch 1 (decode): v13 (dispatched on the blocked bits), v9 (dispatched with nib4), v11 (v9 in zmm),
+v8 and v10 (vpdpbusd 256 / 512), v12 and v4 (popcount, zmm / LLVM's choice). Batch >= 4 (prefill):
+v10 (dispatched), v8, v7.
 Needs AVX-512 F/BW/VL + VNNI (kernels.simd.ISA == 'avx512').
 """
 import os
@@ -30,6 +31,7 @@ from kernels.v9_lut4_int8 import matvec_lut4_int8
 from kernels.v10_vnni512_int8 import matmul_vnni512_int8, matvec_vnni512_int8
 from kernels.v11_lut4_512_int8 import matvec_lut4_512_int8
 from kernels.v12_vpopcnt_int8 import matvec_vpopcnt_int8
+from kernels.v13_kmask_int8 import matvec_kmask_int8
 
 from ..cli import CLIParser, run_cli
 from ..core.errors import TinyFBIError
@@ -76,7 +78,7 @@ def kernels_for(batch: int, ps, a, b, x):
     """name -> fn(copy index) for this batch: the decode (batch 1) or the prefill kernels."""
     if batch == 1:
         x1 = x[0]
-        return {"v9": lambda c: matvec_lut4_int8(ps[c], a, b, x1), "v11": lambda c: matvec_lut4_512_int8(ps[c], a, b, x1),
+        return {"v13": lambda c: matvec_kmask_int8(ps[c], a, b, x1), "v9": lambda c: matvec_lut4_int8(ps[c], a, b, x1), "v11": lambda c: matvec_lut4_512_int8(ps[c], a, b, x1),
                 "v8": lambda c: matvec_vnni_int8(ps[c], a, b, x1), "v10": lambda c: matvec_vnni512_int8(ps[c], a, b, x1),
                 "v12": lambda c: matvec_vpopcnt_int8(ps[c], a, b, x1), "v4": lambda c: matvec_popcount_int8(ps[c], a, b, x1)}
     return {"v8": lambda c: matmul_vnni_int8(ps[c], a, b, x), "v10": lambda c: matmul_vnni512_int8(ps[c], a, b, x),
