@@ -8,7 +8,7 @@ from released import write_released
 
 from tinyfbi import Model, ModelConfig, TinyFBIError, load_model, save_model
 from tinyfbi.corpus.tokenizers import ByteTokenizer
-from tinyfbi.formats.fbipack import read_packed
+from tinyfbi.formats.fbipack import drop_mapped_pages, read_packed
 from tinyfbi.pack import main as pack_main
 from tinyfbi.runtime.build_fbipack import pack_checkpoint
 from tinyfbi.runtime.inference import FloatRunner, generate
@@ -143,6 +143,31 @@ def test_runner_holds_one_copy_of_the_signs(tmp_path, load):
     _, mapped = read_packed(tmp_path / "m.fbipack", "map")
     assert isinstance(first_base(read["model.embed_tokens.weight"]), np.memmap)
     assert read.keys() == mapped.keys() and all(np.array_equal(read[k], mapped[k]) for k in read)
+
+
+@pytest.mark.parametrize("head", ["int8", "f32"])
+def test_converted_head_is_read_from_the_mapping_and_its_pages_dropped(tmp_path, head):
+    """A head converted at load (int8 per row, float32) is left mapped by load="read" rather than read
+    into the buffer, and its file pages are unmapped once converted; the logits equal load="map"'s, and
+    the dropped range reads back the file's bytes (the page cache maps them again)."""
+    cfg = CFG.replace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96)
+    save_model(Model(cfg, seed=2), tmp_path / "ckpt", tokenizer=ByteTokenizer())
+    pack_checkpoint(tmp_path / "ckpt", tmp_path / "m.fbipack")
+    _, arrays = read_packed(tmp_path / "m.fbipack", "read", mapped=("lm_head.weight",))
+    assert isinstance(first_base(arrays["lm_head.weight"]), np.memmap)
+    before = np.array(arrays["lm_head.weight"])
+    drop_mapped_pages(arrays["lm_head.weight"])
+    assert np.array_equal(arrays["lm_head.weight"], before)
+    resident = arrays["model.layers.0.self_attn.q_proj.weight"]
+    kept = np.array(resident)
+    drop_mapped_pages(resident)                             # the private buffer: left alone, not zeroed
+    assert np.array_equal(resident, kept)
+    tokens = np.array([[3, 1, 4, 1, 5, 9]])
+    logits = []
+    for load in ("read", "map"):
+        runner, _ = load_packed(tmp_path / "m.fbipack", kind="exact", head=head, load=load)
+        logits.append(runner.forward(tokens, runner.new_cache(1, 8)))
+    assert np.array_equal(logits[0], logits[1])
 
 
 def test_packed_greedy_generation_equals_float(checkpoint):

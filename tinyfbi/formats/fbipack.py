@@ -165,10 +165,11 @@ class PackedWriter:
         self.f.truncate(file_size)
 
 
-def read_packed(path, load: str = "read"):
+def read_packed(path, load: str = "read", mapped: tuple = ()):
     """-> (header dict, {name: array}); refuses other versions and truncated files. load="map": every
-    tensor a view into one read-only mapping of the file; "read": the embeddings so, the rest read into
-    one huge-page buffer (module docstring)."""
+    tensor a view into one read-only mapping of the file; "read": the embeddings and the tensors named in
+    `mapped` so (a head that is converted at load), the rest read into one huge-page buffer (module
+    docstring)."""
     if load not in LOADS:
         raise ValueError(f"load must be one of {LOADS}, got {load!r}")
     path = Path(path)
@@ -197,7 +198,7 @@ def read_packed(path, load: str = "read"):
     tensors = header["tensors"]
     where = {name: (mapping, data_start + t["offset"]) for name, t in tensors.items()}
     if load == "read":
-        where.update(_read_resident(path, data_start, tensors))
+        where.update(_read_resident(path, data_start, tensors, ALWAYS_MAPPED + tuple(mapped)))
     arrays = {}
     for name, t in tensors.items():
         source, start = where[name]
@@ -206,15 +207,15 @@ def read_packed(path, load: str = "read"):
     return header, arrays
 
 
-def _read_resident(path, data_start: int, tensors: dict) -> dict:
-    """Every tensor but ALWAYS_MAPPED read into one anonymous buffer -> {name: (buffer, offset in it)}.
+def _read_resident(path, data_start: int, tensors: dict, mapped: tuple) -> dict:
+    """Every tensor but those in `mapped` read into one anonymous buffer -> {name: (buffer, offset in it)}.
     Each tensor keeps its place relative to its file neighbours (a mapped tensor's span is left out), so
     tensors stored back to back (a layer's q/k/v signs) stay back to back and 64-byte aligned."""
     spans = sorted((t["offset"], name) for name, t in tensors.items() if t["nbytes"])
     runs, where, size = [], {}, 0          # runs: (file offset, buffer offset, bytes) read in one call
     for i, (offset, name) in enumerate(spans):
         end = spans[i + 1][0] if i + 1 < len(spans) else offset + tensors[name]["nbytes"]
-        if name in ALWAYS_MAPPED:
+        if name in mapped:
             continue
         if runs and runs[-1][0] + runs[-1][2] == offset:
             runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + end - offset)
@@ -243,3 +244,17 @@ def _read_resident(path, data_start: int, tensors: dict) -> dict:
     resident = np.frombuffer(buf, np.uint8)
     resident.flags.writeable = False
     return {name: (resident, offset) for name, offset in where.items()}
+
+
+def drop_mapped_pages(array: np.ndarray):
+    """Unmap the file pages under `array` (a view of read_packed's mapping) from this process once it has
+    been converted and is no longer read: they leave its resident memory (the page cache keeps them, and
+    a later read maps them again). A no-op for anything else, or where madvise is missing."""
+    root = array
+    while root is not None and not isinstance(getattr(root, "base", None), mmap.mmap):
+        root = getattr(root, "base", None)
+    if not isinstance(root, np.memmap) or not hasattr(mmap, "MADV_DONTNEED") or array.nbytes == 0:
+        return                             # never the private buffer: MADV_DONTNEED would zero its pages
+    start = array.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    first = start // mmap.PAGESIZE * mmap.PAGESIZE                # madvise wants whole pages
+    root.base.madvise(mmap.MADV_DONTNEED, first, start + array.nbytes - first)
