@@ -21,14 +21,15 @@ ROW_BLOCK = 16             # rows whose bits stay in L1 while 4 tokens' q pass o
                            # q from L2 for every 4 tokens before (v7 11008x4096x512: 190 -> 135 ms)
 
 
-def rows_matvec(row):
-    """row(bits (32*nblk,) uint8, q (256*nblk,) int8) -> int32 -> njit (bits, alpha, beta, x, y)."""
+def rows_matvec(row, quantize=quantize_int8):
+    """row(bits (32*nblk,) uint8, q (256*nblk,) int8) -> int32 -> njit (bits, alpha, beta, x, y);
+    quantize(alpha, beta, x, q) -> (scale, sum q, beta . x) writes q in the order the row reads it."""
 
     @numba.njit(cache=True, parallel=True)
     def _matvec(bits, alpha, beta, x, y):
         # bits (out, 32*nblk) uint8; alpha, beta, x (in,) float32 -> y (out,) float32
         q = np.empty(8 * bits.shape[1], np.int8)                        # (256*nblk,), zero-padded
-        scale, qsum, bx = quantize_int8(alpha, beta, x, q)
+        scale, qsum, bx = quantize(alpha, beta, x, q)
         for o in numba.prange(bits.shape[0]):
             y[o] = scale * np.float32(2 * np.int64(row(bits[o], q)) - qsum) + bx
 

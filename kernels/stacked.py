@@ -23,13 +23,12 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from kernels.act_int8 import quantize_int8
 from kernels.bitpack import LUT_ROWS, NIB_ROWS, PackedSigns, nib4_from_blocked, pack_lut3_mask
 from kernels.dispatch import kernel_name, matvec
 from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI
 from kernels.v3_lut3_f32 import lut_rowgroup, scaled_tables
 from kernels.v9_lut4_int8 import lut4_tile, quantized_tables
-from kernels.v13_kmask_int8 import plus_qsum_row_kmask, plus_qsum_row_kmask_emulated, to_bit_order
+from kernels.v13_kmask_int8 import plus_qsum_row_kmask, plus_qsum_row_kmask_emulated, quantize_bit_order
 
 
 @dataclass
@@ -148,14 +147,6 @@ def _exact_lut3(lut, group_ends, alpha, beta, x, y8):
             y8[g, lane] += bx[s]
 
 
-@numba.njit(cache=True)
-def _quantize_bit_order(alpha, beta, x, q, qb):
-    # alpha, beta, x (in,); q, qb (256*nblk,) scratch and output -> (scale, sum q, beta . x), qb in bit order
-    scale, qsum, bx = quantize_int8(alpha, beta, x, q)
-    to_bit_order(q, qb)
-    return scale, qsum, bx
-
-
 def stacked_rows(row):
     """row(bits (32*nblk,), q (256*nblk,) in bit order) -> int32, v13's row intrinsic or its twin -> njit
     (bits, ends, alpha, beta, x, y): every segment's int8 activations, then one parallel loop over all rows."""
@@ -164,14 +155,13 @@ def stacked_rows(row):
     def _stacked(bits, ends, alpha, beta, x, y):
         # bits (R, 32*nblk) uint8; ends (n,) rows; alpha, beta (n, in); x (in,) -> y (R,)
         n = alpha.shape[0]
-        q = np.empty((n, 8 * bits.shape[1]), np.int8)                   # (n, 256*nblk), zero-padded
-        qb = np.empty_like(q)                                            # the same in the bits' order
+        qb = np.empty((n, 8 * bits.shape[1]), np.int8)                  # (n, 256*nblk) in the bits' order
         scale, qsum, bx = np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32)
         if n == 1:                                   # o, down: no parallel region for one segment
-            scale[0], qsum[0], bx[0] = _quantize_bit_order(alpha[0], beta[0], x, q[0], qb[0])
+            scale[0], qsum[0], bx[0] = quantize_bit_order(alpha[0], beta[0], x, qb[0])
         else:
             for s in numba.prange(n):
-                scale[s], qsum[s], bx[s] = _quantize_bit_order(alpha[s], beta[s], x, q[s], qb[s])
+                scale[s], qsum[s], bx[s] = quantize_bit_order(alpha[s], beta[s], x, qb[s])
         for o in numba.prange(bits.shape[0]):
             s = 0
             while o >= ends[s]:

@@ -26,7 +26,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from kernels.act_int8 import quantize_int8
-from kernels.int8_loops import call_matvec
+from kernels.int8_loops import call_matvec, rows_matvec
 from kernels.simd import I8, I32, I64, counted_loop, data_pointer, hsum, is_c_array, splat
 from kernels.v10_vnni512_int8 import dpbusd512, dpbusd512_emulated
 
@@ -93,23 +93,17 @@ def _make_row(dpbusd):
 plus_qsum_row_kmask, plus_qsum_row_kmask_emulated = _make_row(dpbusd512), _make_row(dpbusd512_emulated)
 
 
-def rows_matvec_bit_order(row):
-    """row(bits, q in bit order) -> int32 -> njit (bits, alpha, beta, x, y), one linear, batch 1."""
-
-    @numba.njit(cache=True, parallel=True)
-    def _matvec(bits, alpha, beta, x, y):
-        # bits (out, 32*nblk) uint8; alpha, beta, x (in,) float32 -> y (out,) float32
-        q = np.empty(8 * bits.shape[1], np.int8)                        # (256*nblk,), zero-padded
-        scale, qsum, bx = quantize_int8(alpha, beta, x, q)
-        qb = np.empty_like(q)
-        to_bit_order(q, qb)
-        for o in numba.prange(bits.shape[0]):
-            y[o] = scale * np.float32(2 * np.int64(row(bits[o], qb)) - qsum) + bx
-
-    return _matvec
+@numba.njit(cache=True)
+def quantize_bit_order(alpha, beta, x, qb):
+    # alpha, beta, x (in,) float32 -> qb (256*nblk,) int8 in the bits' order; (scale, sum q, beta . x)
+    q = np.empty_like(qb)
+    scale, qsum, bx = quantize_int8(alpha, beta, x, q)
+    to_bit_order(q, qb)
+    return scale, qsum, bx
 
 
-_matvec, _matvec_emulated = rows_matvec_bit_order(plus_qsum_row_kmask), rows_matvec_bit_order(plus_qsum_row_kmask_emulated)
+_matvec = rows_matvec(plus_qsum_row_kmask, quantize_bit_order)
+_matvec_emulated = rows_matvec(plus_qsum_row_kmask_emulated, quantize_bit_order)
 
 
 def matvec_kmask_int8(packed, alpha, beta, x, emulated=False) -> np.ndarray:
