@@ -232,10 +232,11 @@ def test_random_init_packs_a_file_that_runs_the_same_model(tmp_path, capsys):
     np.testing.assert_array_equal(from_file.forward(tokens, from_file.new_cache()),
                                   in_memory.forward(tokens, in_memory.new_cache()))
     capsys.readouterr()
-    generate_main(["--ckpt", str(tmp_path / "r.fbipack"), "--bench", "--json", "--prompt-tokens", "8",
-                   "--max-new-tokens", "2"])
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0 < row["load_s"] <= row["first_token_s"]
+    for load in ("read", "map"):
+        generate_main(["--ckpt", str(tmp_path / "r.fbipack"), "--bench", "--json", "--prompt-tokens", "8",
+                       "--max-new-tokens", "2", "--load", load])
+        row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert 0 < row["load_s"] <= row["first_token_s"] and row["load"] == load
     with pytest.raises(SystemExit) as e:
         pack_main(["--random-init", "micro"])
     assert e.value.code == 2

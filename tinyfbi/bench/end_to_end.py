@@ -92,6 +92,7 @@ def format_report(row: dict) -> str:
              f"model: {row['params'] / 1e9:.2f}B params, {row['layers']} layers, hidden {row['hidden']}; "
              f"runtime {row['runtime']}, activations {row.get('kind', 'float32')}, head {row.get('head', 'f32')}, "
              f"KV cache {row.get('kv', 'f32')}, " + (f"signs {row['layout']}, " if row.get("layout") else "") +
+             (f"file {row['load']}, " if row.get("load") in ("read", "map") else "") +
              f"weights {row['weight_mb']} MB, peak RSS {row['peak_rss_mb']} MB"]
     if row.get("load_s") is not None:
         lines.append(f"start: model ready {row['load_s']:.2f} s, first token of a one-token prompt "

@@ -121,6 +121,7 @@ class PackedRunner(Runner):
             raise ValueError(f"kv must be 'auto', 'f16' or 'f32', got {kv!r}")
         self.layers, self.kind = layers, kind
         self.kv = ("f16" if kind == "int8" else "f32") if kv == "auto" else kv
+        self.load = "memory"                # built in memory; load_packed sets "read" or "map" (its file's load)
         self.head = DenseHead(dense.pop("lm_head.weight"), head)        # the head owns it (int8: only its copy)
         self.times = defaultdict(float)                                 # part -> seconds, summed
         positions = np.arange(config.max_position_embeddings)
@@ -161,10 +162,12 @@ class PackedRunner(Runner):
         return {"linears": body, "head": f"dense_head_{self.head.kind}" if self.head.kind != "f32" else "numpy_f32"}
 
     def describe(self) -> dict:
-        """Runtime, activation kind, head storage, instruction set and kernel threads, for reports."""
+        """Runtime, activation kind, head storage, sign layout, how the file was loaded, instruction set and
+        kernel threads, for reports."""
         layout = "nib4" if self.layers and self.layers[0].qkv.nib4 is not None else "blocked"
         return {"runtime": type(self).__name__, "kind": self.kind, "head": self.head.kind, "kv": self.kv,
-                "layout": layout if self.kind == "int8" else None, "isa": ISA, "threads": numba.get_num_threads()}
+                "layout": layout if self.kind == "int8" else None, "load": self.load, "isa": ISA,
+                "threads": numba.get_num_threads()}
 
     def _lap(self, part: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -338,6 +341,7 @@ def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto", load="
     runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv, layout=layout)
     for name in converted:                                          # its fp16 pages leave the process's memory
         drop_mapped_pages(arrays[name])
+    runner.load = load
     tokenizer = None
     tok = header.get("tokenizer")
     if tok:
