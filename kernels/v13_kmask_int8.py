@@ -8,7 +8,7 @@ lanes. Per 64 weights: one mask load, one masked activation load (LLVM folds the
 move), one `vpdpbusd`: 8 vector instructions per 256 weights where v10 needs 12, and no shift (the
 shifts and `vpdpbusd` share a port). A batch-1 product reads every bit once, so it is bound by memory;
 the kernel prefetches the bits 2 KB ahead, which halved its time on signs mapped from a file (the
-hardware prefetcher stops at 4 KB page boundaries).
+hardware prefetcher stops at 4 KB page boundaries), into every cache level (PREFETCH's LOCALITY).
 
 The activations are read in the order of the bits: in the blocked layout (kernels/bitpack.py) bit i
 of the 64-bit word m of block blk is input 256 blk + 32 (i % 8) + 8 m + i // 8, so q is permuted
@@ -36,6 +36,9 @@ WORDS = 4                  # 64-bit words per 256-weight block: one accumulator 
 PREFETCH_BYTES = 2048      # software prefetch of the bits this far ahead: without it the kernel waited on
                            # memory (11008x4096 from a mapped file, 2 threads, AVX-512 Xeon: 0.54 ms without,
                            # 0.26 ms at 1-4 KB ahead, 0.31 ms at 8 KB; v10 without prefetch 0.47-0.55 ms)
+LOCALITY = 3               # prefetcht0, not prefetchnta: the bits stay in the last-level cache, so with a large
+                           # one part of the model is still there at the next token (the 480 MB L3 of the Xeon:
+                           # 7B decode 18.0-18.6 against 14.8-15.5 tok/s, 1.3B 58 against 43; docs/runtime.md)
 
 
 @numba.njit(cache=True)
@@ -67,13 +70,13 @@ def _make_row(dpbusd):
             for a in accs:
                 builder.store(ir.Constant(V16xI32, None), a)
             ones, zeros = splat(V64xI8, 1), ir.Constant(V64xI8, None)
-            prefetch = builder.module.declare_intrinsic(                   # (address, read, no locality, data)
+            prefetch = builder.module.declare_intrinsic(                   # (address, read, locality, data)
                 "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32, I32]))
             bytep = builder.bitcast(wp, I8.as_pointer())
             with counted_loop(builder, nblk) as blk:
                 ahead = builder.gep(bytep, [builder.add(builder.mul(blk, ir.Constant(blk.type, 8 * WORDS)),
                                                         ir.Constant(blk.type, PREFETCH_BYTES))])
-                builder.call(prefetch, [ahead] + [ir.Constant(I32, c) for c in (0, 0, 1)])   # past the end: harmless
+                builder.call(prefetch, [ahead] + [ir.Constant(I32, c) for c in (0, LOCALITY, 1)])   # past the end: harmless
                 for m, a in enumerate(accs):       # 4 independent chains: vpdpbusd's latency is 4-5 cycles
                     k = builder.add(builder.mul(blk, ir.Constant(blk.type, WORDS)), ir.Constant(blk.type, m))
                     mask = builder.bitcast(builder.load(builder.gep(wp, [k]), align=1), V64xI1)
