@@ -23,12 +23,13 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from kernels.act_int8 import quantize_int8_bit_order
 from kernels.bitpack import LUT_ROWS, NIB_ROWS, PackedSigns, nib4_from_blocked, pack_lut3_mask
 from kernels.dispatch import kernel_name, matvec
 from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI
 from kernels.v3_lut3_f32 import lut_rowgroup, scaled_tables
 from kernels.v9_lut4_int8 import lut4_tile, quantized_tables
-from kernels.v13_kmask_int8 import plus_qsum_row_kmask, plus_qsum_row_kmask_emulated, quantize_bit_order
+from kernels.v13_kmask_int8 import plus_qsum_row_kmask, plus_qsum_row_kmask_emulated
 
 
 @dataclass
@@ -158,10 +159,10 @@ def stacked_rows(row):
         qb = np.empty((n, 8 * bits.shape[1]), np.int8)                  # (n, 256*nblk) in the bits' order
         scale, qsum, bx = np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.float32)
         if n == 1:                                   # o, down: no parallel region for one segment
-            scale[0], qsum[0], bx[0] = quantize_bit_order(alpha[0], beta[0], x, qb[0])
+            scale[0], qsum[0], bx[0] = quantize_int8_bit_order(alpha[0], beta[0], x, qb[0])
         else:
             for s in numba.prange(n):
-                scale[s], qsum[s], bx[s] = quantize_bit_order(alpha[s], beta[s], x, qb[s])
+                scale[s], qsum[s], bx[s] = quantize_int8_bit_order(alpha[s], beta[s], x, qb[s])
         for o in numba.prange(bits.shape[0]):
             s = 0
             while o >= ends[s]:

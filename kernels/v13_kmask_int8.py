@@ -11,21 +11,20 @@ the kernel prefetches the bits 2 KB ahead, which halved its time on signs mapped
 hardware prefetcher stops at 4 KB page boundaries), into every cache level (PREFETCH's LOCALITY).
 
 The activations are read in the order of the bits: in the blocked layout (kernels/bitpack.py) bit i
-of the 64-bit word m of block blk is input 256 blk + 32 (i % 8) + 8 m + i // 8, so q is permuted
-once per token into that order (`to_bit_order`, a few microseconds for 4,096 inputs). The LLVM IR is
-target-independent (`bitcast i64 to <64 x i1>`, `select`): LLVM emits the kmov and masked move on an
+of the 64-bit word m of block blk is input 256 blk + 32 (i % 8) + 8 m + i // 8, so q is written in
+that order as it is quantized (act_int8.quantize_int8_bit_order: the same values as quantize_int8).
+The LLVM IR is target-independent (`bitcast i64 to <64 x i1>`, `select`): LLVM emits the kmov and masked move on an
 AVX-512 CPU; `vpdpbusd` is the VNNI intrinsic, or its generic-IR twin (v10's `dpbusd512_emulated`)
 so the logic is tested on every CPU. Same integers as v5, v8 and v10, bit for bit.
 
 Needs AVX512BW + AVX512_VNNI: kernels.stacked calls it only when kernels.simd.ISA == 'avx512'.
 """
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from kernels.act_int8 import quantize_int8
+from kernels.act_int8 import quantize_int8_bit_order
 from kernels.int8_loops import call_matvec, rows_matvec
 from kernels.simd import I8, I32, I64, counted_loop, data_pointer, hsum, is_c_array, splat
 from kernels.v10_vnni512_int8 import dpbusd512, dpbusd512_emulated
@@ -39,17 +38,6 @@ PREFETCH_BYTES = 2048      # software prefetch of the bits this far ahead: witho
 LOCALITY = 3               # prefetcht0, not prefetchnta: the bits stay in the last-level cache, so with a large
                            # one part of the model is still there at the next token (the 480 MB L3 of the Xeon:
                            # 7B decode 18.0-18.6 against 14.8-15.5 tok/s, 1.3B 58 against 43; docs/runtime.md)
-
-
-@numba.njit(cache=True)
-def to_bit_order(q, out):
-    # q (256*nblk,) int8 in input order -> out (256*nblk,) in the blocked bits' order: out[256 blk + 64 m + i]
-    # = q[256 blk + 32 (i % 8) + 8 m + i // 8], the input that bit i of the block's word m stands for
-    for blk in range(q.shape[0] // 256):
-        base = 256 * blk
-        for m in range(WORDS):
-            for i in range(64):
-                out[base + 64 * m + i] = q[base + 32 * (i % 8) + 8 * m + i // 8]
 
 
 def _make_row(dpbusd):
@@ -96,17 +84,8 @@ def _make_row(dpbusd):
 plus_qsum_row_kmask, plus_qsum_row_kmask_emulated = _make_row(dpbusd512), _make_row(dpbusd512_emulated)
 
 
-@numba.njit(cache=True)
-def quantize_bit_order(alpha, beta, x, qb):
-    # alpha, beta, x (in,) float32 -> qb (256*nblk,) int8 in the bits' order; (scale, sum q, beta . x)
-    q = np.empty_like(qb)
-    scale, qsum, bx = quantize_int8(alpha, beta, x, q)
-    to_bit_order(q, qb)
-    return scale, qsum, bx
-
-
-_matvec = rows_matvec(plus_qsum_row_kmask, quantize_bit_order)
-_matvec_emulated = rows_matvec(plus_qsum_row_kmask_emulated, quantize_bit_order)
+_matvec = rows_matvec(plus_qsum_row_kmask, quantize_int8_bit_order)
+_matvec_emulated = rows_matvec(plus_qsum_row_kmask_emulated, quantize_int8_bit_order)
 
 
 def matvec_kmask_int8(packed, alpha, beta, x, emulated=False) -> np.ndarray:

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import bitpack
-from kernels.act_int8 import quantize_reference
+from kernels.act_int8 import quantize_int8, quantize_int8_bit_order, quantize_reference
 from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI, ISA
 from kernels.v1_reference import fbi_linear_v1
 from kernels.v4_popcount_int8 import matvec_popcount_int8
@@ -32,7 +32,7 @@ from kernels.v9_lut4_int8 import matvec_lut4_int8
 from kernels.v10_vnni512_int8 import matmul_vnni512_int8, matvec_vnni512_int8
 from kernels.v11_lut4_512_int8 import matvec_lut4_512_int8
 from kernels.v12_vpopcnt_int8 import matvec_vpopcnt_int8, pack_planes
-from kernels.v13_kmask_int8 import matvec_kmask_int8, to_bit_order
+from kernels.v13_kmask_int8 import matvec_kmask_int8
 
 REPO = Path(__file__).resolve().parents[1]
 U = 2.0 ** -24
@@ -118,18 +118,20 @@ for fn, sig in ((v10._matvec, sig1), (v10._matmul, sig2)):
 
 # ---- v13: 64 bits in a mask register select activation bytes, vpdpbusd sums them ----
 
-def test_v13_bit_order_is_the_blocked_layouts():
-    """to_bit_order lines activations up with the bits: bit i of 64-bit word w of a blocked row is input
-    to_bit_order(arange)[64 w + i] (the layout's own unpacking, kernels.bitpack, is the oracle)."""
-    n_in = 512
-    inputs = np.arange(n_in)
-    got = np.empty(n_in, np.int8)
-    to_bit_order((inputs % 127).astype(np.int8), got)
-    for j in (0, 1, 7, 8, 33, 100, 255, 256, 300, 511):                 # one +1 sign at input j
-        mask = np.zeros((1, n_in), bool)
-        mask[0, j] = True
-        word_bits = np.unpackbits(bitpack.pack_blocked_mask(mask).view(np.uint8), bitorder="little")
-        assert word_bits.sum() == 1 and got[int(np.flatnonzero(word_bits)[0])] == j % 127
+@pytest.mark.parametrize("n_in", [256, 300, 1100])
+def test_v13_activations_sit_where_the_blocked_bits_keep_their_signs(n_in):
+    """quantize_int8_bit_order writes quantize_int8's values where the blocked layout keeps each input's
+    sign when a row's bytes are read as 64-bit words (kernels.bitpack's own packing is the oracle: the
+    one set bit of input j's one-hot row), and zeros everywhere else."""
+    rng = np.random.default_rng(n_in)
+    a, b, x = (rng.standard_normal(n_in).astype(np.float32) for _ in range(3))
+    n_pad = -(-n_in // 256) * 256
+    q, qb = np.empty(n_pad, np.int8), np.full(n_pad, 99, np.int8)
+    assert quantize_int8(a, b, x, q) == quantize_int8_bit_order(a, b, x, qb)       # scale, sum q, beta . x
+    one_hot = np.unpackbits(bitpack.pack_blocked_mask(np.eye(n_in, dtype=bool)), axis=1, bitorder="little")
+    where = one_hot.argmax(axis=1)                                                 # (n_in,) bit of input j
+    assert np.array_equal(one_hot.sum(axis=1), np.ones(n_in)) and np.array_equal(qb[where], q[:n_in])
+    assert not np.delete(qb, where).any()
 
 
 @pytest.mark.parametrize("emulated", PARAMS)
