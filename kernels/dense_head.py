@@ -126,6 +126,12 @@ class DenseHead:
             q, self.scale = quantize_rows_int8(weight)
             self.weight = _pad_cols(q, np.int8)
 
+    @staticmethod
+    def storage_dtype(kind: str) -> np.dtype | None:
+        """The stored type this head kind keeps as it is (float16 for 'f16', float32 for 'f32'); None for
+        'int8', which always quantizes a copy."""
+        return {"f16": np.dtype(np.float16), "f32": np.dtype(np.float32)}.get(kind)
+
     @property
     def nbytes(self) -> int:
         return self.weight.nbytes + (0 if self.scale is None else self.scale.nbytes)

@@ -46,8 +46,8 @@ _BATCH = {"v6_tiles_blas": matmul_tiles_blas, "v7_maddubs_gemm_int8": matmul_mad
 
 
 def int8_decode_layout(prefer: str = "auto") -> str:
-    """The layout int8 decode reads. 'blocked' (v13's masked loads on the one copy of the signs mapped from
-    the file, AVX-512 VNNI only): the fastest decode there, in half the memory. 'nib4' (v9's tables, a
+    """The layout int8 decode reads. 'blocked' (v13's masked loads on the one copy of the signs the file
+    stores, AVX-512 VNNI only): the fastest decode there, in half the memory. 'nib4' (v9's tables, a
     second copy of the signs beside the blocked bits the batch kernels read): the fastest decode with
     AVX2 alone. auto: 'blocked' where v13 runs, else 'nib4' (docs/runtime.md has both measured)."""
     if prefer not in ("auto", "blocked", "nib4"):

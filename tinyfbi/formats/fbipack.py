@@ -20,8 +20,7 @@ Loading (read_packed): the embeddings always stay memory-mapped (a token's row i
 7B's 262 MB table costs a few pages). Everything else is either mapped too (load="map": nothing read
 up front, pages shared with other processes) or read into one anonymous buffer advised for 2 MB huge
 pages (load="read", the default): one copy either way, but a decode step streams every sign and the
-head once, and through 4 KB file pages that ran about 30% slower than through huge pages (7B int8 on a
-2-core AVX-512 Xeon: 11.5 against 15.1 tokens/s; docs/runtime.md).
+head once, and through 4 KB file pages that ran 20-30% slower than through huge pages (docs/runtime.md).
 """
 from __future__ import annotations
 
@@ -170,8 +169,12 @@ def read_packed(path, load: str = "read", mapped: tuple = ()):
     tensor a view into one read-only mapping of the file; "read": the embeddings and the tensors named in
     `mapped` so (a head that is converted at load), the rest read into one huge-page buffer (module
     docstring)."""
-    if load not in LOADS:
-        raise ValueError(f"load must be one of {LOADS}, got {load!r}")
+    header, data_start = read_header(path)
+    return header, load_tensors(path, header, data_start, load, mapped)
+
+
+def read_header(path) -> tuple[dict, int]:
+    """-> (header dict, where the tensor data starts); refuses other versions and truncated files."""
     path = Path(path)
     if not path.is_file():
         raise TinyFBIError(f"{path} does not exist")
@@ -191,7 +194,13 @@ def read_packed(path, load: str = "read", mapped: tuple = ()):
         raise TinyFBIError(f"{path} has a corrupted header (truncated file?)") from None
     if size != header.get("file_size"):
         raise TinyFBIError(f"{path} is truncated or padded: {size} bytes, the header says {header.get('file_size')}")
-    data_start = PREFIX.size + header_len
+    return header, PREFIX.size + header_len
+
+
+def load_tensors(path, header: dict, data_start: int, load: str = "read", mapped: tuple = ()) -> dict:
+    """{name: array} of the file read_header described (read_packed's load and mapped)."""
+    if load not in LOADS:
+        raise ValueError(f"load must be one of {LOADS}, got {load!r}")
     # one read-only mapping of the whole file, every tensor a view into it: nothing is read until used,
     # and tensors stored back to back (a layer's q/k/v signs) can be viewed as one array
     mapping = np.memmap(path, dtype=np.uint8, mode="r")
@@ -204,7 +213,7 @@ def read_packed(path, load: str = "read", mapped: tuple = ()):
         source, start = where[name]
         arrays[name] = (source[start:start + t["nbytes"]].view(np.dtype(t["dtype"])).reshape(t["shape"])
                         if t["nbytes"] else np.zeros(t["shape"], t["dtype"]))
-    return header, arrays
+    return arrays
 
 
 def _read_resident(path, data_start: int, tensors: dict, mapped: tuple) -> dict:

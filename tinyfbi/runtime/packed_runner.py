@@ -50,7 +50,7 @@ from ..core import layers as L
 from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
 from ..formats.config_json import config_from_json
-from ..formats.fbipack import drop_mapped_pages, read_packed
+from ..formats.fbipack import drop_mapped_pages, load_tensors, read_header
 from .build_fbipack import iter_random_packed
 from .inference import KVCache, Runner
 
@@ -335,8 +335,11 @@ def _kv_bits(a: np.ndarray) -> np.ndarray:
 
 def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto", load="read"):
     """(PackedRunner, tokenizer or None) from a .fbipack file; load: formats.fbipack.read_packed's."""
-    converted = () if head == "f16" else ("lm_head.weight",)       # read once to convert: left mapped
-    header, arrays = read_packed(path, load, mapped=converted)
+    header, data_start = read_header(path)
+    stored = header["tensors"]["lm_head.weight"]["dtype"]
+    # a head stored in another type than it runs in is read once, to convert: left mapped, not read
+    converted = () if np.dtype(stored) == DenseHead.storage_dtype(head) else ("lm_head.weight",)
+    arrays = load_tensors(path, header, data_start, load, mapped=converted)
     config = config_from_json(header["config"], str(path), binarized_default=True)
     runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv, layout=layout)
     for name in converted:                                          # its fp16 pages leave the process's memory
