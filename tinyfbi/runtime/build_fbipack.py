@@ -62,8 +62,11 @@ def pack_checkpoint(ckpt, out, dense_dtype="float16", on_file=None) -> dict:
     return with_checkpoint(ckpt, pack_folder)
 
 
-# linears that read the same input, in the order the packed runner stacks them (runtime.packed_runner.GROUPS)
-STACKED = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj"))
+# a layer's linears by the input they read, in the order the packed runner stacks them (one kernel call per
+# group); the file stores each group's signs back to back
+GROUPS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
+          "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
+STACKED = tuple(g for g in GROUPS.values() if len(g) > 1)
 
 
 def stacking_order(shapes: dict) -> dict:

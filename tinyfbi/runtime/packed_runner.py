@@ -51,11 +51,8 @@ from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
 from ..formats.config_json import config_from_json
 from ..formats.fbipack import drop_mapped_pages, load_tensors, read_header
-from .build_fbipack import iter_random_packed
+from .build_fbipack import GROUPS, iter_random_packed
 from .inference import KVCache, Runner
-
-GROUPS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
-          "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
 
 
 @dataclass
