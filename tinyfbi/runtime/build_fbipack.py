@@ -168,9 +168,9 @@ def iter_random_packed(config: ModelConfig, seed=0):
     float32 weights), in the file's order, one at a time: what `PackedRunner.random` runs and
     `pack --random-init` writes."""
     rng = np.random.default_rng(seed)
-    for name, (kind, dtype, shape, *_) in storage_plan(config).items():
+    for name, (kind, dtype, shape, *in_features) in storage_plan(config).items():
         if kind == "signs":
-            in_f = config.param_shapes()[name][1]
+            in_f = in_features[0]
             bits = rng.integers(0, 256, shape, dtype=np.uint8)                  # (out, 32*ceil(in/256))
             yield name, pack_blocked_mask(unpack_blocked_mask(bits, in_f)) if in_f % BLOCK else bits
         elif name.endswith(".wscale"):
