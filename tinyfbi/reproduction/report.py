@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from ..training.loop import read_metrics
+from ..training.report import save_png
 from .claims import LEVEL, RULE, describe, why_inconclusive
 
 
@@ -155,12 +156,13 @@ def pilot_markdown(pilot) -> str:
 
 
 def plots(out, results, tail=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """ppl{tail}.png and flips{tail}.png, each a Figure of its own (not pyplot's: a notebook's backend is
+    left alone), written atomically (matplotlib imported on use)."""
+    from matplotlib.figure import Figure
 
     names = list(results["arms"])
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig = Figure(figsize=(9, 4.2))
+    ax = fig.subplots()
     for i, name in enumerate(names):
         ppls = [math.exp(v) for v in seed_losses(results["arms"][name])]
         color = "tab:gray" if "fp" in name.split("-") else "tab:blue"
@@ -172,10 +174,10 @@ def plots(out, results, tail=""):
     ax.set_title("mean over seeds (bars) and each seed (dots); same tokens per arm")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(Path(out) / f"ppl{tail}.png", dpi=110)
-    plt.close(fig)
+    save_png(fig, Path(out) / f"ppl{tail}.png", dpi=110)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for name, color in (("fbi-ad", "tab:blue"), ("fbi-init-ad", "tab:orange")):
         for k, run in enumerate(results["arms"].get(name, {}).get("seeds", {}).values()):
             rows = [r for r in read_metrics(Path(run["run"]) / "metrics.jsonl") if "flips" in r]
@@ -189,5 +191,4 @@ def plots(out, results, tail=""):
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(Path(out) / f"flips{tail}.png", dpi=110)
-    plt.close(fig)
+    save_png(fig, Path(out) / f"flips{tail}.png", dpi=110)

@@ -22,5 +22,10 @@ def plot_losses(path, curves: dict, title: str):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    save_png(fig, path, dpi=120)
+
+
+def save_png(fig, path, dpi: int):
+    """A matplotlib Figure written atomically as PNG: a reader never sees half a file."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
