@@ -145,14 +145,13 @@ def pilot_markdown(pilot) -> str:
             rows.append(f"| {key}{margin} | {b['steps']} | {v['mean']:+.4f} | {v['sd']:.4f} | "
                         f"{(v['high'] - v['low']) / 2:.4f} | {v['verdict']} | {need} |")
     e = pilot["estimate"]
+    rows.append("")
     for key, how in (("step_s", "median step, the machine as loaded during the pilot"),
                      ("step_s_p10", "10th-percentile step, about an idle machine")):
-        rows += ["" if key == "step_s" else None,
-                 f"The plan at {e['steps']} steps x {e['seeds']} seeds at the {how}: teacher "
-                 f"{e[key]['teacher_s'] / 60:.1f} min, " + ", ".join(f"{n} {v / 60:.1f}" for n, v in e[key]["arms_s"].items())
-                 + f" min; total {e[key]['total_s'] / 60:.1f} min for the teacher and the arms measured."]
-    rows = [r for r in rows if r is not None] + [""]
-    return "\n".join(rows)
+        rows.append(f"The plan at {e['steps']} steps x {e['seeds']} seeds at the {how}: teacher "
+                    f"{e[key]['teacher_s'] / 60:.1f} min, " + ", ".join(f"{n} {v / 60:.1f}" for n, v in e[key]["arms_s"].items())
+                    + f" min; total {e[key]['total_s'] / 60:.1f} min for the teacher and the arms measured.")
+    return "\n".join(rows + [""])
 
 
 def plots(out, results, tail=""):
