@@ -13,26 +13,32 @@
 # %% [markdown]
 # # 01 · Sign, the straight-through estimator, and column-wise scaling
 #
-# FBI-LLM (arXiv 2407.07093, section 3.1) replaces every linear layer in the transformer blocks by an
-# **FBI-Linear**: the weight it multiplies by is
+# [FBI-LLM](https://arxiv.org/abs/2407.07093) (Ma, Sun, Shen 2024), **section 3.1**, replaces every
+# linear layer in the transformer blocks by an **FBI-Linear**. Its weight is the sign of a
+# full-precision *latent* weight $W^f$, then the paper's column-wise scaling equation
 #
-# $$\tilde W = \alpha \odot \operatorname{sign}(W) + \beta, \qquad \alpha, \beta \in \mathbb R^{1\times \text{in}}$$
+# $$\tilde W_{\cdot,j} = \alpha_j\, \operatorname{sign}(W^f)_{\cdot,j} + \beta_j, \qquad \alpha, \beta \in \mathbb R^{1\times \text{in}}$$
 #
-# one $\alpha_j, \beta_j$ per **input column** $j$, broadcast over the output rows. $W$ is a full-precision
-# *latent* weight that only training sees. This notebook re-derives the three ideas one step at a time,
-# checking each against `tinyfbi` or torch.
+# one $\alpha_j, \beta_j$ per **input column** $j$, broadcast over the output rows. Only training sees
+# $W^f$ (written $W$ below); a deployed model keeps one bit per weight plus $\alpha$ and $\beta$.
+# This notebook re-derives four things one step at a time, each checked against `tinyfbi` or torch:
+# the sign, the straight-through estimator, what the column-wise scales can and cannot do, and the
+# form the 1-bit kernels compute.
 
 # %% tags=["parameters"]
 import os
 
 FAST = os.environ.get("TINYFBI_FAST") == "1"  # CI runs every notebook small
 SEED = 0
+OUT, IN = (256, 128) if FAST else (1024, 512)  # the matrices of Steps 3 and 4
 
 # %%
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from tinyfbi.core import layers as L
+from tinyfbi.core import reconstruction as R
 from tinyfbi.core.binarize import binarize
 from tinyfbi.core.compare import cmp
 from tinyfbi.torch_backend.model import SignSTE
@@ -41,29 +47,32 @@ rng = np.random.default_rng(SEED)
 
 # %% [markdown]
 # ## Step 1 · one binarize, and where zero goes
-# sign(0) must land on +1 or -1 so that one bit can hold every weight. tinyfbi uses **w >= 0 → +1**
-# everywhere: training, torch, packing and the kernels.
+# *Paper: [section 3.1](https://arxiv.org/abs/2407.07093), the sign function that makes $W^b$ from $W^f$.*
+# The paper's code calls torch's `sign`, which sends 0 to 0: a third value that one bit cannot hold.
+# tinyfbi uses **w >= 0 → +1** everywhere (training, torch, packing and the kernels), so every
+# weight, zero included, is one bit.
 
 # %%
 w = np.array([-1.5, -0.0, 0.0, 1e-9, 2.0], dtype=np.float32)
 ours = np.where(w >= 0, 1.0, -1.0)
 cmp("binarize", ours, binarize(w), 0)
 cmp("torch SignSTE forward", ours, SignSTE.apply(torch.from_numpy(w)).numpy(), 0)
-print("signs:", binarize(w))
+print("weights:", w, "-> signs:", binarize(w), "(torch.sign gives", torch.sign(torch.from_numpy(w)).numpy(), ")")
 
 # %% [markdown]
 # ## Step 2 · the straight-through estimator
-# d sign(w)/dw is zero almost everywhere, so plain backprop would never move $W$. The STE pretends the
-# derivative is 1 (FBI-LLM uses the identity, no clipping). For $\tilde W = \alpha\,\mathrm{sign}(W)+\beta$
-# the chain rule then gives
+# *Paper: [section 3](https://arxiv.org/abs/2407.07093) trains through sign with the straight-through
+# estimator (STE).* d sign(w)/dw is zero almost everywhere, so plain backprop would never move $W$.
+# The STE passes the gradient through as if the derivative were 1 (FBI-LLM uses the identity, no
+# clipping). For $\tilde W = \alpha\,\mathrm{sign}(W)+\beta$ and $y = x\tilde W^T$ the chain rule then gives
 # $\partial L/\partial W = \alpha \odot \partial L/\partial \tilde W$,
 # $\partial L/\partial \alpha_j = \sum_i \partial L/\partial \tilde W_{ij}\,\mathrm{sign}(W_{ij})$ and
-# $\partial L/\partial \beta_j = \sum_i \partial L/\partial \tilde W_{ij}$.
+# $\partial L/\partial \beta_j = \sum_i \partial L/\partial \tilde W_{ij}$ (sums over the output rows $i$).
 
 # %%
 out_f, in_f = 6, 5
 W = rng.standard_normal((out_f, in_f)) * 0.02
-alpha, beta = L.init_scales(W)
+alpha, beta = L.init_scales(W)                          # (1, in) each
 x = rng.standard_normal((3, in_f))
 dy = rng.standard_normal((3, out_f))                   # an upstream gradient
 
@@ -78,87 +87,130 @@ ty.backward(torch.from_numpy(dy))
 cmp("dW (STE) vs torch", dW, tW.grad, 1e-12)
 cmp("dalpha vs torch", dalpha, ta.grad, 1e-12)
 cmp("dbeta vs torch", dbeta, tb.grad, 1e-12)
-_, _, lib_da, lib_db = L.fbi_linear_backward(dy, L.fbi_linear_forward(x, W, alpha, beta)[1])
+_, lib_dW, lib_da, lib_db = L.fbi_linear_backward(dy, L.fbi_linear_forward(x, W, alpha, beta)[1])
+cmp("dW vs tinyfbi", dW, lib_dW, 1e-12)
 cmp("dalpha vs tinyfbi", dalpha, lib_da, 1e-12)
+cmp("dbeta vs tinyfbi", dbeta, lib_db, 1e-12)
+print("the STE gradient of W is alpha times that of W~: nonzero although d sign/dW is 0")
 
 # %% [markdown]
-# ## Step 3 · why a scale and a bias per input column?
-# A column $j$ of $W$ multiplies input feature $x_j$. Trained LLM weights have columns of very different
-# magnitude and mean (outlier features), so one scale per column tracks them. FBI initializes
-# $\beta_j = \operatorname{mean}_i W_{ij}$ and $\alpha_j = \operatorname{mean}_i |W_{ij}-\beta_j|$.
-# We measure the relative reconstruction error $\|W - \tilde W\|/\|W\|$ of four choices on **real trained
-# weights**: a full-precision model trained for a few steps on text right here (or the quickstart's
-# teacher in `runs/`, if you ran it).
+# ## Step 3 · the floor: i.i.d. Gaussian weights sit at $\sqrt{1-2/\pi}$ whatever the scaling
+# How well can $\alpha\,\mathrm{sign}(W)+\beta$ stand in for $W$? Measure the relative reconstruction
+# error $\|W-\tilde W\|_F/\|W\|_F$ for a scale **per tensor** (one $\alpha$), **per output row**
+# (per output channel, common in 4- and 8-bit quantization) or **per input column** (FBI's), each with
+# three kinds of scales:
+#
+# * $\alpha$ only: $\beta = 0$, $\alpha = \operatorname{mean}|W|$, the least-squares scale for $\mathrm{sign}(W)$;
+# * FBI's init (the authors' code): $\beta = \operatorname{mean} W$, $\alpha = \operatorname{mean}|W-\beta|$;
+# * least squares for the fixed signs: the two levels $\beta\pm\alpha$ are the means of the entries
+#   that $\mathrm{sign}(W)$ sends to $+1$ and to $-1$.
+#
+# For $w \sim \mathcal N(0,\sigma^2)$ with $\beta=0$: $E(w-\alpha\,\mathrm{sign}\,w)^2 = \sigma^2 - 2\alpha E|w| + \alpha^2$
+# is smallest at $\alpha = E|w| = \sigma\sqrt{2/\pi}$, where it is $\sigma^2(1-2/\pi)$. The relative error is
+# $\sqrt{1-2/\pi} = 0.6028$ **for every** $\sigma$. When all entries are i.i.d., each row, each column and
+# the whole tensor estimate the same $\sigma$ and $\beta \approx 0$: every choice lands on the floor.
 
 # %%
-from pathlib import Path
-
-from tinyfbi import Model, load_model
-
-
-def trained_weights():
-    found = sorted(Path("runs").glob("teacher-*/checkpoint")) + sorted(Path("../runs").glob("teacher-*/checkpoint"))
-    if found:
-        print("using", found[0])
-        return load_model(found[0])
-    import pydoc_data.topics
-
-    from tinyfbi import ModelConfig
-    from tinyfbi.core.optim import AdamW, OptimConfig
-    text = np.frombuffer("\n".join(pydoc_data.topics.topics.values()).encode(), dtype=np.uint8)
-    model = Model(ModelConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=4, intermediate_size=256, max_position_embeddings=64,
-                              binarized=False), seed=SEED)
-    opt = AdamW(model.params, OptimConfig(lr=3e-3, warmup_steps=5, total_steps=100))
-    steps = 20 if FAST else 150
-    for step in range(steps):
-        starts = rng.integers(0, len(text) - 65, 16)
-        batch = np.stack([text[s:s + 65] for s in starts]).astype(np.int64)
-        loss, cache = L.cross_entropy_forward(model.forward(batch[:, :-1]), batch[:, 1:])
-        opt.step(model.params, model.backward(L.cross_entropy_backward(cache)))
-    print(f"trained a small full-precision model for {steps} steps on pydoc topics (loss {loss:.2f})")
-    return model
+def show(table, title):
+    print(f"{title:<28}" + "".join(f"{k:>14}" for k in R.KINDS))
+    for s in R.AXES:
+        print(f"  per {s:<24}" + "".join(f"{table[s, k]:>14.3f}" for k in R.KINDS))
 
 
-model = trained_weights()
-
-
-def rel_error(W, W_tilde):
-    return float(np.linalg.norm(W - W_tilde) / np.linalg.norm(W))
-
-
-def errors(W):
-    S = binarize(W)
-    g = np.mean(np.abs(W))                                   # one global scale (fair "no scaling")
-    a_row, b_row = L.init_scales(W, "row")
-    a_col, b_col = L.init_scales(W, "column")
-    return {"sign only x mean|W|": rel_error(W, g * S), "per row (out, 1)": rel_error(W, a_row * S + b_row),
-            "per column (1, in)": rel_error(W, a_col * S + b_col)}
-
-
-rows = {name: errors(model.params[name].astype(np.float64)) for name in model.params
-        if name.endswith("proj.weight") and ".0." in name}
-print(f"{'layer 0 weight':<36}" + "".join(f"{k:>22}" for k in next(iter(rows.values()))))
-for name, errs in rows.items():
-    print(f"{name:<36}" + "".join(f"{v:>22.3f}" for v in errs.values()))
-means = {k: np.mean([e[k] for e in rows.values()]) for k in next(iter(rows.values()))}
-print("mean".ljust(36) + "".join(f"{v:>22.3f}" for v in means.values()))
+gaussian = rng.standard_normal((OUT, IN)) * 0.02
+gaussian_errors = R.error_table(gaussian)
+show(gaussian_errors, f"i.i.d. N(0, 0.02^2), {OUT}x{IN}")
+print(f"floor sqrt(1 - 2/pi) = {R.GAUSSIAN_FLOOR:.4f}")
+worst = max(abs(e - R.GAUSSIAN_FLOOR) for e in gaussian_errors.values())
+assert worst < 0.01, gaussian_errors    # each row/column estimates sigma from >= 128 samples: O(1/n) below
+print(f"all nine within {worst:.4f} of the floor")
 
 # %% [markdown]
-# Any 1-bit code loses a lot (the relative error of the best choice is still large): that is why FBI
-# trains $\alpha$ and $\beta$ and distills instead of rounding a trained model. The table shows how much
-# of the structure each scaling keeps on these weights; the random init of a fresh model has no column
-# structure at all, so compare with a random matrix:
+# ## Step 4 · weights whose columns differ: where per-column $\alpha$ and $\beta$ matter
+# *Paper: [section 3.1](https://arxiv.org/abs/2407.07093), the column-wise $\alpha_j, \beta_j$.* A column
+# $j$ of $W$ multiplies input feature $x_j$, and in the kernel form (Step 5) $\alpha_j$ multiplies $x_j$
+# itself. Large LLMs have a few hidden dimensions whose activations are far larger than the rest
+# ("outlier features", Dettmers et al., [LLM.int8()](https://arxiv.org/abs/2208.07339)); weights that
+# serve such features can differ from column to column in scale and in mean. We **construct** such a
+# matrix here, $W_{ij} = s_j (z_{ij} + \mu_j)$ with $z$ i.i.d. standard normal, log-normal column scales
+# $s_j$ (spread $e^{\pm 1}$), column offsets $\mu_j \sim \mathcal N(0, 0.5^2)$ and four outlier columns ten
+# times larger. The numbers are chosen to show the mechanism; they are **not** statistics measured on
+# LLaMA's weights, and a model small enough to train in this notebook does not grow such columns.
 
 # %%
-print("random N(0, 0.02):", {k: round(v, 3) for k, v in errors(rng.standard_normal((256, 256)) * 0.02).items()})
+structured = R.column_structured(OUT, IN, rng, scale_sigma=1.0, mean_to_scale=0.5, outliers=4, outlier_gain=10.0)
+col_size = np.abs(structured).mean(axis=0)
+print(f"column mean |W|: median {np.median(col_size):.4f}, largest / median {col_size.max() / np.median(col_size):.1f}x, "
+      f"smallest / median {col_size.min() / np.median(col_size):.2f}x")
+structured_errors = R.error_table(structured)
+show(structured_errors, f"column-structured, {OUT}x{IN}")
+
+coarse = min(structured_errors[s, k] for s in ("tensor", "row") for k in R.KINDS)
+per_col = {k: structured_errors["column", k] for k in R.KINDS}
+assert max(per_col.values()) < coarse - 0.15, structured_errors        # per column: far below any coarser scale
+assert per_col["lsq"] < per_col["alpha"] < per_col["fbi"], per_col      # beta helps only when fitted
+assert per_col["lsq"] < R.GAUSSIAN_FLOOR + 0.01, per_col                # per column gets back to the floor
+print(f"per tensor or per row: no better than {coarse:.3f}; per column: {per_col['lsq']:.3f} (least squares), "
+      f"{per_col['alpha']:.3f} (alpha only), {per_col['fbi']:.3f} (FBI's init)")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+styles = {"alpha": ("tab:blue", "", "alpha only (beta = 0)"), "fbi": ("tab:orange", "//", "FBI's init of alpha, beta"),
+          "lsq": ("tab:green", "..", "alpha, beta by least squares")}
+for ax, (table, name) in zip(axes, ((gaussian_errors, "i.i.d. Gaussian W"), (structured_errors, "column-structured W"))):
+    for i, kind in enumerate(R.KINDS):
+        color, hatch, label = styles[kind]
+        ax.bar(np.arange(3) + (i - 1) * 0.27, [table[s, kind] for s in R.AXES], 0.27, color=color, hatch=hatch,
+               edgecolor="black", label=label)
+    ax.axhline(R.GAUSSIAN_FLOOR, ls="--", color="black", label="Gaussian floor sqrt(1 - 2/pi)")
+    ax.set_xticks(range(3), [f"per {s}" for s in R.AXES])
+    ax.set_xlabel("where one alpha (and beta) is shared")
+    ax.set_title(f"{name}, {OUT}x{IN}")
+axes[0].set_ylabel("relative error ||W - W~|| / ||W|| (ratio)")
+handles, labels = axes[0].get_legend_handles_labels()
+fig.suptitle("Reconstruction error of alpha * sign(W) + beta")
+fig.tight_layout(rect=(0, 0.1, 1, 1))
+fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+plt.show()
 
 # %% [markdown]
-# ## Step 4 · the kernel's form
+# Two things the table and plot show. Per-column $\alpha$ is what recovers columns of different size:
+# a scale shared over a row or the whole tensor cannot follow them. And $\beta$ helps only when it is
+# fitted to the signs: FBI's init takes $\beta_j$ as the column mean but keeps the signs of $W$ (not of
+# $W-\beta$), so on offset columns it reconstructs *worse* than $\alpha$ alone. That is no flaw in the
+# paper, because the init is only where training starts.
+#
+# **What the reconstruction error does not measure.** (1) A layer's output weighs the error in column
+# $j$ by the size of the input $x_j$; reconstruction weighs every column alike. (2) FBI-LLM never rounds
+# a trained full-precision $W$: it trains from random weights, and the loss moves $\alpha$, $\beta$ and the
+# latent $W$, hence the signs themselves (section 3; the flip rate of notebook 06). The question the
+# paper answers is what a binary layer with trained column scales can *learn*, not how close it comes
+# to some full-precision matrix; notebook 03 trains such layers.
+
+# %% [markdown]
+# ## Step 5 · the kernel's form
 # $y = x\tilde W^T = \operatorname{sign}(W)\,(\alpha\odot x) + (\beta\cdot x)$: scale the *activations*
 # by $\alpha$ once, multiply by pure ±1 (bits), and add one dot product. This is what the 1-bit
-# kernels compute (notebook 04).
+# kernels compute (notebook 04), and why $\alpha$ and $\beta$ run along the input columns: they fold into
+# the input vector, one multiply per input feature, not one per weight.
 
 # %%
 y_kernel_form = (x * alpha) @ binarize(W).T + (x * beta).sum(-1, keepdims=True)
 cmp("kernel form vs FBI-Linear", y_kernel_form, L.fbi_linear_forward(x, W, alpha, beta)[0], 1e-12)
+print("sign(W) (alpha * x) + beta . x equals x W~^T")
+
+# %% [markdown]
+# ## Summary
+# * One binarize, $w \ge 0 \to +1$, so that one bit holds every weight (Step 1).
+# * The straight-through estimator gives $\partial L/\partial W = \alpha\odot\partial L/\partial\tilde W$ and the column
+#   sums for $\alpha$ and $\beta$; both agree with torch and with `tinyfbi.core.layers` (Step 2).
+# * I.i.d. Gaussian weights reconstruct at $\sqrt{1-2/\pi}\approx 0.603$ whatever the scaling (Step 3); per-column
+#   $\alpha$ matters when columns differ in size, and a fitted $\beta$ when they differ in mean (Step 4).
+#   Reconstruction is not what FBI optimizes: it trains the scales and the signs on the loss.
+# * $\alpha$ and $\beta$ fold into the activations, so the product itself needs only the bits (Step 5).
+#
+# ## Exercise
+# Weights are not always Gaussian. Using Step 3's derivation (the best $\alpha$ for $\beta=0$ is $E|w|$),
+# find the floor $\sqrt{1-(E|w|)^2/E w^2}$ of the relative error for i.i.d. **Laplace** weights and for
+# i.i.d. **uniform** weights on $[-a, a]$, and check both numbers with `R.error_table` on a large sample.
+# (`tests/test_exercises.py` holds the answer and checks it.)

@@ -6,16 +6,18 @@ makes the second from the first; tests/test_notebooks.py fails when their code d
 
     python -m tinyfbi.notebooks --execute            # every notebook, default (not TINYFBI_FAST) size
     python -m tinyfbi.notebooks --execute 03 06      # some of them
-    python -m tinyfbi.notebooks --check              # exit 2 if an executed copy's code is stale
+    python -m tinyfbi.notebooks --check              # exit 2 if an executed copy is stale or shows a stray value
 
 The notebooks run with notebooks/ as their working folder, so what they train lands in its
 git-ignored runs-* folders and a rerun reuses it. Each executed copy records in its metadata the
-date, the CPU and the seconds it took.
+date, the CPU, the seconds it took, the CPU seconds its kernel used, and the machine's load average
+before and after (how busy the cores were with other work while it ran).
 """
 from __future__ import annotations
 
 import datetime
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -55,6 +57,15 @@ def stale(path: Path) -> str | None:
     return None
 
 
+def stray_values(path: Path) -> list[int]:
+    """Numbers of the code cells of the executed copy of `path` that end in a bare value (an
+    execute_result, e.g. the float a last `cmp(...)` returns) instead of printing what they show."""
+    import nbformat
+    cells = nbformat.read(path.with_suffix(".ipynb"), as_version=4).cells
+    return [i for i, c in enumerate(cells) if c.cell_type == "code"
+            and any(o.output_type == "execute_result" for o in c.get("outputs", []))]
+
+
 def execute(path: Path, timeout: int) -> float:
     """Run one notebook at its default size; write NN_name.ipynb atomically. -> seconds taken."""
     import jupytext
@@ -63,6 +74,8 @@ def execute(path: Path, timeout: int) -> float:
     notebook = jupytext.read(path)
     env_fast = os.environ.pop("TINYFBI_FAST", None)         # the default size, not CI's
     os.environ["TQDM_DISABLE"] = "1"                         # the kernel inherits it: no progress bars saved
+    load_before = os.getloadavg()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)   # the kernel is a child process
     start = time.perf_counter()
     try:
         nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
@@ -74,9 +87,16 @@ def execute(path: Path, timeout: int) -> float:
         if env_fast is not None:
             os.environ["TINYFBI_FAST"] = env_fast
     seconds = time.perf_counter() - start
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds the kernel used, threads added up: about its wall time on idle cores when it runs one
+    # thread, an upper bound when it runs more; unlike `seconds`, hardly changed by other work
+    cpu_seconds = (children.ru_utime + children.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     notebook.metadata["tinyfbi"] = {
         "executed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_name(), "cores": os.cpu_count(), "seconds": round(seconds, 1)}
+        "cpu": cpu_name(), "cores": os.cpu_count(), "seconds": round(seconds, 1),
+        "kernel_cpu_seconds": round(cpu_seconds, 1),
+        "load_average_1_5_15_min": {"before": [round(x, 2) for x in load_before],
+                                    "after": [round(x, 2) for x in os.getloadavg()]}}
     atomic_write_bytes(path.with_suffix(".ipynb"), nbformat.writes(notebook).encode())
     return seconds
 
@@ -85,6 +105,8 @@ def main_notebooks(args):
     chosen = sources(args.names)
     if args.check:
         problems = [p for p in map(stale, chosen) if p]
+        problems += [f"{p.with_suffix('.ipynb').name}: cell {i} ends in a bare value" for p in chosen
+                     if not stale(p) for i in stray_values(p)]
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
