@@ -163,24 +163,32 @@ def unpack_nib4_mask(nib: np.ndarray, out_features: int, in_features: int) -> np
 class PackedSigns:
     """sign(W) of one binarized linear, kept packed: what the kernels and a packed runtime hold.
 
-    bits: blocked layout, uint8 (out, 32*ceil(in/256)), read by every kernel except lut3.
+    bits: blocked layout, uint8 (out, 32*ceil(in/256)), read by every kernel except lut3 and v9; None
+          where nib4 alone holds the signs (a .fbipack in the nib4 layout: the batch kernels then get
+          the blocked bits rewritten per call, kernels/nib4_blocked.py).
     lut:  optional lut3 layout, uint32 (ceil(out/8), ceil(in/30), 8): one more bit per weight, for
           the fastest exact batch-1 kernel (v3_lut3_f32).
-    nib4: optional nib4 layout, uint8 (ceil(out/32), 32*ceil(in/256), 32): one more bit per weight,
-          for the fastest int8 batch-1 kernel (v9_lut4_int8).
+    nib4: optional nib4 layout, uint8 (ceil(out/32), 32*ceil(in/256), 32): for the fastest AVX2 int8
+          batch-1 kernel (v9_lut4_int8); one more bit per weight beside bits, or the only copy.
     """
     out_features: int
     in_features: int
-    bits: np.ndarray
+    bits: np.ndarray | None
     lut: np.ndarray | None = None
     nib4: np.ndarray | None = None
 
+    def __post_init__(self):
+        if self.bits is None and self.nib4 is None:
+            raise ValueError("PackedSigns needs the blocked bits or the nib4 tiles")
+
     @property
     def nbytes(self) -> int:
-        return self.bits.nbytes + sum(0 if a is None else a.nbytes for a in (self.lut, self.nib4))
+        return sum(0 if a is None else a.nbytes for a in (self.bits, self.lut, self.nib4))
 
     def mask(self) -> np.ndarray:
         """bool (out, in), True where sign(W) = +1."""
+        if self.bits is None:
+            return unpack_nib4_mask(self.nib4, self.out_features, self.in_features)
         return unpack_blocked_mask(self.bits, self.in_features)
 
     def canonical(self) -> np.ndarray:

@@ -12,15 +12,18 @@
 int8 per token (error bound in act_int8.py) and is about twice as fast. The kernel is
 chosen by batch size, by the layouts `packed` carries and by kernels.simd.ISA, the instruction set
 found at run time ('avx512' with VNNI -> v10 for int8 batches and v13 for batch 1 unless the nib4
-copy is present, 'avx2' -> v3/v5/v7, v9 for int8 batch 1 wherever packed.nib4 is present,
-'portable' -> v2/v4/v6; TINYFBI_ISA=avx2 or =portable steps down); `int8_decode_layout()` says
-which layout int8 decode reads on this CPU;
+tiles are present, 'avx2' -> v3/v5/v7, v9 for int8 batch 1 wherever packed.nib4 is present,
+'portable' -> v2/v4/v6; TINYFBI_ISA=avx2 or =portable steps down). Signs held as nib4 tiles alone
+(packed.bits None) are rewritten to blocked bits for each call of a kernel that reads those
+(kernels/nib4_blocked.py). `int8_decode_layout()` says which layout int8 decode reads fastest on
+this CPU;
 `kernel_name` says which. Threads: whatever numba.set_num_threads
 and the BLAS library are set to.
 """
 import numpy as np
 
 from kernels.bitpack import PackedSigns
+from kernels.nib4_blocked import blocked_from_nib4
 from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI
 from kernels.v2_masked_f32 import matvec_masked_f32
 from kernels.v3_lut3_f32 import matvec_lut3_f32
@@ -45,16 +48,19 @@ _BATCH = {"v6_tiles_blas": matmul_tiles_blas, "v7_maddubs_gemm_int8": matmul_mad
           "v8_vnni_gemm_int8": matmul_vnni_int8, "v10_vnni512_gemm_int8": matmul_vnni512_int8}
 
 
+LAYOUTS = ("blocked", "nib4")
+
+
 def int8_decode_layout(prefer: str = "auto") -> str:
-    """The layout int8 decode reads. 'blocked' (v13's masked loads on the one copy of the signs the file
-    stores, AVX-512 VNNI only): the fastest decode there, in half the memory. 'nib4' (v9's tables, a
-    second copy of the signs beside the blocked bits the batch kernels read): the fastest decode with
-    AVX2 alone. auto: 'blocked' where v13 runs, else 'nib4' (docs/runtime.md has both measured)."""
-    if prefer not in ("auto", "blocked", "nib4"):
+    """The sign layout int8 decode reads fastest on this CPU, or `prefer` where it names one. 'blocked':
+    v13's masked loads (AVX-512 VNNI); elsewhere v5 (AVX2) or v4. 'nib4': v9's tables, the fastest
+    decode with AVX2 alone (docs/runtime.md has both measured). Either is the one copy of the signs:
+    the batch kernels read nib4 tiles through a per-call rewrite (kernels/nib4_blocked.py)."""
+    if prefer not in ("auto",) + LAYOUTS:
         raise ValueError(f"layout must be auto, blocked or nib4, got {prefer!r}")
     if prefer == "auto":
-        return "blocked" if HAS_AVX512_VNNI else "nib4"
-    return "nib4" if prefer == "nib4" or not HAS_AVX512_VNNI else "blocked"
+        return "blocked" if HAS_AVX512_VNNI or not HAS_AVX2 else "nib4"
+    return prefer
 
 
 def kernel_name(packed: PackedSigns, batch: int, kind: str = "exact") -> str:
@@ -91,6 +97,8 @@ def matvec(packed: PackedSigns, alpha, beta, x, kind: str = "exact") -> np.ndarr
         raise ValueError(f"x must be ({n_in},) or (B, {n_in}), got {x.shape}")
     x2 = x.reshape(-1, n_in)                                         # (B, in)
     name = kernel_name(packed, x2.shape[0], kind)
+    if packed.bits is None and name != "v9_lut4_int8":               # nib4 alone: this call's blocked bits
+        packed = PackedSigns(packed.out_features, n_in, blocked_from_nib4(packed.nib4, packed.out_features), packed.lut)
     if name in _BATCH:
         y = _BATCH[name](packed, alpha, beta, x2)                   # (B, out)
     else:

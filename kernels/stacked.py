@@ -38,7 +38,7 @@ class StackedSigns:
     in_features: int
     out_features: tuple            # (n,) rows of each linear
     starts: np.ndarray             # (n,) int64 first row of each segment (multiples of 32)
-    bits: np.ndarray               # (R, 32*nblk) uint8 blocked bits, R = sum of padded rows
+    bits: np.ndarray | None        # (R, 32*nblk) uint8 blocked bits, R = sum of padded rows; None: nib4 only
     alpha: np.ndarray              # (n, in) float32, one row per linear
     beta: np.ndarray               # (n, in) float32
     lut: np.ndarray | None = None  # (R/8, ceil(in/30), 8) uint32 lut3 row groups, for exact batch 1
@@ -46,17 +46,19 @@ class StackedSigns:
 
     @property
     def rows(self) -> int:
-        return self.bits.shape[0]
+        return self.bits.shape[0] if self.bits is not None else self.nib4.shape[0] * NIB_ROWS
 
     @property
     def nbytes(self) -> int:
-        extra = sum(0 if a is None else a.nbytes for a in (self.lut, self.nib4))
-        return self.bits.nbytes + self.alpha.nbytes + self.beta.nbytes + extra
+        return self.alpha.nbytes + self.beta.nbytes + sum(0 if a is None else a.nbytes
+                                                          for a in (self.bits, self.lut, self.nib4))
 
     def segment(self, s: int) -> PackedSigns:
-        """Linear s as PackedSigns over a view of the stacked bits (no copy), for the batch kernels."""
-        r0 = int(self.starts[s])
-        return PackedSigns(self.out_features[s], self.in_features, self.bits[r0: r0 + self.out_features[s]])
+        """Linear s as PackedSigns over views of the stacked bits and / or tiles (no copy)."""
+        r0, n = int(self.starts[s]), self.out_features[s]
+        bits = None if self.bits is None else self.bits[r0: r0 + n]
+        nib4 = None if self.nib4 is None else self.nib4[r0 // NIB_ROWS: r0 // NIB_ROWS + -(-n // NIB_ROWS)]
+        return PackedSigns(n, self.in_features, bits, None, nib4)
 
     @property
     def ends(self) -> np.ndarray:
@@ -70,40 +72,60 @@ class StackedSigns:
 
 
 def back_to_back(parts: list) -> np.ndarray | None:
-    """One read-only (sum of rows, width) view over C-contiguous uint8 arrays of one width that lie back
-    to back in memory (a packed file's q/k/v signs, mapped): the stacked bits with no copy. Else None."""
+    """One read-only view over C-contiguous uint8 arrays of one trailing shape that lie back to back in
+    memory (a packed file's q/k/v signs, mapped or read), joined along axis 0: the stacked bits with no
+    copy. Else None."""
     first = parts[0]
     address = first.__array_interface__["data"][0]
     for p in parts:
-        if p.dtype != np.uint8 or p.ndim != 2 or p.shape[1] != first.shape[1] or not p.flags.c_contiguous \
+        if p.dtype != np.uint8 or p.shape[1:] != first.shape[1:] or not p.flags.c_contiguous \
                 or p.__array_interface__["data"][0] != address:
             return None
         address += p.nbytes
     rows = sum(p.shape[0] for p in parts)
-    return np.lib.stride_tricks.as_strided(first, (rows, first.shape[1]), first.strides, writeable=False)
+    return np.lib.stride_tricks.as_strided(first, (rows,) + first.shape[1:], first.strides, writeable=False)
 
 
-def stack_linears(linears, lut: bool, nib4: bool = False) -> StackedSigns:
+def _joined(parts: list, starts: list, rows: int) -> np.ndarray:
+    """parts (rows_s, ...) uint8 placed at starts[s] of one (rows, ...) array: a view where they lie back
+    to back and fill it, else a zero-padded copy."""
+    if sum(p.shape[0] for p in parts) == rows:
+        view = back_to_back(parts)
+        if view is not None:
+            return view
+    out = np.zeros((rows,) + parts[0].shape[1:], np.uint8)
+    for p, r0 in zip(parts, starts):
+        out[r0: r0 + p.shape[0]] = p
+    return out
+
+
+def stack_linears(linears, lut: bool, nib4: bool = False, bits: bool = True) -> StackedSigns:
     """[(PackedSigns, alpha (in,), beta (in,)), ...] sharing in_features -> StackedSigns, with the
-    lut3 layout (exact batch 1) and / or the nib4 layout (int8 batch 1), one more bit per weight each."""
+    lut3 layout (exact batch 1) and / or the nib4 layout (int8 batch 1). bits=False keeps no blocked
+    copy: the nib4 tiles (given, or built) are then the one copy of the signs."""
     in_f = linears[0][0].in_features
     if any(p.in_features != in_f for p, _, _ in linears):
         raise ValueError("stacked linears must share in_features (they read the same input)")
     padded = [-(-p.out_features // NIB_ROWS) * NIB_ROWS for p, _, _ in linears]
     starts = np.concatenate([[0], np.cumsum(padded)[:-1]]).astype(np.int64)
-    bits = back_to_back([p.bits for p, _, _ in linears]) if padded == [p.out_features for p, _, _ in linears] else None
-    if bits is None:                               # copy the segments into one array, rows padded to tiles
-        bits = np.zeros((sum(padded), linears[0][0].bits.shape[1]), np.uint8)
-        for (p, _, _), r0 in zip(linears, starts):
-            bits[r0: r0 + p.out_features] = p.bits
+    given_nib4 = all(p.nib4 is not None for p, _, _ in linears)
+    stacked_bits = None
+    if bits or not given_nib4:                       # nib4 tiles are built from the blocked bits
+        if any(p.bits is None for p, _, _ in linears):
+            raise ValueError("the blocked bits are asked for, and a linear holds only its nib4 tiles")
+        stacked_bits = _joined([p.bits for p, _, _ in linears], starts, sum(padded))
+    tiles = None
+    if nib4 or not bits:
+        tiles = _joined([p.nib4 for p, _, _ in linears], starts // NIB_ROWS, sum(padded) // NIB_ROWS) \
+            if given_nib4 else nib4_from_blocked(stacked_bits)
     masks = np.zeros((sum(padded), in_f), bool) if lut else None
     for (p, _, _), r0 in zip(linears, starts):
         if lut:
             masks[r0: r0 + p.out_features] = p.mask()
     alpha = np.stack([np.asarray(a, np.float32).reshape(in_f) for _, a, _ in linears])
     beta = np.stack([np.asarray(b, np.float32).reshape(in_f) for _, _, b in linears])
-    return StackedSigns(in_f, tuple(p.out_features for p, _, _ in linears), starts, bits, alpha, beta,
-                        pack_lut3_mask(masks) if lut else None, nib4_from_blocked(bits) if nib4 else None)
+    return StackedSigns(in_f, tuple(p.out_features for p, _, _ in linears), starts,
+                        stacked_bits if bits else None, alpha, beta, pack_lut3_mask(masks) if lut else None, tiles)
 
 
 @numba.njit(cache=True, parallel=True)

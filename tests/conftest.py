@@ -1,5 +1,6 @@
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TINYFBI_FAST", "1")
+# packed copies a test makes (a file rewritten in another sign layout, a model packed on first use) go to
+# a folder of this session, never the user's ~/.cache/tinyfbi
+os.environ.setdefault("TINYFBI_CACHE", tempfile.mkdtemp(prefix="tinyfbi-test-cache-"))
 
 
 def metrics(path):

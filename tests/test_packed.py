@@ -8,7 +8,7 @@ from released import write_released
 
 from tinyfbi import Model, ModelConfig, TinyFBIError, load_model, save_model
 from tinyfbi.corpus.tokenizers import ByteTokenizer
-from tinyfbi.formats.fbipack import drop_mapped_pages, read_packed
+from tinyfbi.formats.fbipack import drop_mapped_pages, read_packed, sign_layout
 from tinyfbi.pack import main as pack_main
 from tinyfbi.runtime.build_fbipack import pack_checkpoint
 from tinyfbi.runtime.inference import FloatRunner, generate
@@ -31,10 +31,12 @@ def checkpoint(tmp_path):
     return model, tmp_path
 
 
-def test_pack_round_trips_signs_and_scales(checkpoint):
+@pytest.mark.parametrize("layout", ["blocked", "nib4"])
+def test_pack_round_trips_signs_and_scales(checkpoint, layout):
     model, tmp = checkpoint
-    stats = pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
+    stats = pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack", layout=layout)
     header, arrays = read_packed(tmp / "m.fbipack")
+    assert sign_layout(header) == layout and arrays["model.layers.0.mlp.up_proj.weight"].ndim == {"blocked": 2, "nib4": 3}[layout]
     runner, tokenizer = load_packed(tmp / "m.fbipack")
     from kernels.bitpack import unpack_signs
     for name in model.binarized_names:
@@ -44,8 +46,9 @@ def test_pack_round_trips_signs_and_scales(checkpoint):
         assert np.array_equal(alpha, model.params[prefix + ".wscale"].reshape(-1))
         assert np.array_equal(beta, model.params[prefix + ".wbias"].reshape(-1))
     assert header["config"]["hidden_size"] == 72 and tokenizer.vocab_size == 256
-    # signs: in padded to 256 per row; alpha/beta: 2 x 16 bits per input column
-    expected_bytes = sum(o * 32 * -(-i // 256) + 4 * i for o, i in CFG.linear_shapes().values()) * CFG.num_hidden_layers
+    # signs: in padded to 256 per row (nib4: rows padded to tiles of 32); alpha/beta: 2 x 16 bits per input column
+    rows = (lambda o: o) if layout == "blocked" else (lambda o: 32 * -(-o // 32))
+    expected_bytes = sum(rows(o) * 32 * -(-i // 256) + 4 * i for o, i in CFG.linear_shapes().values()) * CFG.num_hidden_layers
     assert stats["binarized_bytes"] == expected_bytes
     assert stats["file_bytes"] < stats["float32_bytes"] / 3
 
@@ -118,27 +121,32 @@ def first_base(a: np.ndarray):
 
 
 @pytest.mark.parametrize("load", ["map", "read"])
-def test_runner_holds_one_copy_of_the_signs(tmp_path, load):
-    """A layer's q/k/v (and gate/up) signs lie back to back in the file: the runner's stacked bits are
-    one view of the file's mapping (load="map") or of the one buffer the file was read into ("read"),
-    never a copy per linear (widths a multiple of 32 rows, as every paper size); the embeddings stay
-    mapped either way, and both loads give the same tensors."""
+@pytest.mark.parametrize("kind, layout", [("exact", "blocked"), ("int8", "blocked"), ("int8", "nib4")])
+def test_runner_holds_one_copy_of_the_signs(tmp_path, load, kind, layout):
+    """A layer's q/k/v (and gate/up) signs lie back to back in the file: the runner's stacked signs (blocked
+    bits, or nib4 tiles for int8 on a nib4 file) are one view of the file's mapping (load="map") or of the
+    one buffer the file was read into ("read"), never a copy per linear (widths a multiple of 32 rows, as
+    every paper size), and no other layout is held beside them; the embeddings stay mapped either way,
+    and both loads give the same tensors."""
     cfg = CFG.replace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96)
     save_model(Model(cfg, seed=1), tmp_path / "ckpt", tokenizer=ByteTokenizer())
-    pack_checkpoint(tmp_path / "ckpt", tmp_path / "m.fbipack")
-    runner, _ = load_packed(tmp_path / "m.fbipack", kind="exact", load=load)
+    pack_checkpoint(tmp_path / "ckpt", tmp_path / "m.fbipack", layout=layout)
+    runner, _ = load_packed(tmp_path / "m.fbipack", kind=kind, load=load, layout=layout if kind == "int8" else "auto")
+    held, other = ("nib4", "bits") if layout == "nib4" else ("bits", "nib4")
     bases = set()
     for i, layer in enumerate(runner.layers):
         for group in ("qkv", "o", "gate_up", "down"):
-            bits = getattr(layer, group).bits
-            assert not bits.flags.writeable and not bits.flags.owndata, (i, group)
-            base = first_base(bits)
+            signs = getattr(getattr(layer, group), held)
+            assert getattr(getattr(layer, group), other) is None, (i, group)
+            assert not signs.flags.writeable and not signs.flags.owndata, (i, group)
+            base = first_base(signs)
             if load == "map":
                 assert str(base.filename) == str((tmp_path / "m.fbipack").resolve()), (i, group)
             else:
                 assert isinstance(base, mmap.mmap), (i, group)     # the anonymous buffer read_packed filled
                 bases.add(id(base))
     assert len(bases) == (1 if load == "read" else 0)       # one buffer for every linear's signs
+    assert runner.describe()["layout"] == (layout if kind == "int8" else None)
     _, read = read_packed(tmp_path / "m.fbipack", load)
     _, mapped = read_packed(tmp_path / "m.fbipack", "map")
     assert isinstance(first_base(read["model.embed_tokens.weight"]), np.memmap)
@@ -191,9 +199,9 @@ def test_pack_cli_reports_bits_and_refuses_bad_files(checkpoint, capsys):
     with pytest.raises(TinyFBIError, match="truncated"):
         read_packed(tmp / "cut.fbipack")
     other = bytearray(data)
-    other[8:12] = (3).to_bytes(4, "little")
+    other[8:12] = (4).to_bytes(4, "little")
     (tmp / "v3.fbipack").write_bytes(bytes(other))
-    with pytest.raises(TinyFBIError, match="version 3"):
+    with pytest.raises(TinyFBIError, match="version 4"):
         read_packed(tmp / "v3.fbipack")
     other[8:12] = (1).to_bytes(4, "little")      # version 1: the same layout without zero lists, still read
     (tmp / "v1.fbipack").write_bytes(bytes(other))

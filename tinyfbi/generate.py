@@ -59,9 +59,11 @@ def build_parser():
     ap.add_argument("--kv", choices=["auto", "f16", "f32"], default="auto",
                     help="packed: KV cache storage (auto: fp16 with --kind int8, float32 with exact)")
     ap.add_argument("--layout", choices=["auto", "blocked", "nib4"], default="auto",
-                    help="packed int8 decode: blocked reads the file's one copy of the signs (v13, AVX-512 VNNI: "
-                         "the fastest decode there), nib4 adds a second copy for v9 (the fastest with AVX2 alone); "
-                         "auto: blocked where AVX-512 VNNI runs it, else nib4")
+                    help="packed int8: the sign layout decode reads. blocked: v13 with AVX-512 VNNI (the fastest "
+                         "there), v5 with AVX2 alone; nib4: v9 (the fastest with AVX2 alone). auto: this CPU's "
+                         "fastest; a file that stores the other layout is rewritten once into the cache "
+                         "($TINYFBI_CACHE, default ~/.cache/tinyfbi) and run from there. Naming the file's own "
+                         "layout runs it as it is; naming the other builds it at load (both copies held)")
     ap.add_argument("--load", choices=["read", "map"], default="read",
                     help="packed files: read the signs and head into huge-page memory (faster decode), or map the "
                          "whole file (nothing read up front, pages shared between processes); embeddings are mapped "

@@ -1,15 +1,18 @@
-"""The packed 1-bit file (`.fbipack`, version 2): the container runtime.build_fbipack writes and
-runtime.packed_runner reads. Binarized linears are stored as sign bits in the kernels' blocked layout
-(kernels/bitpack.py) with fp16 alpha/beta; embeddings, norms and lm_head as dense arrays; and, for a
+"""The packed 1-bit file (`.fbipack`, version 2 or 3): the container runtime.build_fbipack writes and
+runtime.packed_runner reads. Binarized linears are stored as sign bits in one of the kernels' layouts
+(kernels/bitpack.py): `blocked` (what AVX-512 int8 decode and every batch kernel read) or `nib4` (what
+AVX2 int8 decode reads), said by the header's "sign_layout" (absent: blocked), with fp16 alpha/beta
+(float32 where packed with --dtype float32); embeddings, norms and lm_head as dense arrays; and, for a
 released checkpoint whose latent weights hold exact zeros (the authors' sign(0) = 0, a third value
 one bit cannot hold), the positions of those zeros per linear, so that the runner can take back the
 +1 their bits say (kind "zeros": int32 (n, 2) rows of (output row, input column)).
 
 File layout, all little-endian:
     8 bytes   magic b"TFBIPACK"
-    4 bytes   format version (uint32): 2; version 1 files (no zero lists) are read the same way
+    4 bytes   format version (uint32): 3 for a nib4 file, 2 for a blocked one (so that readers that
+              know only blocked signs open it); version 1 files (no zero lists) are read the same way
     8 bytes   header length H (uint64)
-    H bytes   JSON header: config.json, tokenizer spec, file size, and a table
+    H bytes   JSON header: config.json, tokenizer spec, file size, sign layout, and a table
               name -> {kind, dtype, shape, offset, nbytes, [in_features]} of every tensor,
               padded with spaces (see PackedWriter for how long)
     ...       tensor data, each at a 64-byte aligned offset: every tensor in table order, then
@@ -36,7 +39,9 @@ from ..core.errors import TinyFBIError
 
 MAGIC = b"TFBIPACK"
 VERSION = 2              # 2 added the zero lists
-READABLE = (1, 2)
+VERSION_NIB4 = 3         # 3 added "sign_layout": a file whose signs are nib4 tiles
+READABLE = (1, 2, 3)
+SIGN_LAYOUTS = ("blocked", "nib4")
 ALIGN = 64
 PREFIX = struct.Struct("<8sIQ")          # magic, version, header length
 ZEROS_DTYPE = np.dtype("<i4")            # (row, column) pairs of one linear's exact-zero weights
@@ -49,6 +54,11 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def sign_layout(header: dict) -> str:
+    """The layout a file's signs are stored in: 'blocked' (every version-1/2 file) or 'nib4'."""
+    return header.get("sign_layout", "blocked")
+
+
 def zeros_name(weight_name: str) -> str:
     """The zero list of a binarized linear: `model.layers.0.mlp.up_proj.weight` -> `....up_proj.zeros`."""
     return weight_name.removesuffix(".weight") + ".zeros"
@@ -59,7 +69,7 @@ class PackedWriter:
     tensor in memory at a time: every tensor's place in the file is fixed by the plan before any
     weight is read.
 
-    plan: name -> (kind, dtype, shape[, in_features]) of every tensor, in file order. A zero list's
+    plan: name -> (kind, dtype, shape[, in_features, out_features]) of every tensor, in file order. A zero list's
     length is known only once its weight is read, so they are spilled to a temporary file beside the
     output and copied after the planned tensors by finish(). With zero_lists, the header is padded
     to the length it would have if every weight of every binarized linear were zero: its length, and
@@ -72,19 +82,23 @@ class PackedWriter:
             w.finish()
     """
 
-    def __init__(self, f, config_json: dict, plan: dict, tokenizer: dict | None = None, zero_lists: bool = False):
-        self.f, self.config_json, self.tokenizer = f, config_json, tokenizer
+    def __init__(self, f, config_json: dict, plan: dict, tokenizer: dict | None = None, zero_lists: bool = False,
+                 layout: str = "blocked"):
+        if layout not in SIGN_LAYOUTS:
+            raise ValueError(f"sign layout must be one of {SIGN_LAYOUTS}, got {layout!r}")
+        self.f, self.config_json, self.tokenizer, self.layout = f, config_json, tokenizer, layout
         self.table, offset = {}, 0
         for name, (kind, dtype, shape, *rest) in plan.items():
             nbytes = int(np.dtype(dtype).itemsize * np.prod(shape, dtype=np.int64))
             self.table[name] = {"kind": kind, "dtype": np.dtype(dtype).str, "shape": [int(n) for n in shape],
                                 "offset": offset, "nbytes": nbytes}
-            if rest:
+            if rest:                                         # signs: the linear's (in, out) features
                 self.table[name]["in_features"] = int(rest[0])
+                self.table[name]["out_features"] = int(rest[1]) if len(rest) > 1 else int(shape[0])
             offset = _align(offset + nbytes)
         self.planned_end = offset
         # the longest zero lists there could be: every weight of every binarized linear
-        self.most_zeros = {zeros_name(name): e["shape"][0] * e["in_features"]
+        self.most_zeros = {zeros_name(name): e["out_features"] * e["in_features"]
                            for name, e in self.table.items() if zero_lists and e["kind"] == "signs"}
         widest = dict(self.table)
         for name, n in self.most_zeros.items():
@@ -101,6 +115,8 @@ class PackedWriter:
 
     def _header(self, table: dict, file_size=None) -> dict:
         header = {"config": self.config_json, "tokenizer": self.tokenizer, "tensors": table}
+        if self.layout != "blocked":
+            header["sign_layout"] = self.layout
         if file_size is not None:
             header["file_size"] = file_size
         return header
@@ -159,7 +175,8 @@ class PackedWriter:
         if PREFIX.size + len(header) > self.data_start:      # cannot happen: the room was for the widest header
             raise AssertionError("the .fbipack header outgrew the room planned for it")
         self.f.seek(0)
-        self.f.write(PREFIX.pack(MAGIC, VERSION, self.data_start - PREFIX.size))
+        version = VERSION if self.layout == "blocked" else VERSION_NIB4
+        self.f.write(PREFIX.pack(MAGIC, version, self.data_start - PREFIX.size))
         self.f.write(header.ljust(self.data_start - PREFIX.size))
         self.f.truncate(file_size)
 

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.bitpack import BLOCK, pack_blocked_mask, sign_mask, unpack_blocked_mask
+from kernels.bitpack import BLOCK, NIB_ROWS, nib4_from_blocked, pack_blocked_mask, sign_mask, unpack_blocked_mask
 
 from ..core.config import ModelConfig
 from ..core.errors import TinyFBIError
 from ..formats.atomic import atomic_open
 from ..formats.checkpoint import read_layout, with_checkpoint
-from ..formats.config_json import config_to_json
-from ..formats.fbipack import PackedWriter, zeros_name
+from ..formats.config_json import config_from_json, config_to_json
+from ..formats.fbipack import SIGN_LAYOUTS, PackedWriter, read_packed, sign_layout, zeros_name
 from ..formats.hf_folder import iter_hf_tensors
 
 TOKENIZER_FILE = "tokenizer.model"   # a released folder's LLaMA sentencepiece model, packed with it when present
@@ -53,12 +53,23 @@ def packed_once(folder, name: str) -> Path:
     return out
 
 
-def pack_checkpoint(ckpt, out, dense_dtype="float16", on_file=None) -> dict:
+def file_layout(layout: str = "auto") -> str:
+    """The sign layout a new file gets: `layout`, or for auto the one this CPU's int8 decode reads fastest
+    (nib4 with AVX2 alone, blocked with AVX-512 VNNI or without AVX2)."""
+    if layout not in ("auto",) + SIGN_LAYOUTS:
+        raise TinyFBIError(f"--layout must be auto, blocked or nib4, got {layout!r}")
+    if layout != "auto":
+        return layout
+    from kernels.dispatch import int8_decode_layout  # Numba's CPU features: not on the NumPy path (generate)
+    return int8_decode_layout()
+
+
+def pack_checkpoint(ckpt, out, dense_dtype="float16", on_file=None, layout="auto") -> dict:
     """Pack a checkpoint folder (or a run folder's checkpoint) into `out`, atomically, streaming its
     files; on_file(path) is called as each weight file is opened. Returns size statistics."""
     def pack_folder(folder):
         config, raw = read_layout(folder)
-        return pack_tensors(out, config, raw, iter_hf_tensors(folder, on_file), dense_dtype, folder)
+        return pack_tensors(out, config, raw, iter_hf_tensors(folder, on_file), dense_dtype, folder, layout)
     return with_checkpoint(ckpt, pack_folder)
 
 
@@ -86,44 +97,59 @@ def stacking_order(shapes: dict) -> dict:
     return ordered
 
 
-def storage_plan(config: ModelConfig, dense_dtype="float16") -> dict:
-    """name -> (kind, dtype, shape[, in_features]) of every tensor a .fbipack of this model holds."""
+def signs_shape(out_features: int, in_features: int, layout: str) -> tuple:
+    """The stored shape of one linear's signs: blocked (out, 32*nblk) or nib4 (ceil(out/32), 32*nblk, 32)."""
+    width = 32 * -(-in_features // BLOCK)
+    return (out_features, width) if layout == "blocked" else (-(-out_features // NIB_ROWS), width, NIB_ROWS)
+
+
+def signs_in_layout(blocked: np.ndarray, layout: str) -> np.ndarray:
+    """Blocked bits (out, 32*nblk) as `layout` stores them."""
+    return blocked if layout == "blocked" else nib4_from_blocked(blocked)
+
+
+def storage_plan(config: ModelConfig, dense_dtype="float16", layout="blocked") -> dict:
+    """name -> (kind, dtype, shape[, in_features, out_features]) of every tensor a .fbipack of this model
+    holds. alpha/beta are fp16, as the paper counts its 1.01 bits, unless everything dense is float32."""
     binarized = set(config.binarized_weight_names())
+    scale_dtype = np.float32 if np.dtype(dense_dtype) == np.float32 else np.float16
     plan = {}
     for name, shape in stacking_order(config.param_shapes()).items():
         prefix = name.rsplit(".", 1)[0]
-        if name in binarized:                                             # (out, 32*ceil(in/256)) blocked bits
-            plan[name] = ("signs", np.uint8, (shape[0], 32 * -(-shape[1] // BLOCK)), shape[1])
+        if name in binarized:
+            plan[name] = ("signs", np.uint8, signs_shape(shape[0], shape[1], layout), shape[1], shape[0])
         elif name.endswith((".wscale", ".wbias")) and prefix + ".weight" in binarized:
-            plan[name] = ("dense", np.float16, shape)                     # alpha/beta: fp16, as the paper counts
+            plan[name] = ("dense", scale_dtype, shape)
         else:
             plan[name] = ("dense", np.dtype(dense_dtype), shape)
     return plan
 
 
-def pack_tensors(out, config: ModelConfig, raw: dict, tensors, dense_dtype="float16", folder=None) -> dict:
+def pack_tensors(out, config: ModelConfig, raw: dict, tensors, dense_dtype="float16", folder=None,
+                 layout="auto") -> dict:
     """Write `out` from (name, array) pairs in any order (a checkpoint streamed, or one in memory).
-    raw: its config.json dict; folder: where its tokenizer file lies."""
+    raw: its config.json dict; folder: where its tokenizer file lies; layout: the signs' (file_layout)."""
+    layout = file_layout(layout)
     if not config.binarized or not config.has_scales:
         raise TinyFBIError(f"{folder or 'this checkpoint'} is not an FBI (column-scaled binarized) checkpoint: "
                            "nothing to pack")
     if config.scaling != "column":
         raise TinyFBIError(f"{folder or 'this checkpoint'} scales its linears per {config.scaling}; "
                            "the packed runtime has per-column alpha/beta only")
-    plan, shapes = storage_plan(config, dense_dtype), config.param_shapes()
+    plan, shapes = storage_plan(config, dense_dtype, layout), config.param_shapes()
     binarized = set(config.binarized_weight_names())
     scales = {p.removesuffix(".weight") + s for p in binarized for s in (".wscale", ".wbias")}
     correct_zeros = config.sign_of_zero == 0              # the authors' sign(0) = 0: keep where the zeros are
     stats = {"binarized_params": 0, "binarized_bytes": 0, "other_params": 0, "other_bytes": 0, "exact_zeros": 0,
-             "zero_lists": 0, "sign_of_zero": config.sign_of_zero}
+             "zero_lists": 0, "sign_of_zero": config.sign_of_zero, "layout": layout}
     with atomic_open(out) as f:
-        writer = PackedWriter(f, raw, plan, _tokenizer(raw, folder), zero_lists=correct_zeros)
+        writer = PackedWriter(f, raw, plan, _tokenizer(raw, folder), zero_lists=correct_zeros, layout=layout)
         for name, value in tensors:
             if shapes.get(name) != tuple(value.shape):
                 raise TinyFBIError(f"{folder}: tensor {name!r} of shape {tuple(value.shape)} is not in the "
                                    "model its config.json describes")
             if name in binarized:
-                bits = pack_blocked_mask(sign_mask(value))                # (out, 32*ceil(in/256))
+                bits = signs_in_layout(pack_blocked_mask(sign_mask(value)), layout)   # 1 bit per weight
                 writer.write(name, bits)
                 zeros = np.argwhere(value == 0)                           # (n, 2): (out row, in column) each
                 stats["exact_zeros"] += len(zeros)
@@ -163,16 +189,21 @@ def _tokenizer(raw: dict, folder) -> dict | None:
     return {"spec": spec}
 
 
-def iter_random_packed(config: ModelConfig, seed=0):
-    """(name, array) of a randomly initialized FBI model as a .fbipack stores it (random signs, no
-    float32 weights), in the file's order, one at a time: what `PackedRunner.random` runs and
-    `pack --random-init` writes."""
+def iter_random_packed(config: ModelConfig, seed=0, layout="blocked"):
+    """(name, array) of a randomly initialized FBI model as a .fbipack of this sign layout stores it
+    (random signs, no float32 weights), in the file's order, one at a time: what `PackedRunner.random`
+    runs and `pack --random-init` writes. Random bytes are random signs in either layout; only a shape
+    with padding (in % 256, or out % 32 for nib4) goes through the blocked bits to keep its padding 0."""
     rng = np.random.default_rng(seed)
-    for name, (kind, dtype, shape, *in_features) in storage_plan(config).items():
+    for name, (kind, dtype, shape, *features) in storage_plan(config, layout=layout).items():
         if kind == "signs":
-            in_f = in_features[0]
-            bits = rng.integers(0, 256, shape, dtype=np.uint8)                  # (out, 32*ceil(in/256))
-            yield name, pack_blocked_mask(unpack_blocked_mask(bits, in_f)) if in_f % BLOCK else bits
+            in_f, out_f = features
+            padded = in_f % BLOCK or (layout == "nib4" and out_f % NIB_ROWS)
+            if not padded:
+                yield name, rng.integers(0, 256, shape, dtype=np.uint8)
+                continue
+            bits = rng.integers(0, 256, signs_shape(out_f, in_f, "blocked"), dtype=np.uint8)
+            yield name, signs_in_layout(pack_blocked_mask(unpack_blocked_mask(bits, in_f)), layout)
         elif name.endswith(".wscale"):
             yield name, np.full(shape, 0.016, np.float16)      # |N(0, 0.02)| has mean 0.016: FBI's init alpha
         elif name.endswith(".wbias"):
@@ -183,11 +214,44 @@ def iter_random_packed(config: ModelConfig, seed=0):
             yield name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
 
 
-def pack_random(config: ModelConfig, out, seed=0):
+def pack_random(config: ModelConfig, out, seed=0, layout="auto"):
     """Write a randomly initialized model of `config` as a .fbipack, atomically (benchmarks of a file
     without a download: load time, memory); one tensor in memory at a time."""
+    layout = file_layout(layout)
     with atomic_open(out) as f:
-        writer = PackedWriter(f, config_to_json(config), storage_plan(config))
-        for name, array in iter_random_packed(config, seed):
+        writer = PackedWriter(f, config_to_json(config), storage_plan(config, layout=layout), layout=layout)
+        for name, array in iter_random_packed(config, seed, layout):
             writer.write(name, array)
         writer.finish()
+
+
+def relayout(src, out, layout: str) -> str:
+    """Rewrite a .fbipack with its signs in `layout` (file_layout's choice for auto), atomically, one
+    tensor at a time from the mapped source: everything else (tokenizer, scales, zero lists) is copied as
+    it is. Returns the layout written."""
+    from kernels.nib4_blocked import blocked_from_nib4  # Numba: only when a packed file is rewritten
+    layout = file_layout(layout)
+    header, arrays = read_packed(src, load="map")
+    have = sign_layout(header)
+    plan = {}
+    for name, t in header["tensors"].items():
+        if t["kind"] == "signs":
+            out_f = t.get("out_features", t["shape"][0])
+            plan[name] = ("signs", np.uint8, signs_shape(out_f, t["in_features"], layout), t["in_features"], out_f)
+        elif t["kind"] != "zeros":
+            plan[name] = (t["kind"], np.dtype(t["dtype"]), t["shape"])
+    zero_lists = config_from_json(header["config"], str(src), binarized_default=True).sign_of_zero == 0
+    with atomic_open(out) as f:
+        writer = PackedWriter(f, header["config"], plan, header.get("tokenizer"), zero_lists=zero_lists, layout=layout)
+        for name, (kind, *_rest) in plan.items():
+            array = arrays[name]
+            if kind == "signs" and have != layout:
+                out_f = plan[name][4]
+                blocked = array if have == "blocked" else blocked_from_nib4(array, out_f)
+                array = signs_in_layout(np.ascontiguousarray(blocked), layout)
+            writer.write(name, array)
+        for name, t in header["tensors"].items():
+            if t["kind"] == "zeros":
+                writer.write_zeros(name, arrays[name])
+        writer.finish()
+    return layout

@@ -7,12 +7,15 @@ another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per r
 (kernels/dense_head.py). Same sections as the float runtime (runtime.inference), two paths:
 
 - decode (one new token): compiled calls on vectors per layer: norm, q/k/v, rope + cache append +
-  attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries. On a
-  CPU without AVX-512 VNNI the int8 runner also holds the signs in the nib4 layout for v9 (one more
-  bit per weight); with it, v13 (decode) and v10 (prefill) run from the file's one blocked copy,
-  read into huge-page memory or mapped (formats.fbipack.read_packed's load);
-- prefill (many tokens): the batch kernels (v10 / v7 int8, v6 exact) per linear, compiled attention over
-  the heads in parallel, compiled RMSNorm and SwiGLU.
+  attention (kernels/decode_ops.py), o, norm, gate/up, SwiGLU, down; no NumPy temporaries. The int8
+  runner holds one copy of the signs, in the layout its file stores, read into huge-page memory or
+  mapped (formats.fbipack.read_packed's load): nib4 tiles for v9 (the fastest decode with AVX2 alone)
+  or blocked bits for v13 (AVX-512 VNNI; v5 with AVX2). load_packed runs a file whose layout is not the
+  one this CPU decodes fastest from a copy rewritten once into the cache (as llama.cpp repacks weights
+  for its CPU); `layout=` the file's own runs it as it is;
+- prefill (many tokens): the batch kernels (v10 / v7 int8, v6 exact) per linear, on the blocked bits, or
+  on a linear's nib4 tiles rewritten to blocked bits per call (kernels/nib4_blocked.py); compiled
+  attention over the heads in parallel, compiled RMSNorm and SwiGLU.
 
 A released checkpoint's exact-zero latent weights (the authors' sign(0) = 0, W~ = beta there) are
 stored as +1 bits plus their positions (formats.fbipack's zero lists): each linear that has any
@@ -29,6 +32,8 @@ far below int8's) and float32 with exact ones; kv="f32" / "f16" chooses.
 """
 from __future__ import annotations
 
+import hashlib
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -39,6 +44,7 @@ import numba
 import numpy as np
 
 from kernels.bitpack import PackedSigns
+from kernels.nib4_blocked import blocked_from_nib4
 from kernels.decode_ops import attend_fn, attend_parallel, rmsnorm_into, rmsnorm_rows_into, swiglu_into
 from kernels.dense_head import DenseHead
 from kernels.dispatch import int8_decode_layout, is_batch_kernel, kernel_name, matvec
@@ -50,8 +56,8 @@ from ..core import layers as L
 from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
 from ..formats.config_json import config_from_json
-from ..formats.fbipack import drop_mapped_pages, load_tensors, read_header
-from .build_fbipack import GROUPS, iter_random_packed
+from ..formats.fbipack import SIGN_LAYOUTS, drop_mapped_pages, load_tensors, read_header, sign_layout
+from .build_fbipack import GROUPS, cache_dir, iter_random_packed, relayout
 from .inference import KVCache, Runner
 
 
@@ -156,14 +162,15 @@ class PackedRunner(Runner):
         body = kernel_name(layer.qkv.segment(0), tokens, self.kind)
         if not is_batch_kernel(body):                                   # decode, short prompts: stacked rows
             body = f"stacked {stacked_kernel_name(layer.qkv, self.kind)}" + (" per token" if tokens > 1 else "")
+        elif layer.qkv.bits is None:
+            body += " on nib4 tiles rewritten to blocked per call"
         return {"linears": body, "head": f"dense_head_{self.head.kind}" if self.head.kind != "f32" else "numpy_f32"}
 
     def describe(self) -> dict:
         """Runtime, activation kind, head storage, sign layout, how the file was loaded, instruction set and
         kernel threads, for reports."""
-        layout = "nib4" if self.layers and self.layers[0].qkv.nib4 is not None else "blocked"
         return {"runtime": type(self).__name__, "kind": self.kind, "head": self.head.kind, "kv": self.kv,
-                "layout": layout if self.kind == "int8" else None, "load": self.load, "isa": ISA,
+                "layout": self.layout if self.kind == "int8" else None, "load": self.load, "isa": ISA,
                 "threads": numba.get_num_threads()}
 
     def _lap(self, part: str, t0: float) -> float:
@@ -288,11 +295,22 @@ class PackedRunner(Runner):
 
     # ---- construction ----
 
+    @property
+    def layout(self) -> str:
+        """The layout int8 decode reads: 'nib4' (v9) where the tiles are held, else 'blocked'."""
+        return "nib4" if self.layers and self.layers[0].qkv.nib4 is not None else "blocked"
+
     @classmethod
     def from_arrays(cls, config, arrays: dict, kind="exact", lut=None, head="f16", kv="auto", layout="auto"):
-        """arrays: name -> array as stored in a packed file (signs as blocked uint8 bits, zero lists if any);
-        layout: int8 decode's (kernels.dispatch.int8_decode_layout): nib4 adds v9's copy of the signs."""
+        """arrays: name -> array as stored in a packed file (signs as blocked bits (out, 32*nblk) or nib4
+        tiles (tiles, 32*nblk, 32), zero lists if any). layout: the one int8 decode reads (auto: the stored
+        one, so the runner holds one copy of the signs, viewed where they lie); another is built from them
+        at load. kind exact reads blocked bits (and lut3 rows): nib4 tiles are rewritten to them."""
+        if layout not in ("auto",) + SIGN_LAYOUTS:
+            raise ValueError(f"layout must be auto or one of {SIGN_LAYOUTS}, got {layout!r}")
+        stored = "nib4" if arrays["model.layers.0.self_attn.q_proj.weight"].ndim == 3 else "blocked"
         lut = (kind == "exact") if lut is None else lut  # the lut3 layout speeds up the exact batch-1 kernel
+        run = (stored if layout == "auto" else layout) if kind == "int8" else "blocked"
         shapes = config.linear_shapes()
         layers = []
         for i in range(config.num_hidden_layers):
@@ -302,9 +320,12 @@ class PackedRunner(Runner):
                 linears = []
                 for name in names:
                     out_f, in_f = shapes[name.rsplit(".", 1)[-1]]
-                    linears.append((PackedSigns(out_f, in_f, arrays[pre + name + ".weight"]),
-                                    arrays[pre + name + ".wscale"], arrays[pre + name + ".wbias"]))
-                stacks[group] = stack_linears(linears, lut, nib4=kind == "int8" and int8_decode_layout(layout) == "nib4")
+                    signs = arrays[pre + name + ".weight"]
+                    packed = PackedSigns(out_f, in_f, signs) if stored == "blocked" else \
+                        PackedSigns(out_f, in_f, None, nib4=signs) if run == "nib4" else \
+                        PackedSigns(out_f, in_f, blocked_from_nib4(signs, out_f))
+                    linears.append((packed, arrays[pre + name + ".wscale"], arrays[pre + name + ".wbias"]))
+                stacks[group] = stack_linears(linears, lut, nib4=run == "nib4", bits=run == "blocked")
                 found = [(s, Zeros.from_positions(np.asarray(arrays[pre + name + ".zeros"]), linears[s][0].out_features,
                                                   stacks[group].alpha[s]))
                          for s, name in enumerate(names) if pre + name + ".zeros" in arrays]
@@ -320,9 +341,17 @@ class PackedRunner(Runner):
 
     @classmethod
     def random(cls, config: ModelConfig, seed=0, kind="int8", head="f16", kv="auto", layout="auto"):
-        """A randomly initialized FBI model built directly in packed form (no float32 weights)."""
-        arrays = dict(iter_random_packed(config, seed))
-        return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head, kv=kv, layout=layout)
+        """A randomly initialized FBI model built directly in packed form (no float32 weights), its signs
+        drawn in the layout it runs (auto: the one this CPU decodes fastest), so it holds what a file would."""
+        stored = run_layout(kind, layout)
+        arrays = dict(iter_random_packed(config, seed, stored))
+        return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head, kv=kv)
+
+
+def run_layout(kind: str, layout: str = "auto") -> str:
+    """The sign layout a runner of this kind reads: int8 decode's (kernels.dispatch.int8_decode_layout:
+    auto is this CPU's fastest), blocked for exact."""
+    return int8_decode_layout(layout) if kind == "int8" else "blocked"
 
 
 def _kv_bits(a: np.ndarray) -> np.ndarray:
@@ -330,9 +359,34 @@ def _kv_bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
+def relayout_cached(path, layout: str) -> Path:
+    """The cache's copy of the .fbipack at `path` with its signs in `layout`: rewritten on first use
+    (atomically), reused while the source is unchanged (its path, size and modification time name it)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "layouts" / f"{path.stem}-{key}.{layout}.fbipack"
+    if not out.is_file():
+        have = sign_layout(read_header(path)[0])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{path.name} stores its signs in the {have} layout; this CPU decodes fastest from {layout}: "
+              f"rewriting them once into {out} (later runs reuse it; --layout {have} runs the file as it is)",
+              file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        relayout(path, out, layout)
+        print(f"rewritten in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
 def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto", load="read"):
-    """(PackedRunner, tokenizer or None) from a .fbipack file; load: formats.fbipack.read_packed's."""
+    """(PackedRunner, tokenizer or None) from a .fbipack file; load: formats.fbipack.read_packed's.
+    layout: the one int8 decode reads. auto: this CPU's fastest, from a copy rewritten once into the
+    cache (relayout_cached) where the file stores the other; a named one runs the file as it is where it
+    matches, else builds that layout at load (the file's copy is held too)."""
     header, data_start = read_header(path)
+    if kind == "int8" and layout == "auto" and sign_layout(header) != run_layout(kind):
+        path = relayout_cached(path, run_layout(kind))
+        header, data_start = read_header(path)
     stored = header["tensors"]["lm_head.weight"]["dtype"]
     # a head stored in another type than it runs in is read once, to convert: left mapped, not read
     converted = () if np.dtype(stored) == DenseHead.storage_dtype(head) else ("lm_head.weight",)
