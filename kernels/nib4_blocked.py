@@ -4,7 +4,9 @@ A .fbipack may hold its signs in the nib4 layout alone (the layout AVX2 int8 dec
 copy of the bits. The batch kernels (v7 / v10 int8 prefill, v6 exact) read the blocked layout, so a
 prefill call rewrites the linear's tiles into a temporary blocked array (one linear's bits: 11 MB at
 most for a 7B's gate/up, not a second copy of the model) and runs on it. The rewrite is a bit
-transpose in 256-bit vectors, about 1% of the v7 product it feeds at 128 tokens (docs/runtime.md).
+transpose in 256-bit vectors (an 8 x 8 bit transpose per byte lane, then unpacks and a 4 x 4 transpose of
+64-bit words so that each row gets whole 32-byte stores): 0.95-1.66 ms of one core for an 11008 x 4096
+linear, 1.4-2.9% of v7 at 128 tokens (AVX2 Zen 3, one thread, CPU time: docs/runtime.md).
 
 Blocked byte 32*blk + 4m + i, bit b is input 256*blk + 32*b + 4m + i: nibble group g = 64*blk + 8*b + m,
 bit i, which nib4 keeps at pair p = g // 2 = 32*blk + 4*b + m // 2, lane l = m % 2 (bytes 16l .. 16l+15:
@@ -22,15 +24,20 @@ from numba import types
 from numba.extending import intrinsic
 
 from kernels.bitpack import NIB_ROWS
-from kernels.simd import I32, I64, V16xI16, V32xI8, counted_loop, data_pointer, is_c_array, splat
+from kernels.simd import I32, I64, V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, is_c_array, splat
 
-V32xI32, V16xI64 = ir.VectorType(I32, 32), ir.VectorType(I64, 16)
+V4xI64 = ir.VectorType(I64, 4)
 
 
-def _interleave(builder, a, b, width):
-    """Elements of a and b alternated: a0 b0 a1 b1 ... (vectors of the same type, 2x as many out)."""
-    n = a.type.count
-    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 2 * n), [j for i in range(n) for j in (i, n + i)]))
+def _lanes(builder, a, b, pattern):
+    """shufflevector of a and b with indices given per 128-bit lane (the AVX2 unpack instructions)."""
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, len(pattern)), pattern))
+
+
+def _unpack(n: int, high: bool) -> list:
+    """vpunpck{l,h}{bw,wd} on vectors of n elements (two 128-bit lanes): the halves of each lane interleaved."""
+    half = n // 2
+    return [j for lane in (0, half) for i in range(half // 2) for j in (lane + high * half // 2 + i, n + lane + high * half // 2 + i)]
 
 
 def _transpose8(builder, vs):
@@ -57,10 +64,12 @@ def _tile_to_blocked(typingctx, tile, out):
 
     def codegen(context, builder, sig, args):
         wp, nitems = data_pointer(context, builder, sig.args[0], args[0], V32xI8)
-        op, _ = data_pointer(context, builder, sig.args[1], args[1], I64)
+        op, _ = data_pointer(context, builder, sig.args[1], args[1], V4xI64)
         n = builder.udiv(nitems, ir.Constant(nitems.type, 32))                 # vectors P = 32 * nblk
-        row_words = builder.udiv(n, ir.Constant(n.type, 8))                    # i64 per out row: 4 * nblk
-        with counted_loop(builder, builder.udiv(n, ir.Constant(n.type, 32))) as blk:
+        row_vecs = builder.udiv(n, ir.Constant(n.type, 32))                    # 32-byte blocks per row: nblk
+        pair_words = ir.Constant(V8xI32, [0, 4, 1, 5, 2, 6, 3, 7])             # (l0, l1) of each k side by side
+        with counted_loop(builder, row_vecs) as blk:
+            quads = {}                                                         # (half, q) -> [mp] 4 rows x 2 words
             for mp in range(4):                                                # m = 2 mp + l
                 vs = [builder.bitcast(builder.load(builder.gep(wp, [builder.add(
                     builder.mul(blk, ir.Constant(n.type, 32)), ir.Constant(n.type, 4 * b + mp))]), align=1), V16xI16)
@@ -68,16 +77,22 @@ def _tile_to_blocked(typingctx, tile, out):
                 planes = _transpose8(builder, vs)                              # byte i of the words, lanes (l, k)
                 for half in range(2):                                          # rows 16 half + k
                     p0, p1, p2, p3 = planes[4 * half: 4 * half + 4]
-                    lo = builder.bitcast(_interleave(builder, p0, p1, 8), ir.VectorType(ir.IntType(16), 32))
-                    hi = builder.bitcast(_interleave(builder, p2, p3, 8), ir.VectorType(ir.IntType(16), 32))
-                    words = builder.bitcast(_interleave(builder, lo, hi, 16), V32xI32)   # word j = (l, k)
-                    pairs = builder.bitcast(builder.shuffle_vector(words, words, ir.Constant(
-                        V32xI32, [j for k in range(16) for j in (k, 16 + k)])), V16xI64)  # (m = 2mp, 2mp+1) per k
-                    for k in range(16):
-                        row = ir.Constant(n.type, 16 * half + k)
-                        at = builder.add(builder.mul(row, row_words),
-                                         builder.add(builder.mul(blk, ir.Constant(n.type, 4)), ir.Constant(n.type, mp)))
-                        builder.store(builder.extract_element(pairs, ir.Constant(I32, k)), builder.gep(op, [at]), align=1)
+                    ab = [builder.bitcast(_lanes(builder, p0, p1, _unpack(32, h)), V16xI16) for h in (False, True)]
+                    cd = [builder.bitcast(_lanes(builder, p2, p3, _unpack(32, h)), V16xI16) for h in (False, True)]
+                    for q in range(4):                                         # rows k = 4q .. 4q+3
+                        words = builder.bitcast(_lanes(builder, ab[q // 2], cd[q // 2], _unpack(16, q % 2)), V8xI32)
+                        rows = builder.shuffle_vector(words, words, pair_words)
+                        quads.setdefault((half, q), []).append(builder.bitcast(rows, V4xI64))
+            for (half, q), x in quads.items():                                 # 4 x 4 qwords transposed: row c
+                lo01 = _lanes(builder, x[0], x[1], [0, 4, 2, 6])
+                hi01 = _lanes(builder, x[0], x[1], [1, 5, 3, 7])
+                lo23 = _lanes(builder, x[2], x[3], [0, 4, 2, 6])
+                hi23 = _lanes(builder, x[2], x[3], [1, 5, 3, 7])
+                rows = [_lanes(builder, lo01, lo23, [0, 1, 4, 5]), _lanes(builder, hi01, hi23, [0, 1, 4, 5]),
+                        _lanes(builder, lo01, lo23, [2, 3, 6, 7]), _lanes(builder, hi01, hi23, [2, 3, 6, 7])]
+                for c, row in enumerate(rows):
+                    at = builder.add(builder.mul(ir.Constant(n.type, 16 * half + 4 * q + c), row_vecs), blk)
+                    builder.store(row, builder.gep(op, [at]), align=1)
         return context.get_dummy_value()
 
     return sig, codegen
