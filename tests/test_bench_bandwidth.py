@@ -45,3 +45,13 @@ def test_read_probe_sums_its_chunk():
     call, nbytes = bandwidth.read_probe(nbytes=8 << 20, chunk=1 << 20)
     assert nbytes == 1 << 20
     assert int(call(3)) == nbytes // 8                                  # a buffer of uint64 ones
+
+
+def test_alternated_ms_takes_turns_and_reports_both_clocks():
+    seen = []
+    calls = {"a": lambda i: seen.append(("a", i)), "b": lambda i: seen.append(("b", i))}
+    out = bandwidth.alternated_ms(calls, rounds=3, n=4, min_s=0.0)
+    assert set(out) == {"a", "b"} and all(len(out[k][c]) == 3 for k in out for c in ("wall", "cpu"))
+    # per round: one warm call (index 0), then indices 1..4 for a, then the same for b
+    assert [name for name, _ in seen] == (["a"] * 5 + ["b"] * 5) * 3
+    assert [i for _, i in seen[:5]] == [0, 1, 2, 3, 4]
