@@ -91,6 +91,7 @@ for s in SIZES:
 rounded = {s: round(bits[s]["binarized_layers"], 2) for s in SIZES}
 assert [s for s in SIZES if rounded[s] == 1.01] == ["1.3b", "7b"]
 assert rounded["130m"] == 1.03 and rounded["13b"] == 1.00
+assert round(bits["1.3b"]["binarized_layers"], 3) == 1.011 and round(bits["7b"]["binarized_layers"], 3) == 1.006
 assert bits["130m"]["whole_model"] > 6 and round(bits["7b"]["whole_model"], 1) == 1.6
 
 # %% [markdown]
@@ -134,7 +135,9 @@ ax.legend(title="stored as")
 fig.tight_layout()
 plt.show()
 assert (ratios.loc["fp16 / packed", ["7b", "13b"]] > 9).all()             # the binarized layers dominate
+assert (ratios.loc["float32 / packed", ["7b", "13b"]] > 18).all()
 assert ratios.loc["fp16 / packed", "130m"] < 3                              # the fp16 embeddings dominate
+assert 2 * counts["130m"]["full_precision"] / GiB > mem.loc["packed", "130m"] / 2    # most of the 130M file
 
 # %% [markdown]
 # At 7B and 13B the packed model is more than 9x smaller than fp16 (and twice that against
@@ -195,6 +198,7 @@ assert round(m130["teacher"], 2) == 12.55
 ratio = {s: plans[s]["memory_gib_per_gpu"]["teacher"] / plans[s]["memory_gib_per_gpu"]["weights"] for s in SIZES}
 print("teacher term / the student's own weights term: " + ", ".join(f"{s} {r:.1f}x" for s, r in ratio.items()))
 assert ratio["130m"] > 10 and ratio["1.3b"] > 1 and ratio["7b"] < 1 and ratio["13b"] < 0.5
+assert max(ratio, key=ratio.get) == "130m"                                  # DDP: the most, no GPU shares it
 assert round(t["total"] / counts["130m"]["total"]) == 50 and round(t["total"] / counts["1.3b"]["total"]) == 5
 for s, p in plans.items():
     g = p["memory_gib_per_gpu"]
