@@ -7,7 +7,7 @@ import pytest
 
 from tinyfbi.reproduce import main
 from tinyfbi.reproduction.claims import CLAIMS, arms_for, evaluate_claims, judge, seeds_needed, why_inconclusive
-from tinyfbi.reproduction.plan import ARM_NAMES, ARMS
+from tinyfbi.reproduction.plan import ARM_NAMES, ARMS, ARMS_BY_NAME, FULL, SIZES, non_embedding_params, size_config
 from tinyfbi.reproduction.stats import paired_interval, t_quantile
 
 # two-sided 95% critical values of Student's t (any statistics table, e.g. NIST/SEMATECH e-Handbook 1.3.6.7.2)
@@ -46,10 +46,16 @@ def test_judge(kind, margin, low, high, verdict):
     assert judge(kind, margin, low, high) == verdict
 
 
-def constructed(losses):
-    """results.json's shape with given per-seed losses; every arm not named gets 3.0 on every seed."""
-    arms = {name: {"seeds": {str(s): {"val_loss": losses.get(name, [3.0] * 3)[s]} for s in range(3)}}
-            for name in ARM_NAMES}
+def constructed(losses, tails=None):
+    """results.json's shape with given per-seed losses; every arm not named gets 3.0 on every seed, a flip-flop
+    ratio of 0.002 and a gradient norm of 1.0 (tails: per arm {"flips_tail": [...], "grad_norm_tail": [...]})."""
+    tails = tails or {}
+
+    def run(name, s):
+        t = tails.get(name, {})
+        return {"val_loss": losses.get(name, [3.0] * 3)[s], "flips_tail": t.get("flips_tail", [0.002] * 3)[s],
+                "grad_norm_tail": t.get("grad_norm_tail", [1.0] * 3)[s]}
+    arms = {name: {"seeds": {str(s): run(name, s) for s in range(3)}} for name in ARM_NAMES}
     return {"teacher": {"val_loss": losses.get("teacher", 2.0)}, "arms": arms}
 
 
@@ -65,10 +71,20 @@ def test_each_claim_gets_each_outcome_from_constructed_seeds():
     # c: scratch and init within 10% perplexity (0.0953 nats)
     assert verdict(constructed({"fbi-init-ad": [3.01, 2.99, 3.02]}), "c")["verdict"] == "supported"
     assert verdict(constructed({"fbi-init-ad": [2.5, 2.52, 2.49]}), "c")["verdict"] == "contradicted"
-    # e: the gap (fbi - fp) at the larger size against the gap at the students' size, seed by seed
-    gaps = constructed({"fp-ad": [2.9] * 3, "large-fbi-ad": [2.75, 2.76, 2.74], "large-fp-ad": [2.7] * 3})
+    # e: the gap (fbi - fp) at the largest size against the gap at the smallest, seed by seed
+    gaps = constructed({"nano-fp-ad": [2.9] * 3, "mid-fbi-ad": [2.75, 2.76, 2.74], "mid-fp-ad": [2.7] * 3})
     v = verdict(gaps, "e")
     assert v["diffs"] == pytest.approx([0.05 - 0.1, 0.06 - 0.1, 0.04 - 0.1]) and v["verdict"] == "supported"
+    # c2: the trained start's lead (scratch - init) at 4x the budget against at the budget
+    lead = constructed({"fbi-init-ad": [2.8] * 3, "fbi-ad-long": [2.62, 2.61, 2.63], "fbi-init-ad-long": [2.6] * 3})
+    assert verdict(lead, "c2")["diffs"] == pytest.approx([0.02 - 0.2, 0.01 - 0.2, 0.03 - 0.2])
+    assert verdict(lead, "c2")["verdict"] == "supported"
+    # c1: log ratios of the tails, within a factor of 2 (0.693)
+    close = {"fbi-ad-long": {"flips_tail": [0.0015, 0.0014, 0.0016]}, "fbi-init-ad-long": {"flips_tail": [0.002] * 3}}
+    v = verdict(constructed({}, close), "c1-flips")
+    assert v["diffs"] == pytest.approx([math.log(0.75), math.log(0.7), math.log(0.8)]) and v["verdict"] == "supported"
+    far = {"fbi-init-ad-long": {"grad_norm_tail": [3.1, 3.3, 3.2]}}
+    assert verdict(constructed({}, far), "c1-grad")["verdict"] == "contradicted"        # 3x apart
     assert verdict(constructed({"teacher": 3.5}), "teacher")["verdict"] == "contradicted"
     assert len(evaluate_claims(constructed({}), (0, 1, 2))) == len(CLAIMS)
 
@@ -80,6 +96,23 @@ def test_each_claim_trains_only_the_arms_it_compares():
     assert arms_for([c.key for c in CLAIMS]) == ARM_NAMES                # every arm answers some claim
     with pytest.raises(ValueError, match="unknown claim"):
         arms_for(["z"])
+
+
+def test_the_sizes_of_e_span_10x_in_non_embedding_parameters_at_micros_tokens_per_parameter():
+    def by_hand(c, v=1024):        # LLaMA block: q, k, v, o (C x C each), gate/up/down (C x I), 2 RMSNorms; final norm
+        return c.num_hidden_layers * (4 * c.hidden_size ** 2 + 3 * c.hidden_size * c.intermediate_size
+                                      + 2 * c.hidden_size) + c.hidden_size
+    fp = {s: non_embedding_params(s, 1024, binarized=False) for s in SIZES}
+    assert fp == {s: by_hand(size_config(s, 1024, False)) for s in SIZES}
+    assert fp["mid"] / fp["nano"] >= 10 and fp["nano"] < fp["micro"] < fp["mid"]
+    tokens_per_step = FULL.batch_size * FULL.seq_len
+    micro = FULL.steps * tokens_per_step / size_config("micro", 1024).num_params()
+    assert micro >= 2.5
+    for arm in ("nano-fbi-ad", "mid-fbi-ad", "nano-fp-ad", "mid-fp-ad"):
+        params = size_config(ARMS_BY_NAME[arm].size, 1024).num_params()
+        # the same tokens per parameter as micro, to within one step's rounding
+        assert abs(FULL.arm_steps(ARMS_BY_NAME[arm]) * tokens_per_step / params - micro) <= tokens_per_step / params
+    assert FULL.arm_steps(ARMS_BY_NAME["fbi-ad-long"]) >= 4 * FULL.steps
 
 
 def test_every_distilled_arm_learns_the_full_softmax():
@@ -110,36 +143,44 @@ def test_fast_reproduction_writes_arms_seeds_spread_and_a_verdict_per_claim(tmp_
     results = json.loads((out / "results.json").read_text())
     assert list(results["arms"]) == list(ARM_NAMES)
     for name, arm in results["arms"].items():
-        assert list(arm["seeds"]) == ["0", "1", "2"], name
-        assert {r["tokens_seen"] for r in arm["seeds"].values()} == {3 * 8 * 64}   # same budget in every arm
+        # b3's spread asks for more seeds (the fast plan: 4), the other claims have 3
+        assert list(arm["seeds"]) == (["0", "1", "2", "3"] if name in ("fbi-ad", "ternary-ad") else ["0", "1", "2"]), name
+        steps = 12 if name.endswith("-long") else 3 if ARMS_BY_NAME[name].size == "micro" else None
+        assert len({r["tokens_seen"] for r in arm["seeds"].values()}) == 1   # the same budget on every seed
+        if steps:
+            assert {r["tokens_seen"] for r in arm["seeds"].values()} == {steps * 8 * 64}, name
         assert arm["distillation"] == ("the teacher's full softmax (T = 1)" + (", mixed 0.5/0.5 with the labels"
                                        if name == "fbi-mix" else "") if name not in ("fp", "fbi-ce")
                                        else "next-token labels"), name
     # the same seed gives the same start: fbi-ad and fbi-mix differ in loss only, so their runs differ
-    # but each seed's run is its own (three different final losses)
-    assert len({r["val_loss"] for r in results["arms"]["fbi-ad"]["seeds"].values()}) == 3
-    # every claim has a verdict, and it is the one the rule gives for the per-seed losses in the file
+    # but each seed's run is its own (four different final losses)
+    assert len({r["val_loss"] for r in results["arms"]["fbi-ad"]["seeds"].values()}) == 4
+    # every claim has a verdict, and it is the one the rule gives for the per-seed values in the file
     assert [v["key"] for v in results["claims"]] == [c.key for c in CLAIMS]
     for v in results["claims"]:
         assert v["verdict"] in ("supported", "contradicted", "inconclusive")
         claim = next(c for c in CLAIMS if c.key == v["key"])
+        n = 4 if claim.key == "b3" else 3
 
-        def losses(side):
+        def values(side):
             if side == "teacher":
-                return [results["teacher"]["val_loss"]] * 3
+                return [results["teacher"]["val_loss"]] * n
             if " - " in side:
                 p, m = side.split(" - ")
-                return [x - y for x, y in zip(losses(p), losses(m))]
-            return [results["arms"][side]["seeds"][str(s)]["val_loss"] for s in range(3)]
-        d = [x - y for x, y in zip(losses(claim.a), losses(claim.b))]
-        mean = sum(d) / 3
-        half = 4.303 * math.sqrt(sum((x - mean) ** 2 for x in d) / 2) / math.sqrt(3)
+                return [x - y for x, y in zip(values(p), values(m))]
+            runs = [results["arms"][side]["seeds"][str(s)] for s in range(n)]
+            if claim.metric == "val_loss":
+                return [r["val_loss"] for r in runs]
+            return [math.log(r[claim.metric.removeprefix("log_") + "_tail"]) for r in runs]
+        d = [x - y for x, y in zip(values(claim.a), values(claim.b))]
+        mean = sum(d) / n
+        half = {3: 4.303, 4: 3.182}[n] * math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) / math.sqrt(n)
         assert v["low"] == pytest.approx(mean - half, abs=1e-3 * max(half, 1e-9)) or half == 0
         assert v["verdict"] == judge(claim.kind, claim.margin, mean - half, mean + half)
     report = (out / "results.md").read_text()
     assert results["rule"] in report and "+-" in report     # the rule and the spread are shown
     assert report.count("- **") == len(CLAIMS)
-    for plot in ("ppl.png", "flips.png"):
+    for plot in ("ppl.png", "flips.png", "trend.png"):
         assert (out / plot).stat().st_size > 1000
     flips = [json.loads(line) for line in (out / "fbi-init-ad-s0" / "metrics.jsonl").read_text().splitlines()]
     assert flips and all(0 <= r["flips"]["all"] <= 1 for r in flips)
@@ -147,12 +188,13 @@ def test_fast_reproduction_writes_arms_seeds_spread_and_a_verdict_per_claim(tmp_
     again = main(["--fast", "--steps", 3, "--teacher-steps", 3, "--data", corpus, "--tokenizer", "byte",
                   "--out", out, "--data-dir", tmp_path / "data"])
     assert [v["verdict"] for v in again["claims"]] == [v["verdict"] for v in results["claims"]]
-    # one arm and seed rerun alone, into a fresh folder, gives the published value (the teacher's forward on
-    # the fly included: NumPy float32 on one machine is deterministic)
+    # one arm and seed rerun alone, into a fresh folder, gives the published value, which was trained in
+    # lockstep with its seed's other arms (the teacher's forward on the fly included: NumPy float32 on one
+    # machine is deterministic, and lockstep changes only the order of different runs' steps)
     rerun = main(["--fast", "--steps", 3, "--teacher-steps", 3, "--data", corpus, "--tokenizer", "byte",
                   "--out", out, "--data-dir", tmp_path / "data", "--only", "fbi-ad", "--seed", 1])
     assert "reruns" in rerun["run"] and rerun["published"] == results["arms"]["fbi-ad"]["seeds"]["1"]["val_loss"]
-    assert abs(rerun["val_loss"] - rerun["published"]) < 1e-4
+    assert rerun["val_loss"] == rerun["published"]        # bit for bit: the published run trained in lockstep
     # the pilot: a1's arms at two budgets; the plan's own budget (3 steps) reuses the runs above
     pilot = main(["--fast", "--steps", 3, "--teacher-steps", 3, "--data", corpus, "--tokenizer", "byte",
                   "--out", out, "--data-dir", tmp_path / "data", "--pilot", "--claims", "a1", "--pilot-steps", "2,3"])

@@ -2,19 +2,23 @@
 
 First a full-precision teacher, 13x the students' size and trained for 4x a student's tokens (once,
 reused by every arm and every rerun). Then every arm (reproduction.plan.ARMS) over the same seeds,
-each arm of a size on the same tokens with the same initial weights and batch order per seed, every
-distilled arm learning the teacher's full softmax (T = 1), the teacher run forward each step:
+each arm on the same tokens with the same initial weights and batch order per seed, every distilled
+arm learning the teacher's full softmax (T = 1), the teacher run forward each step. The arms of one
+seed train in lockstep (training.lockstep): one teacher forward per batch serves them all, and each
+arm is bit for bit the arm trained alone.
   (a) FBI with autoregressive distillation vs next-token labels vs the 0.5/0.5 mix;
   (b) FBI's per-column alpha/beta vs none vs per-row vs BitNet b1.58 ternary;
-  (c) from scratch vs from the trained full-precision model of the same shape (flip-flop curves);
+  (c) from scratch vs from the trained full-precision model of the same shape, at the budget and at
+      4x the budget: the validation loss, the flip-flop ratio and the gradient norm;
   (d) the full-precision model of the students' shape and budget;
-  (e) FBI and full precision at a second, larger size: does the gap narrow as the model grows?
+  (e) FBI and full precision at three sizes (13x in non-embedding parameters, the same tokens per
+      parameter): does the gap narrow as the model grows?
 Each claim is supported, contradicted or inconclusive by the rule printed with the table
-(reproduction.claims.RULE). Writes OUT/{results.md, results.json, ppl.png, flips.png}; finished runs
-are reused (a killed one resumes), so a rerun only trains what is missing, and the command can be
-run in parts (--claims, --seeds) or interrupted and started again.
+(reproduction.claims.RULE). Writes OUT/{results.md, results.json, ppl.png, flips.png, trend.png};
+finished runs are reused (a killed one resumes), so a rerun only trains what is missing, and the
+command can be run in parts (--claims, --seeds) or interrupted and started again.
 
-    python -m tinyfbi.reproduce                         # every claim, 6 seeds (docs/reproduction.md)
+    python -m tinyfbi.reproduce                         # every claim (docs/reproduction.md)
     python -m tinyfbi.reproduce --claims a1,b1,d        # only the arms of the central claims
     python -m tinyfbi.reproduce --pilot                 # effects and spreads at the pilot's budgets
     python -m tinyfbi.reproduce --only fbi-ad --seed 1  # rerun one arm and seed alone, print its value
@@ -35,10 +39,11 @@ from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
 from .formats.atomic import atomic_write_bytes, atomic_write_json
 from .formats.run_checkpoint import has_checkpoint, resolve_checkpoint
-from .reproduction.claims import CLAIM_KEYS, RULE, arms_for, evaluate_claims
-from .reproduction.plan import ARM_NAMES, ARMS_BY_NAME, FAST, FULL, INIT_FROM_FP
-from .reproduction.report import design_estimate, markdown, pilot_markdown, plots, step_seconds
+from .reproduction.claims import CLAIM_KEYS, CLAIMS, RULE, arms_for, arms_of, evaluate_claims
+from .reproduction.plan import ARM_NAMES, ARMS_BY_NAME, FAST, FULL, INIT_FROM_FP, SIZES, non_embedding_params
+from .reproduction.report import design_estimate, markdown, pilot_markdown, plots, step_seconds, tail_mean
 from .train import train
+from .training.lockstep import train_lockstep
 from .training.run_lock import RunLock
 from .training.spec import RunSpec
 
@@ -61,8 +66,9 @@ def build_parser():
                     f"{','.join(map(str, FULL.pilot_steps))}, --fast {','.join(map(str, FAST.pilot_steps))})")
     ap.add_argument("--teacher-only", action="store_true", help="train (or resume) the teacher and stop: "
                     "build it ahead, e.g. overnight")
-    ap.add_argument("--seeds", type=int, default=None, help=f"seeds per arm, the same in every arm (default "
-                    f"{len(FULL.seeds)}; at least 2 for an interval)")
+    ap.add_argument("--seeds", type=int, default=None, help=f"seeds per arm (default {len(FULL.seeds)}, more for the "
+                    f"claims whose spread asks for them: {', '.join(f'{k} {n}' for k, n in FULL.claim_seeds)}; at "
+                    f"least 2 for an interval)")
     ap.add_argument("--out", default=None, help="where runs, table and plots go (default runs/reproduce, "
                     "--fast: runs/reproduce-fast)")
     ap.add_argument("--data", default=None, help="corpus (default: Shakespeare)")
@@ -184,11 +190,13 @@ def train_teacher(args, plan, out) -> dict:
 
 
 def arm_fields(args, plan, folder, arm, seed, teacher, steps, name=None, fp_folder=None) -> dict:
-    """One arm and seed's RunSpec fields; `fp_folder` holds the `fp` run that fbi-init-ad starts from."""
-    size = plan.large if arm.large else plan.student
-    fields = {**common_fields(args, plan, folder, size, steps, seed, name or f"{arm.name}-s{seed}"),
-              "lr": plan.lr, "eval_every": min(plan.eval_every, steps), "save_every": save_every(steps, 2),
-              "track_flips": arm.track_flips, **arm.fields}
+    """One arm and seed's RunSpec fields when the students train `steps` (the arm's own steps follow from
+    its size and budget: Plan.arm_steps); `fp_folder` holds the `fp` run that the init arms start from."""
+    preset, shape = SIZES[arm.size]
+    steps = plan.arm_steps(arm, steps)
+    fields = {**common_fields(args, plan, folder, preset, steps, seed, name or f"{arm.name}-s{seed}"),
+              "shape": shape, "lr": plan.lr, "eval_every": min(plan.eval_every, steps),
+              "save_every": save_every(steps, 2), "track_flips": arm.track_flips, **arm.fields}
     if fields.get("init") == INIT_FROM_FP:
         fields["init"] = str(resolve_checkpoint(Path(fp_folder or folder) / f"fp-s{seed}"))
     if arm.distilled:
@@ -196,34 +204,106 @@ def arm_fields(args, plan, folder, arm, seed, teacher, steps, name=None, fp_fold
     return fields
 
 
-KEEP = ("run", "val_loss", "val_ppl", "tokens_seen", "rollbacks", "tok_s", "wall_s")
+KEEP = ("run", "val_loss", "val_ppl", "tokens_seen", "rollbacks", "tok_s", "wall_s", "steps", "flips_tail",
+        "grad_norm_tail")
 
 
-def train_arms(args, plan, folder, names, seeds, teacher, steps) -> dict:
-    """Every named arm over `seeds` at `steps`, seed by seed (a run cut short still has whole seeds)."""
-    arms = {n: {"question": ARMS_BY_NAME[n].question, "size": plan.large if ARMS_BY_NAME[n].large else plan.student,
+def arm_seeds(plan, names, keys, seeds=None) -> dict:
+    """The seeds each arm trains: those of the claims of `keys` that compare it (Plan.seeds_of; `seeds`
+    for all when given, as the pilot does), and for `fp` those of the arms that start from it."""
+    out = {}
+    for c in CLAIMS:
+        if c.key in keys:
+            for n in arms_of(c) + (["fp"] if c.a == "teacher" and c.b == "fp" else []):
+                out[n] = max(out.get(n, ()), seeds or plan.seeds_of(c.key), key=len)
+    for n in list(out):
+        if ARMS_BY_NAME[n].fields.get("init") == INIT_FROM_FP:
+            out["fp"] = max(out.get("fp", ()), out[n], key=len)
+    return {n: out[n] for n in names}
+
+
+def reused(fields) -> dict | None:
+    """A finished run's summary (checked against the plan), or None."""
+    run_dir = Path(fields["out"]) / fields["name"]
+    if not finished(run_dir):
+        return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if summary["steps"] != fields["steps"] or summary["size"] != fields["size"]:
+        raise TinyFBIError(f"{run_dir} was trained with another plan ({summary['size']}, {summary['steps']} steps, "
+                           f"not {fields['size']}, {fields['steps']}): delete it or choose another --out")
+    return {**summary, "wall_s": json.loads((run_dir / "reproduce.json").read_text())["wall_s"]}
+
+
+def train_group(field_list) -> list[dict]:
+    """Train runs of one seed in lockstep (training.lockstep: one teacher forward per batch for all), each
+    resumed if killed. Each run's reproduce.json records an equal share of the group's wall time."""
+    print("\n== in lockstep: " + ", ".join(f["name"] for f in field_list))
+    start = time.perf_counter()
+    summaries = train_lockstep([RunSpec.build(**f, resume=has_checkpoint(Path(f["out"]) / f["name"]))
+                                for f in field_list])
+    wall = time.perf_counter() - start
+    for f in field_list:
+        atomic_write_json(Path(f["out"]) / f["name"] / "reproduce.json",
+                          {"wall_s": wall / len(field_list), "group_wall_s": wall,
+                           "group": [g["name"] for g in field_list]})
+    return [{**s, "wall_s": wall / len(field_list)} for s in summaries]
+
+
+def record(s) -> dict:
+    """What results.json keeps of one run: its summary's values and its last 20% of steps' statistics."""
+    metrics = Path(s["run"]) / "metrics.jsonl"
+    return {k: v for k, v in {**s, "flips_tail": tail_mean(metrics, "flips"),
+                              "grad_norm_tail": tail_mean(metrics, "grad_norm")}.items() if k in KEEP}
+
+
+def train_arms(args, plan, folder, names, seeds_by_arm, teacher, steps) -> dict:
+    """Every named arm over its seeds (seeds_by_arm) with the students at `steps`, seed by seed (a run cut
+    short still has whole seeds). A seed's arms train in lockstep: first `fp` (the init arms start from it),
+    then all the others together. A run that another invocation on the same OUT is training is left to it and
+    collected at the end, so two invocations share the work."""
+    arms = {n: {"question": ARMS_BY_NAME[n].question, "size": ARMS_BY_NAME[n].size,
+                "non_embedding_params": non_embedding_params(ARMS_BY_NAME[n].size, plan.vocab_size,
+                                                             "full_precision" not in ARMS_BY_NAME[n].fields),
                 "seeds": {}} for n in names}
-    # seed by seed (a run cut short still has whole seeds); a run that another invocation on the same OUT is
-    # training is left to it and collected at the end, so two invocations share the work
-    order = [(seed, name) for seed in seeds for name in names]
+
+    def fields_of(name, seed):
+        return arm_fields(args, plan, folder, ARMS_BY_NAME[name], seed, teacher, steps)
+
+    def keep(name, seed, s):
+        arm = arms[name]
+        arm.update(params=s["params"], distillation=s["distillation"], data=s["data"], tokenizer=s["tokenizer"])
+        arm["seeds"][str(seed)] = record(s)
+
+    all_seeds = sorted({s for v in seeds_by_arm.values() for s in v})
     later = []
-    for wait in (False, True):
-        for seed, name in (order if not wait else later):
-            if not wait and ARMS_BY_NAME[name].fields.get("init") == INIT_FROM_FP and not finished(folder / f"fp-s{seed}"):
-                later.append((seed, name))       # its initial weights are still being trained elsewhere
-                continue
-            s = run_once(arm_fields(args, plan, folder, ARMS_BY_NAME[name], seed, teacher, steps), wait)
-            if s is None:
-                later.append((seed, name))
-                continue
-            arm = arms[name]
-            arm.update(params=s["params"], distillation=s["distillation"], data=s["data"], tokenizer=s["tokenizer"])
-            arm["seeds"][str(seed)] = {k: s[k] for k in KEEP}
-    for arm in arms.values():                    # seeds in order, whatever order the runs finished in
-        arm["seeds"] = {str(seed): arm["seeds"][str(seed)] for seed in seeds}
-    budgets = {(a["size"], r["tokens_seen"]) for a in arms.values() for r in a["seeds"].values()}
+    for seed in all_seeds:
+        here = [n for n in names if seed in seeds_by_arm[n]]
+        for phase in ([n for n in here if n == "fp"], [n for n in here if n != "fp"]):
+            todo = []
+            for name in phase:
+                fields = fields_of(name, seed)
+                done = reused(fields)
+                if done is not None:
+                    print(f"== {fields['name']}: reusing {folder / fields['name']}")
+                    keep(name, seed, done)
+                elif busy(folder / fields["name"]) or (ARMS_BY_NAME[name].fields.get("init") == INIT_FROM_FP
+                                                       and not finished(folder / f"fp-s{seed}")):
+                    print(f"== {fields['name']}: another invocation is training it (or its `fp` start); later")
+                    later.append((seed, name))
+                else:
+                    todo.append((name, fields))
+            if todo:
+                for (name, _), s in zip(todo, train_group([f for _, f in todo])):
+                    keep(name, seed, s)
+    for seed, name in later:                   # left to another invocation: wait for it, then collect
+        fields = fields_of(name, seed)
+        s = run_once(fields)
+        keep(name, seed, s)
+    for name, arm in arms.items():             # seeds in order, whatever order the runs finished in
+        arm["seeds"] = {str(seed): arm["seeds"][str(seed)] for seed in seeds_by_arm[name]}
+    budgets = {(a["size"], r["tokens_seen"] // r["steps"]) for a in arms.values() for r in a["seeds"].values()}
     if len({size for size, _ in budgets}) != len(budgets):
-        raise TinyFBIError(f"arms of one size saw different numbers of tokens: {sorted(budgets)}")
+        raise TinyFBIError(f"arms of one size saw batches of different sizes: {sorted(budgets)}")
     return arms
 
 
@@ -242,7 +322,8 @@ def reproduce(args):
     if args.pilot:
         return pilot(args, plan, out, teacher, keys, start)
 
-    arms = train_arms(args, plan, out, arms_for(keys), plan.seeds, teacher, plan.steps)
+    names = arms_for(keys)
+    arms = train_arms(args, plan, out, names, arm_seeds(plan, names, keys), teacher, plan.steps)
     students_s = sum(r["wall_s"] for a in arms.values() for r in a["seeds"].values())
     first = next(iter(arms.values()))
     results = {
@@ -259,10 +340,10 @@ def reproduce(args):
                    "total_s": teacher["wall_s"] + students_s, "this_invocation_s": time.perf_counter() - start,
                    # every run's steps at its 10th-percentile step time: about the same work on an idle machine
                    "idle_estimate_s": step_seconds([teacher["run"]])["step_s_p10"] * teacher["steps"] + sum(
-                       step_seconds([r["run"] for r in a["seeds"].values()])["step_s_p10"] * plan.steps * len(a["seeds"])
-                       for a in arms.values())},
+                       step_seconds([r["run"]])["step_s_p10"] * r["steps"] for a in arms.values()
+                       for r in a["seeds"].values())},
         "rule": RULE}
-    results["claims"] = evaluate_claims(results, plan.seeds, keys)
+    results["claims"] = evaluate_claims(results, plan.seeds_of, keys)
     tail = suffix(keys)
     atomic_write_json(out / f"results{tail}.json", results)
     report = markdown(results, results["command"], tail)
@@ -280,12 +361,14 @@ def pilot(args, plan, out, teacher, keys, start):
     budgets = []
     for steps in plan.pilot_steps:
         folder = out if steps == plan.steps else out / f"pilot-{steps}"
-        arms = train_arms(args, plan, folder, arms_for(keys), plan.pilot_seeds, teacher, steps)
+        names = arms_for(keys)
+        arms = train_arms(args, plan, folder, names, arm_seeds(plan, names, keys, plan.pilot_seeds), teacher, steps)
         results = {"teacher": teacher, "arms": arms}
         budgets.append({"steps": steps, "tokens": steps * plan.batch_size * plan.seq_len,
-                        "tokens_per_param": {a["size"]: steps * plan.batch_size * plan.seq_len / a["params"]
-                                             for a in arms.values()},
+                        "tokens_per_param": {n: next(iter(a["seeds"].values()))["tokens_seen"] / a["params"]
+                                             for n, a in arms.items()},
                         "arms": {n: {"size": a["size"], "params": a["params"], "distillation": a["distillation"],
+                                     "steps": next(iter(a["seeds"].values()))["steps"],
                                      "val_loss": [r["val_loss"] for r in a["seeds"].values()],
                                      **step_seconds([r["run"] for r in a["seeds"].values()])}
                                  for n, a in arms.items()},

@@ -10,6 +10,13 @@ from ..training.loop import read_metrics
 from ..training.report import save_png
 from .claims import LEVEL, RULE, describe, why_inconclusive
 
+FLIP_ARMS = ("fbi-ad", "fbi-init-ad", "fbi-ad-long", "fbi-init-ad-long")
+TREND = {"fbi": ("nano-fbi-ad", "fbi-ad", "mid-fbi-ad"), "fp": ("nano-fp-ad", "fp-ad", "mid-fp-ad")}
+
+
+def has_trend(results) -> bool:
+    return all(n in results["arms"] for names in TREND.values() for n in names)
+
 
 def seed_losses(arm) -> list[float]:
     return [r["val_loss"] for r in arm["seeds"].values()]
@@ -21,26 +28,30 @@ def spread(values) -> float:
 
 def table(results) -> list[str]:
     """Markdown rows: per arm what it learns from, the mean perplexity, its spread over seeds and every seed's value."""
-    rows = ["| arm | question | learns from | size | val ppl, mean +- sd | per seed | val loss, mean |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| arm | question | learns from | size | steps (tokens/param) | val ppl, mean +- sd | per seed | "
+            "val loss, mean |", "|---|---|---|---|---|---|---|---|"]
     t = results["teacher"]
-    rows.append(f"| teacher | full precision, larger, {t['steps']} steps, seed {t['seed']} | next-token labels | "
-                f"{t['size']} ({t['params'] / 1e6:.2f}M) | {t['val_ppl']:.2f} | (one model) | {t['val_loss']:.4f} |")
+    rows.append(f"| teacher | full precision, larger, seed {t['seed']} | next-token labels | "
+                f"{t['size']} ({t['params'] / 1e6:.2f}M) | {t['steps']} ({t['tokens_seen'] / t['params']:.2f}) | "
+                f"{t['val_ppl']:.2f} | (one model) | {t['val_loss']:.4f} |")
     for name, arm in results["arms"].items():
         losses = seed_losses(arm)
         ppls = [math.exp(v) for v in losses]
-        rows.append(f"| {name} | {arm['question']} | {arm['distillation']} | {arm['size']} ({arm['params'] / 1e6:.2f}M) | "
-                    f"{statistics.mean(ppls):.2f} +- {spread(ppls):.2f} | "
+        run = next(iter(arm["seeds"].values()))
+        rows.append(f"| {name} | {arm['question']} | {arm['distillation']} | {arm['size']} ({arm['params'] / 1e6:.2f}M; "
+                    f"{arm['non_embedding_params'] / 1e3:.0f}k non-embedding) | {run['steps']} "
+                    f"({run['tokens_seen'] / arm['params']:.2f}) | {statistics.mean(ppls):.2f} +- {spread(ppls):.2f} | "
                     f"{', '.join(f'{p:.2f}' for p in ppls)} | {statistics.mean(losses):.4f} |")
     return rows
 
 
-def flip_tail(run_dir, fraction=0.2) -> float | None:
-    """Mean flip-flop ratio over the last `fraction` of a run's steps (None if it logged none)."""
-    flips = [r["flips"]["all"] for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "flips" in r]
-    if not flips:
+def tail_mean(metrics_path, key, fraction=0.2) -> float | None:
+    """Mean of a logged statistic over the last `fraction` of a run's steps: "flips" (the flip-flop ratio of
+    all binarized weights) or "grad_norm" (before clipping); None if the run logged none."""
+    values = [r[key]["all"] if key == "flips" else r[key] for r in read_metrics(metrics_path) if key in r]
+    if not values:
         return None
-    tail = flips[-max(1, int(len(flips) * fraction)):]
+    tail = values[-max(1, int(len(values) * fraction)):]
     return sum(tail) / len(tail)
 
 
@@ -55,12 +66,11 @@ def teacher_note(timing) -> str:
 
 def markdown(results, command, tail="") -> str:
     plan, timing = results["plan"], results["timing"]
-    flips = {name: [flip_tail(r["run"]) for r in results["arms"][name]["seeds"].values()]
-             for name in ("fbi-ad", "fbi-init-ad") if name in results["arms"]}
-    flip_lines = [f"- {name}: " + ", ".join("n/a" if f is None else f"{100 * f:.3f}%" for f in v)
-                  for name, v in flips.items()]
-    params = ", ".join(f"{size} {n / 1e6:.2f}M ({results['student_tokens'] / n:.2f} tokens per parameter)"
-                       for size, n in results["student_params"].items())
+    tracked = [name for name in FLIP_ARMS if name in results["arms"]]
+    flip_lines = [f"- {name}: " + ", ".join("n/a" if r.get("flips_tail") is None else f"{100 * r['flips_tail']:.3f}%"
+                                            for r in results["arms"][name]["seeds"].values()) for name in tracked]
+    grad_lines = [f"- {name}: " + ", ".join("n/a" if r.get("grad_norm_tail") is None else f"{r['grad_norm_tail']:.3f}"
+                                            for r in results["arms"][name]["seeds"].values()) for name in tracked]
     verdicts = []
     for v in results["claims"]:
         verdicts.append(describe(v))
@@ -74,17 +84,22 @@ def markdown(results, command, tail="") -> str:
         f"steps at its 10th-percentile step time, about the same work on an idle machine: "
         f"{timing['idle_estimate_s'] / 60:.1f} min.", "",
         f"Students: {plan['steps']} steps x {plan['batch_size']} x {plan['seq_len']} tokens = "
-        f"{results['student_tokens']:,} tokens per arm ({params}), lr {plan['lr']}, seeds "
-        f"{', '.join(map(str, plan['seeds']))} in every arm; teacher: {plan['teacher']}, {plan['teacher_steps']} steps "
+        f"{results['student_tokens']:,} tokens at the students' size, the other sizes at the same tokens per "
+        f"parameter, the `-long` arms {plan['long_factor']}x; lr {plan['lr']}; seeds "
+        f"{', '.join(map(str, plan['seeds']))}, more where a claim's spread asks ("
+        f"{', '.join(f'{k}: {n}' for k, n in plan['claim_seeds'])}); teacher: {plan['teacher']}, {plan['teacher_steps']} steps "
         f"(seed {plan['teacher_seed']}). Data {results['data']}, tokenizer {results['tokenizer']}; validation: the same "
         f"{plan['eval_batches']} x {plan['batch_size']} x {plan['seq_len']} tokens for every model. Every distilled "
         f"arm learns the teacher's full softmax (T = 1), the teacher run forward at every step.", "",
         *table(results), "",
         "Flip-flop ratio (signs that change per step), mean over the last 20% of steps, per seed:",
         *flip_lines, "",
+        "Gradient norm before clipping, mean over the last 20% of steps, per seed:",
+        *grad_lines, "",
         "## Verdicts", "", RULE, "",
         *verdicts, "",
-        f"![perplexity per arm](ppl{tail}.png) ![flip-flop ratio](flips{tail}.png)", ""])
+        f"![perplexity per arm](ppl{tail}.png) ![flip-flop ratio](flips{tail}.png)"
+        + (f" ![size trend](trend{tail}.png)" if has_trend(results) else ""), ""])
 
 
 def step_seconds(run_dirs) -> dict:
@@ -108,7 +123,8 @@ def design_estimate(pilot, plan) -> dict:
     t = pilot["teacher"]
     out = {"steps": plan.steps, "seeds": len(plan.seeds)}
     for key in ("step_s", "step_s_p10"):
-        arms_s = {n: a[key] * plan.steps * len(plan.seeds) for n, a in longest["arms"].items()}
+        arms_s = {n: a[key] * a["steps"] / longest["steps"] * plan.steps * len(plan.seeds)
+                  for n, a in longest["arms"].items()}
         out[key] = {"teacher_s": t[key] * t["steps"], "arms_s": arms_s,
                     "total_s": t[key] * t["steps"] + sum(arms_s.values())}
     return out
@@ -127,7 +143,7 @@ def pilot_markdown(pilot) -> str:
     for b in pilot["budgets"]:
         for name, a in b["arms"].items():
             rows.append(f"| {b['steps']} | {name} | {a['size']} ({a['params'] / 1e6:.2f}M) | "
-                        f"{b['tokens_per_param'][a['size']]:.2f} | {a['distillation']} | "
+                        f"{b['tokens_per_param'][name]:.2f} | {a['distillation']} | "
                         f"{', '.join(f'{v:.4f}' for v in a['val_loss'])} | "
                         f"{statistics.mean(math.exp(v) for v in a['val_loss']):.2f} | {a['step_s']:.3f} ({a['step_s_p10']:.3f}) |")
     rows += ["", f"Per claim: the effect d = A - B (mean over {n} seeds, nats), the standard deviation of the per-seed "
@@ -177,12 +193,13 @@ def plots(out, results, tail=""):
 
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
-    for name, color in (("fbi-ad", "tab:blue"), ("fbi-init-ad", "tab:orange")):
+    for name, color in (("fbi-ad", "tab:blue"), ("fbi-init-ad", "tab:orange"), ("fbi-ad-long", "tab:cyan"),
+                        ("fbi-init-ad-long", "tab:red")):
         for k, run in enumerate(results["arms"].get(name, {}).get("seeds", {}).values()):
             rows = [r for r in read_metrics(Path(run["run"]) / "metrics.jsonl") if "flips" in r]
+            start = "from scratch" if "init" not in name else "from the fp model"
             ax.plot([r["step"] for r in rows], [100 * max(r["flips"]["all"], 1e-6) for r in rows], color=color,
-                    lw=0.8, alpha=0.7, label=("from scratch" if name == "fbi-ad" else "from the fp model")
-                    if k == 0 else None)
+                    lw=0.8, alpha=0.7, label=f"{start}, {run['steps']} steps" if k == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("flip-flop ratio (%)")
@@ -191,3 +208,33 @@ def plots(out, results, tail=""):
         ax.legend()
     fig.tight_layout()
     save_png(fig, Path(out) / f"flips{tail}.png", dpi=110)
+    if has_trend(results):
+        trend_plot(Path(out) / f"trend{tail}.png", results)
+
+
+def trend_plot(path, results, title="validation loss against size, the same tokens per parameter"):
+    """Validation loss against non-embedding parameters (log x), FBI and full precision, both distilled: every
+    seed (dots) and the mean over seeds (line)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for kind, color, label in (("fbi", "tab:blue", "FBI (1-bit), distilled"),
+                               ("fp", "tab:gray", "full precision, distilled")):
+        xs, means = [], []
+        for name in TREND[kind]:
+            arm = results["arms"][name]
+            losses = seed_losses(arm)
+            ax.plot([arm["non_embedding_params"]] * len(losses), losses, ".", color=color, ms=4, alpha=0.6)
+            xs.append(arm["non_embedding_params"])
+            means.append(statistics.mean(losses))
+        ax.plot(xs, means, "-o", color=color, label=label)
+    if "teacher" in results:
+        ax.axhline(results["teacher"]["val_loss"], color="tab:green", ls="--", label="teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    save_png(fig, path, dpi=110)

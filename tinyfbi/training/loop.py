@@ -134,51 +134,87 @@ def rollback(learner, state, cfg, run_dir, metrics, data_step, loss, log) -> Loo
     return state
 
 
+class Loop:
+    """One model's training, one optimizer step at a time: `step()` until `done`, then `finish()`.
+    train() runs it alone; training.lockstep runs several side by side, each exactly as alone.
+    evaluate(model, batches) -> loss, sync() waits for the device (timing)."""
+
+    def __init__(self, learner: Learner, evaluate, sync, cfg: TrainConfig, optim: OptimConfig, sampler, val_batches,
+                 run_dir, desc="train", resume_from=None, is_main=True, log=print):
+        self.learner, self.evaluate, self.sync, self.cfg, self.optim = learner, evaluate, sync, cfg, optim
+        self.sampler, self.val_batches, self.run_dir, self.log = sampler, val_batches, run_dir, log
+        self.metrics = MetricsLog(Path(run_dir) / "metrics.jsonl", enabled=is_main)
+        if resume_from is not None:
+            self.state = LoopState.from_json(learner.restore(resume_from))
+            self.metrics.truncate(self.state.step)
+            log(f"resumed {run_dir} at step {self.state.step}")
+        else:
+            self.state = LoopState()
+            self.metrics.truncate(0)
+            learner.save(self.state.to_json(cfg))          # step 0: a rollback always has somewhere to go
+        self.bar = tqdm(total=cfg.steps, initial=self.state.step, desc=desc, unit="step", dynamic_ncols=True,
+                        mininterval=1.0, disable=not is_main)
+        self.val_loss, self.step_times = None, []
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.cfg.steps
+
+    def step(self):
+        """One optimizer step (or one rollback after a spike), its metrics row, evaluation and checkpoint."""
+        learner, cfg, state = self.learner, self.cfg, self.state
+        t0 = time.perf_counter()
+        data_step = state.next_data_step()
+        x, y = self.sampler.batch(data_step)                                    # the global batch (B, T)
+        windows = self.sampler.windows(data_step)                                # (B,) sequence ids
+        before = learner.sign_masks() if cfg.track_flips else None
+        loss = learner.forward_backward(x, y, windows)
+        if state.is_spike(loss, cfg):
+            self.state = rollback(learner, state, cfg, self.run_dir, self.metrics, data_step, loss, self.log)
+            self.bar.n = self.state.step
+            self.bar.refresh()
+            return
+        lr = lr_at(state.step, self.optim)
+        row = {"step": state.step + 1, "loss": loss, "lr": lr, "grad_norm": learner.optimizer_step(lr)}
+        state.advance(data_step, loss)
+        if before is not None:
+            row["flips"] = learner.flip_fractions(before)
+        self.sync()
+        self.step_times.append(time.perf_counter() - t0)
+        row["tok_s"] = cfg.batch_size * cfg.seq_len / self.step_times[-1]
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            self.val_loss = row["val_loss"] = self.evaluate(learner.model, self.val_batches())
+        self.metrics.append(row)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tok_s']:.0f}", lr=f"{lr:.2e}",
+                             **({"val": f"{self.val_loss:.3f}"} if self.val_loss is not None else {}))
+        if state.step % cfg.save_every == 0 or state.step == cfg.steps:
+            learner.save(state.to_json(cfg))
+
+    def run(self):
+        """Every remaining step (the bar closed on errors too: one clean error line)."""
+        try:
+            while not self.done:
+                self.step()
+        finally:
+            self.close()
+
+    def close(self):
+        self.bar.close()
+
+    def finish(self) -> dict:
+        """-> {val_loss, val_ppl, steps, rollbacks, step_times}."""
+        self.close()
+        if self.val_loss is None:
+            self.val_loss = self.evaluate(self.learner.model, self.val_batches())
+        return {"val_loss": self.val_loss, "val_ppl": math.exp(self.val_loss), "steps": self.state.step,
+                "rollbacks": self.state.rollbacks, "step_times": self.step_times}
+
+
 def train(learner: Learner, evaluate, sync, cfg: TrainConfig, optim: OptimConfig, sampler, val_batches,
           run_dir, desc="train", resume_from=None, is_main=True, log=print) -> dict:
     """Train to cfg.steps; evaluate(model, batches) -> loss, sync() waits for the device (timing).
     -> {val_loss, val_ppl, steps, rollbacks, step_times}."""
-    metrics = MetricsLog(Path(run_dir) / "metrics.jsonl", enabled=is_main)
-    if resume_from is not None:
-        state = LoopState.from_json(learner.restore(resume_from))
-        metrics.truncate(state.step)
-        log(f"resumed {run_dir} at step {state.step}")
-    else:
-        state = LoopState()
-        metrics.truncate(0)
-        learner.save(state.to_json(cfg))          # step 0: a rollback always has somewhere to go
-    with tqdm(total=cfg.steps, initial=state.step, desc=desc, unit="step", dynamic_ncols=True,
-              mininterval=1.0, disable=not is_main) as bar:  # closed on errors too: one clean error line
-        val_loss, step_times = None, []
-        while state.step < cfg.steps:
-            t0 = time.perf_counter()
-            data_step = state.next_data_step()
-            x, y = sampler.batch(data_step)                                    # the global batch (B, T)
-            windows = sampler.windows(data_step)                                # (B,) sequence ids
-            before = learner.sign_masks() if cfg.track_flips else None
-            loss = learner.forward_backward(x, y, windows)
-            if state.is_spike(loss, cfg):
-                state = rollback(learner, state, cfg, run_dir, metrics, data_step, loss, log)
-                bar.n = state.step
-                bar.refresh()
-                continue
-            lr = lr_at(state.step, optim)
-            row = {"step": state.step + 1, "loss": loss, "lr": lr, "grad_norm": learner.optimizer_step(lr)}
-            state.advance(data_step, loss)
-            if before is not None:
-                row["flips"] = learner.flip_fractions(before)
-            sync()
-            step_times.append(time.perf_counter() - t0)
-            row["tok_s"] = cfg.batch_size * cfg.seq_len / step_times[-1]
-            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-                val_loss = row["val_loss"] = evaluate(learner.model, val_batches())
-            metrics.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{row['tok_s']:.0f}", lr=f"{lr:.2e}",
-                            **({"val": f"{val_loss:.3f}"} if val_loss is not None else {}))
-            if state.step % cfg.save_every == 0 or state.step == cfg.steps:
-                learner.save(state.to_json(cfg))
-    if val_loss is None:
-        val_loss = evaluate(learner.model, val_batches())
-    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "steps": state.step,
-            "rollbacks": state.rollbacks, "step_times": step_times}
+    loop = Loop(learner, evaluate, sync, cfg, optim, sampler, val_batches, run_dir, desc, resume_from, is_main, log)
+    loop.run()
+    return loop.finish()

@@ -55,11 +55,32 @@ def flip_fractions(before: dict, params: dict) -> dict:
     return out
 
 
+class TeacherProbs:
+    """The teacher's next-token distribution of a batch, softmax(teacher(x)) (B, T, V) float32, from its
+    forward. Students trained in lockstep (training.lockstep) share one: a batch's forward runs once however
+    many students ask for it. The last `keep` batches' are kept, keyed by their tokens, so the same batch
+    gets the same array (never written to: the losses only read it)."""
+
+    def __init__(self, model: Model, keep: int = 1):
+        self.model, self.keep, self.memo, self.forwards = model, keep, {}, 0
+
+    def __call__(self, x) -> np.ndarray:
+        key = (x.shape, x.dtype.str, x.tobytes())
+        if key not in self.memo:
+            self.memo[key] = L.softmax(self.model.forward(x)).astype(np.float32, copy=False)
+            self.forwards += 1
+            while len(self.memo) > self.keep:
+                del self.memo[next(iter(self.memo))]              # the oldest batch
+        return self.memo[key]
+
+
 class NumpyLearner:
     def __init__(self, model: Model, cfg: TrainConfig, optim: OptimConfig, run_dir, tokenizer=None,
                  teacher=None, teacher_cache=None, extra_fbi=None):
+        """teacher: a full-precision Model, or the TeacherProbs of one shared with other learners."""
         self.model, self.cfg, self.run_dir, self.tokenizer = model, cfg, run_dir, tokenizer
-        self.teacher, self.teacher_cache, self.extra_fbi = teacher, teacher_cache, extra_fbi
+        self.teacher_probs = teacher if teacher is None or isinstance(teacher, TeacherProbs) else TeacherProbs(teacher)
+        self.teacher_cache, self.extra_fbi = teacher_cache, extra_fbi
         self.opt = AdamW(model.params, optim)
         self.grads = None
 
@@ -69,7 +90,7 @@ class NumpyLearner:
             return None
         if self.teacher_cache is not None:
             return self.teacher_cache.probs(windows)
-        return L.softmax(self.teacher.forward(x)).astype(np.float32, copy=False)
+        return self.teacher_probs(x)
 
     def forward_backward(self, x, y, windows) -> float:
         probs = self.targets(x, windows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..formats.atomic import atomic_write_json
 from ..formats.hf_folder import config_from_hf
 from ..formats.run_checkpoint import has_checkpoint, load_trainer_state, resolve_checkpoint
 from .backend import Backend
-from .loop import read_metrics, train
+from .loop import Loop, read_metrics
 from .report import plot_losses
 from .run_lock import RunLock
 from .setup import decide_resume, init_student, load_data, make_batches, model_config, optim_config, train_config
@@ -40,6 +41,30 @@ def run(spec: RunSpec, backend: Backend) -> dict:
 
 
 def run_locked(spec: RunSpec, backend: Backend) -> dict:
+    job = start(spec, backend)
+    job.loop.run()
+    return finish(job)
+
+
+@dataclass
+class Job:
+    """A run between start() and finish(): its loop (stepped by run_locked, or by training.lockstep beside
+    others) and what its summary needs."""
+    spec: RunSpec
+    backend: Backend
+    loop: Loop
+    config: object
+    corpus: object
+    tokenizer: object
+    val_tokens: object
+    teacher: object
+    teacher_dir: Path | None
+    identity: dict | None
+    distillation: str
+
+
+def start(spec: RunSpec, backend: Backend) -> Job:
+    """Everything of a run before its first step: resume decided, data, teacher, student, loop."""
     resume_from = backend.on_main_first(lambda: decide_resume(spec))   # before any teacher is trained
     run_dir, steps, loss = spec.run_dir, spec.steps, spec.loss
     teacher_dir = None if spec.teacher_path is None else resolve_checkpoint(spec.teacher_path)
@@ -60,9 +85,17 @@ def run_locked(spec: RunSpec, backend: Backend) -> dict:
     cache = None
     if spec.teacher_cache and teacher is not None and spec.distills:
         cache = (cache_folder(spec.out, identity, spec.seq_len, spec.teacher_cache), identity)
-    result, learner, val_batches = train_model(spec, backend, run_dir, config, init, data, train_config(spec, config.binarized),
-                                               teacher, "student" if config.binarized else "model", resume_from,
-                                               extra, cache)
+    loop = build_loop(spec, backend, run_dir, config, init, data, train_config(spec, config.binarized), teacher,
+                      "student" if config.binarized else "model", resume_from, extra, cache)
+    return Job(spec, backend, loop, config, corpus, tokenizer, val_tokens, teacher, teacher_dir, identity, distillation)
+
+
+def finish(job: Job) -> dict:
+    """A trained run's final evaluation, teacher comparison, samples, plot and summary.json; -> the summary."""
+    spec, backend, config, corpus, tokenizer = job.spec, job.backend, job.config, job.corpus, job.tokenizer
+    teacher, teacher_dir, identity, distillation = job.teacher, job.teacher_dir, job.identity, job.distillation
+    run_dir, steps, loss, val_tokens = spec.run_dir, spec.steps, spec.loss, job.val_tokens
+    result, learner, val_batches = job.loop.finish(), job.loop.learner, job.loop.val_batches
 
     tok_s = spec.batch_size * spec.seq_len / statistics.median(result["step_times"][2:] or result["step_times"]) \
         if result["step_times"] else None   # the first steps pay for allocation and warm-up
@@ -119,12 +152,12 @@ def check_teacher(teacher_dir, tokenizer):
     return config
 
 
-def train_model(spec: RunSpec, backend: Backend, run_dir, config, init, data, cfg, teacher=None, desc="student",
-                resume_from=None, extra_fbi=None, cache=None):
-    """Train one model into run_dir (the student, or a teacher of its own) with the loop's config
-    `cfg`; init() gives its first weights on the main process (None when resuming from the checkpoint
+def build_loop(spec: RunSpec, backend: Backend, run_dir, config, init, data, cfg, teacher=None, desc="student",
+               resume_from=None, extra_fbi=None, cache=None) -> Loop:
+    """The loop that trains one model into run_dir (the student, or a teacher of its own) with the loop's
+    config `cfg`; init() gives its first weights on the main process (None when resuming from the checkpoint
     resume_from); cache: (folder, identity) of the teacher's top-K cache (teacher_cache.cache_folder),
-    built here if missing. -> (loop result, learner, val_batches)."""
+    built here if missing."""
     tokenizer, train_tokens, val_tokens = data
     sampler, val_batches = make_batches(spec, backend, train_tokens, val_tokens)
     targets = None
@@ -137,9 +170,16 @@ def train_model(spec: RunSpec, backend: Backend, run_dir, config, init, data, cf
         run_dir.mkdir(parents=True, exist_ok=True)
     optim = optim_config(spec, cfg.steps)
     learner = backend.learner(config, init, cfg, optim, run_dir, tokenizer, teacher, targets, extra_fbi)
-    result = train(learner, backend.evaluate, backend.sync, cfg, optim, sampler, val_batches, run_dir, desc,
-                   resume_from, backend.is_main)
-    return result, learner, val_batches
+    return Loop(learner, backend.evaluate, backend.sync, cfg, optim, sampler, val_batches, run_dir, desc,
+                resume_from, backend.is_main)
+
+
+def train_model(spec: RunSpec, backend: Backend, run_dir, config, init, data, cfg, teacher=None, desc="student",
+                resume_from=None, extra_fbi=None, cache=None):
+    """build_loop's model trained to the end. -> (loop result, learner, val_batches)."""
+    loop = build_loop(spec, backend, run_dir, config, init, data, cfg, teacher, desc, resume_from, extra_fbi, cache)
+    loop.run()
+    return loop.finish(), loop.learner, loop.val_batches
 
 
 def teacher_auto(spec: RunSpec, backend: Backend, corpus, data) -> Path:

@@ -60,7 +60,8 @@ def model_config(spec: RunSpec, vocab_size, binarized) -> ModelConfig:
     preset = PRESETS[spec.size]
     return ModelConfig.from_name(spec.size, vocab_size=vocab_size, binarized=binarized,
                                  scaling=spec.scaling if binarized else "column",
-                                 max_position_embeddings=max(preset.max_position_embeddings, spec.seq_len))
+                                 max_position_embeddings=max(preset.max_position_embeddings, spec.seq_len),
+                                 **dict(spec.shape))
 
 
 def load_data(spec: RunSpec, teacher_dir=None):

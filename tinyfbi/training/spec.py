@@ -22,12 +22,14 @@ from .recipe import recipe_defaults
 PAPER_SIZES = ("130m", "1.3b", "7b", "13b")   # LLaMA-2 vocabulary, 2048 tokens, the paper's lr by default
 DEFAULT_STEPS = 400
 LOSSES = ("ad", "ce", "mix")
+SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     # the model
     size: str = "tiny"                  # core.config.PRESETS
+    shape: tuple = ()                   # ((ModelConfig field, int), ...) replacing the preset's (reproduce's sizes)
     full_precision: bool = False        # a full-precision model (a teacher) instead of the FBI student
     scaling: str = "column"             # FBI's per-column alpha/beta; none, row, ternary: the ablations
     init: str = "scratch"               # or a checkpoint PATH whose weights start the student
@@ -64,6 +66,7 @@ class RunSpec:
     dry_run: bool = False               # torch: plan memory and time, train nothing
     world_size: int | None = None       # torch --dry-run: GPUs to plan for (None: torchrun's)
     json: bool = False                  # torch --dry-run: print one JSON object
+    fake_step: bool = False             # torch --dry-run: run the planned step on fake tensors, memory beside the plan
     grad_accum: int | None = None       # torch: micro-batches per rank per step (None: from the plan)
     micro_batch: int | None = None      # torch: sequences per GPU per forward
     gpu_gib: float | None = None        # torch: device memory to plan for (None: the device's)
@@ -101,6 +104,9 @@ class RunSpec:
     def __post_init__(self):
         if self.size not in PRESETS:
             raise TinyFBIError(f"size {self.size!r} is not a preset: {', '.join(PRESETS)}")
+        for key, value in self.shape:
+            if key not in SHAPE_FIELDS or isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise TinyFBIError(f"shape: {key}={value!r} is not a positive {'/'.join(SHAPE_FIELDS)}")
         for field, choices in (("loss", LOSSES), ("scaling", SCALINGS), ("backend", ("numpy", "torch")),
                                ("recipe", ("none", "paper")), ("fsdp", ("auto", "on", "off")),
                                ("fbi_linear", ("fused", "unfused")), ("head_loss", ("fused", "unfused")),
@@ -126,6 +132,8 @@ class RunSpec:
             raise TinyFBIError(f"--seed must be >= 0, got {self.seed}")
         if self.distills and self.teacher == "none":
             raise TinyFBIError(f"--loss {self.loss} distills a teacher: give --teacher auto or PATH, or use --loss ce")
+        if self.fake_step and not (self.dry_run and self.backend == "torch"):
+            raise TinyFBIError("--fake-step checks a plan: give it with --backend torch --dry-run")
         if self.teacher_cache and not self.distills:
             raise TinyFBIError("--teacher-cache needs a distillation loss (--loss ad or mix)")
 
