@@ -76,6 +76,9 @@ def build_parser() -> CLIParser:
     ap.add_argument("--dry-run", action="store_true", help="torch: plan parameters and memory, train nothing")
     ap.add_argument("--world-size", type=int, default=None, help="torch --dry-run: GPUs to plan for")
     ap.add_argument("--json", action="store_true", help="torch --dry-run: one JSON object")
+    ap.add_argument("--fake-step", action="store_true",
+                    help="torch --dry-run: also run the planned training step on fake tensors (no memory, no GPU) "
+                         "and print PyTorch's own account of its memory and FLOPs beside the plan's")
     ap.add_argument("--grad-accum", type=int, default=None, metavar="N",
                     help="torch: each rank's rows of the batch in N micro-batches (the batch stays --batch-size); "
                          "default 1, or what --micro-batch / --recipe paper's memory plan implies")

@@ -45,6 +45,7 @@ from ..formats.run_checkpoint import resolve_checkpoint
 from ..training.setup import model_config
 from ..training.spec import PAPER_SIZES, RunSpec
 from .distributed import use_fsdp
+from .fake_step import CHECKED_PARTS, FLOPS_TOLERANCE, MEMORY_TOLERANCE, measure_step
 from .fused_loss import LOSS_CHUNK
 from .model import TorchModel
 
@@ -132,26 +133,47 @@ def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | Non
     one_layer = tokens * per_token + saved_weights
     without = L * one_layer
     with_ckpt = L * tokens * C * (2 if sharded else 4) + one_layer
-    # the teacher's no-grad forward keeps no activations, but one layer's bf16 temporaries exist at once:
-    # residual, norm, q, k, v, attention output and o (about 6 C_t), gate, up and their product (3 I_t)
-    teacher_transient = 2 * tokens * (6 * teacher.hidden_size + 3 * teacher.intermediate_size) \
+    # the teacher's no-grad forward keeps no activations; its most at once is in a layer's MLP: the
+    # layer's input, the residual after attention and its norm (3 C_t), silu(gate), up and their
+    # product (3 I_t), all bf16 (the attention's q, k, v and output are fewer, and freed by then)
+    teacher_transient = 2 * tokens * (3 * teacher.hidden_size + 3 * teacher.intermediate_size) \
         if teacher is not None and distill else 0.0
     out = {**state, "fsdp_buffers": buffers, "teacher": teacher_bytes, "teacher_forward": teacher_transient,
            "activations": with_ckpt if checkpointing else without,
-           "logits_and_loss": head_loss_bytes(config, teacher if distill else None, tokens, fused_head)}
+           "logits_and_loss": head_loss_bytes(config, teacher if distill else None, tokens, fused_head, sharded)}
     out["total"] = sum(out.values())
-    return {"gpu": out, "activations_with_checkpointing": with_ckpt, "activations_without_checkpointing": without,
+    # the parts do not all peak at once: the teacher's forward is over before the student's starts, and
+    # AdamW's step (foreach, as on GPUs: sqrt(v) for every parameter, 4 B each) after the backward
+    # nor do the loss's chunks and the layer recomputed in the backward: with checkpointing the loss
+    # runs beside the layers' inputs alone, the backward's recomputed layer after the loss has freed
+    # its chunks (only dL/dh goes on)
+    held = out["weights"] + out["gradients"] + out["optimizer"] + out["teacher"]
+    inputs = with_ckpt - one_layer
+    student = (max(inputs + out["logits_and_loss"], with_ckpt + (2 if sharded else 4) * tokens * C)
+               if checkpointing else out["activations"] + out["logits_and_loss"])
+    phases = {"teacher_forward": out["teacher_forward"], "forward_backward": out["fsdp_buffers"] + student,
+              "optimizer_step": 0.0 if cpu_offload else 4 * P / split}
+    phases = {"held": held, **phases, "peak": held + max(phases.values())}
+    return {"gpu": out, "phases": phases, "activations_with_checkpointing": with_ckpt, "activations_without_checkpointing": without,
             "host_offload": sum(host.values()), "host_rank0_checkpoint": 16 * P}
 
 
-def head_loss_bytes(config: ModelConfig, teacher: ModelConfig | None, tokens: int, fused: bool) -> float:
+def head_loss_bytes(config: ModelConfig, teacher: ModelConfig | None, tokens: int, fused: bool,
+                    sharded: bool = False) -> float:
     """Peak bytes of the heads and the loss for one micro-batch of `tokens` (see the module docstring)."""
     V, C = config.vocab_size, config.hidden_size
     if not fused:
         return tokens * V * (14 if teacher is not None else 10)
-    chunk = min(tokens, LOSS_CHUNK)
-    teacher_hidden = 2 * tokens * teacher.hidden_size if teacher is not None else 0
-    return chunk * V * (24 if teacher is not None else 16) + 4 * tokens * C + 4 * V * C + teacher_hidden
+    n = min(tokens, LOSS_CHUNK)
+    # a chunk at its most (fused_loss.py, under bf16 autocast): the student's bf16 logits, their float32
+    # copy and log-softmax, its softmax, the teacher's bf16 logits, float32 copy and softmax (18 V per
+    # token; 10 V with labels alone); or, when the chunk adds its head gradient, dlogits in bf16 (2 V)
+    # beside the (V, C) product in bf16 and its float32 copy (6 V C)
+    chunk = max(n * V * (18 if teacher is not None else 10), 2 * n * V + 6 * V * C)
+    # held through the loss: dL/dh (h's dtype: float32, bf16 under FSDP), dL/dW_head in float32, the
+    # head's bf16 copy (FSDP gathers it in bf16 already) and the teacher's final hidden state
+    held = (2 if sharded else 4) * tokens * C + 4 * V * C + (0 if sharded else 2 * V * C)
+    return chunk + held + (2 * tokens * teacher.hidden_size if teacher is not None else 0)
 
 
 def teacher_for_plan(spec: RunSpec, vocab_size):
@@ -195,6 +217,13 @@ def accumulation(spec: RunSpec, per_rank: int, gib_at, device_gib: float, strict
                        "--cpu-offload, or --activation-checkpointing on")
 
 
+def plan_models(spec: RunSpec):
+    """The student's config, the teacher's (None without one) and where the teacher comes from."""
+    teacher, teacher_name = teacher_for_plan(spec, spec.vocab_size or PRESETS[spec.size].vocab_size)
+    vocab = teacher.vocab_size if teacher is not None else spec.vocab_size or PRESETS[spec.size].vocab_size
+    return model_config(spec, vocab, binarized=not spec.full_precision), teacher, teacher_name
+
+
 def plan(spec: RunSpec, world=None, device_gib=None, strict=False) -> dict:
     """The run's plan, with its gradient accumulation (from --micro-batch or --grad-accum, or for
     --recipe paper from the largest micro-batch whose estimate fits device_gib, default --gpu-gib or
@@ -203,9 +232,7 @@ def plan(spec: RunSpec, world=None, device_gib=None, strict=False) -> dict:
     if spec.batch_size % world:
         raise TinyFBIError(f"--batch-size {spec.batch_size} must be divisible by world size {world}: every rank "
                            "takes equal rows")
-    teacher, teacher_name = teacher_for_plan(spec, spec.vocab_size or PRESETS[spec.size].vocab_size)
-    vocab = teacher.vocab_size if teacher is not None else spec.vocab_size or PRESETS[spec.size].vocab_size
-    config = model_config(spec, vocab, binarized=not spec.full_precision)
+    config, teacher, teacher_name = plan_models(spec)
     counts = count_params(config)
     sharded = use_fsdp(spec.fsdp, counts["total"], world, spec.cpu_offload)
     checkpointing = (spec.size in PAPER_SIZES if spec.activation_checkpointing == "auto"
@@ -239,6 +266,7 @@ def plan(spec: RunSpec, world=None, device_gib=None, strict=False) -> dict:
         "teacher": {"source": teacher_name, "params": teacher.num_params() if teacher is not None else 0,
                     "used_for_loss": distill},
         "memory_gib_per_gpu": {k: v / GiB for k, v in memory["gpu"].items()},
+        "phases_gib_per_gpu": {k: v / GiB for k, v in memory["phases"].items()},
         "activations_gib": {"with_checkpointing": memory["activations_with_checkpointing"] / GiB,
                             "without_checkpointing": memory["activations_without_checkpointing"] / GiB},
         "fits_80gib": memory["gpu"]["total"] / GiB <= (1 - HEADROOM) * GPU_GIB,
@@ -312,5 +340,67 @@ def format_plan(p: dict) -> str:
 
 def main_plan(spec: RunSpec):
     p = plan(spec)
-    print(json.dumps(p) if spec.json else format_plan(p))
+    if spec.fake_step:
+        config, teacher, _ = plan_models(spec)
+        p.update(check_plan(p, measure_step(spec, p, config, teacher)))
+    print(json.dumps(p) if spec.json else format_plan(p) + (format_check(p) if spec.fake_step else ""))
     return p
+
+
+def check_plan(p: dict, m: dict) -> dict:
+    """The plan's fields for --fake-step: "measured_gib_per_gpu" (the parts of memory_gib_per_gpu the
+    tracker tells apart, each at its own peak over the steady step, and the total at the tracker's
+    peak) and "fake_step": the same against the plan (the total against the plan's peak, its phases'
+    largest), what the tracker cannot split (activations, the loss, AdamW's step), the peak's
+    composition, and FLOPs per token beside the formula's."""
+    planned, phases = p["memory_gib_per_gpu"], p["phases_gib_per_gpu"]
+    gib = {k: v / GiB for k, v in m["part_peaks"].items()}
+    measured = {k: gib[k] for k in CHECKED_PARTS} | {"total": m["at_peak"]["total"] / GiB}
+    against = {**{k: planned[k] for k in CHECKED_PARTS}, "total": phases["peak"],
+               "activations_and_loss": planned["activations"] + planned["logits_and_loss"],
+               "optimizer_step": phases["optimizer_step"]}
+    values = {**measured, "activations_and_loss": gib["activations_and_loss"], "optimizer_step": gib["optimizer_step"]}
+    ratios = {k: values[k] / against[k] if against[k] else None for k in against}
+    flops = m["flops_per_token"] / p["flops_per_token"]["total"]
+    return {"measured_gib_per_gpu": measured, "fake_step": {
+        "tracker": "FSDPMemTracker" if p["parallel"] == "fsdp" else "MemTracker",
+        "steps": m["steps"], "micro_batches": m["micro_batches"], "seconds": m["seconds"], "measured_gib": values, "plan_gib": against,
+        "ratio_to_plan": ratios, "sum_of_parts_ratio": measured["total"] / planned["total"],
+        "at_peak_gib": {k: v / GiB for k, v in m["at_peak"].items()},
+        "within_tolerance": all(r is None or abs(r - 1) <= MEMORY_TOLERANCE for r in ratios.values()),
+        "tracker_bytes": {"part_peaks": m["part_peaks"], "at_peak": m["at_peak"]},
+        "flops_per_token": m["flops_per_token"], "flops_ratio_to_formula": flops,
+        "flops_within_tolerance": abs(flops - 1) <= FLOPS_TOLERANCE}}
+
+
+def format_check(p: dict) -> str:
+    f, planned = p["fake_step"], p["memory_gib_per_gpu"]
+    names = {"weights": "weights (fp32 master)", "gradients": "gradients (fp32)", "optimizer": "AdamW moments",
+             "fsdp_buffers": "FSDP gather/reduce buffers", "teacher": "teacher (bf16, with its gathers)",
+             "teacher_forward": "teacher forward (transient)",
+             "activations_and_loss": "activations + logits and loss", "optimizer_step": "AdamW step (transient)",
+             "total": "peak (plan: its phases' largest)"}
+    lines = [f"\n  PyTorch's account of the same step (--fake-step: rank 0 of {p['world_size']}, fake tensors, "
+             f"{f['tracker']}, {f['steps']} steps, the second reported, with {f['micro_batches']} of the plan's "
+             f"{p['grad_accum']} micro-batch(es) (later ones repeat the second); {f['seconds']:.0f} s):",
+             f"\n    {'GiB per GPU':<36}{'plan':>8}{'tracker':>10}   ratio"]
+    for k, name in names.items():
+        r = f["ratio_to_plan"][k]
+        lines.append(f"\n    {name:<36}{f['plan_gib'][k]:8.2f}{f['measured_gib'][k]:10.2f}   "
+                     + (f"{r:6.3f}" if r is not None else "     -"))
+    peak = f["at_peak_gib"]
+    lines += [f"\n    {'agree' if f['within_tolerance'] else 'DISAGREE'} within {MEMORY_TOLERANCE:.0%}: each part at "
+              "its own peak over the step, the total at the tracker's peak",
+              f"\n    the plan's total above ({planned['total']:.2f}) adds every part at its own peak, as if the "
+              f"teacher's forward, the student's backward and AdamW's step overlapped: the tracker's peak is "
+              f"{f['sum_of_parts_ratio']:.3f} of it",
+              f"\n    at the tracker's peak: weights {peak['weights']:.2f}, gradients {peak['gradients']:.2f}, AdamW "
+              f"{peak['optimizer']:.2f}, FSDP buffers {peak['fsdp_buffers']:.2f}, teacher {peak['teacher']:.2f}, "
+              f"activations and temporaries {peak['transient']:.2f}",
+              "\n    not counted (fake tensors on the cpu device): CUDA's 512-byte rounding, the allocator's "
+              "fragmentation, the CUDA context, NCCL: the 10% headroom",
+              f"\n  FLOPs per token (FlopCounterMode, one micro-batch, no recomputation): "
+              f"{f['flops_per_token'] / 1e9:.3f} G against the formula's {p['flops_per_token']['total'] / 1e9:.3f} G, "
+              f"ratio {f['flops_ratio_to_formula']:.4f} ({'within' if f['flops_within_tolerance'] else 'NOT within'} "
+              f"{FLOPS_TOLERANCE:.0%})"]
+    return "".join(lines)
