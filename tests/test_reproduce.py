@@ -217,3 +217,18 @@ def test_a_run_another_invocation_holds_is_left_to_it(tmp_path):
     finally:
         held.release()
     assert not busy(tmp_path / "fbi-ad-s0")
+
+
+def test_the_estimate_counts_one_teacher_forward_per_batch_in_lockstep_and_one_per_arm_alone():
+    from tinyfbi.reproduce import arm_seeds
+    from tinyfbi.reproduction.budget import estimate
+    keys = ("a1", "c")                        # fp (labels), fbi-ad, fbi-ce (labels), fbi-init-ad: 300 steps, 6 seeds
+    names = arms_for(keys)
+    times = {"teacher_step_s": 0.0, "teacher_forward_s": 1.0, "arm_step_s": {n: 0.0 for n in names},
+             "eval_s": {"micro": 0.0}}
+    e = estimate(FULL, arm_seeds(FULL, names, keys), times)
+    assert e["students_alone_s"] == 6 * 2 * 300          # fbi-ad and fbi-init-ad each pay the teacher's forward
+    assert e["students_lockstep_s"] == 6 * 300           # one forward per batch serves both
+    times = {**times, "teacher_forward_s": 0.0, "arm_step_s": {n: 1.0 for n in names}, "teacher_step_s": 2.0}
+    e = estimate(FULL, arm_seeds(FULL, names, keys), times)
+    assert e["students_alone_s"] == e["students_lockstep_s"] == 6 * 4 * 300 and e["teacher_s"] == 2.0 * 1200

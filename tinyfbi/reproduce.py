@@ -39,6 +39,7 @@ from .cli import CLIParser, run_cli
 from .core.errors import TinyFBIError
 from .formats.atomic import atomic_write_bytes, atomic_write_json
 from .formats.run_checkpoint import has_checkpoint, resolve_checkpoint
+from .reproduction.budget import estimate, measure
 from .reproduction.claims import CLAIM_KEYS, CLAIMS, RULE, arms_for, arms_of, evaluate_claims
 from .reproduction.plan import ARM_NAMES, ARMS_BY_NAME, FAST, FULL, INIT_FROM_FP, SIZES, non_embedding_params
 from .reproduction.report import design_estimate, markdown, pilot_markdown, plots, step_seconds, tail_mean
@@ -64,6 +65,8 @@ def build_parser():
                     help=f"the teacher's steps (default {FULL.teacher_steps}, --fast {FAST.teacher_steps})")
     ap.add_argument("--pilot-steps", default=None, help=f"comma-separated budgets of --pilot (default "
                     f"{','.join(map(str, FULL.pilot_steps))}, --fast {','.join(map(str, FAST.pilot_steps))})")
+    ap.add_argument("--estimate", action="store_true", help="time each kind of step here and print what the plan "
+                    "(and --claims) would take, every arm alone and in lockstep; trains nothing")
     ap.add_argument("--teacher-only", action="store_true", help="train (or resume) the teacher and stop: "
                     "build it ahead, e.g. overnight")
     ap.add_argument("--seeds", type=int, default=None, help=f"seeds per arm (default {len(FULL.seeds)}, more for the "
@@ -310,6 +313,8 @@ def train_arms(args, plan, folder, names, seeds_by_arm, teacher, steps) -> dict:
 def reproduce(args):
     plan = choose_plan(args)
     keys = chosen_claims(args)
+    if args.estimate:
+        return print_estimate(args, plan, keys)
     out = Path(args.out or ("runs/reproduce-fast" if args.fast else "runs/reproduce"))
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -352,6 +357,26 @@ def reproduce(args):
     print("\n" + report)
     print(f"wrote {out}/results{tail}.md, results{tail}.json, ppl{tail}.png, flips{tail}.png")
     return results
+
+
+def print_estimate(args, plan, keys) -> dict:
+    """--estimate: every kind of step timed here (reproduction.budget), then the plan's time for every claim
+    and for the claims asked, alone and in lockstep."""
+    times = measure(plan, ARM_NAMES)
+    print(f"step times on {cpu_name()}, {plan.batch_size} x {plan.seq_len} tokens, the fastest of 3 (seconds): "
+          f"teacher training {times['teacher_step_s']:.3f}, teacher forward {times['teacher_forward_s']:.3f}; "
+          + ", ".join(f"{n} {t:.3f}" for n, t in times["arm_step_s"].items()) + "; validation pass "
+          + ", ".join(f"{size} {t:.2f}" for size, t in times["eval_s"].items()))
+    out = {"cpu": cpu_name(), "times": times, "plans": {}}
+    for asked in dict.fromkeys([CLAIM_KEYS, keys]):
+        names = arms_for(asked)
+        e = estimate(plan, arm_seeds(plan, names, asked), times)
+        out["plans"][",".join(asked)] = e
+        print(f"{'every claim' if asked == CLAIM_KEYS else '--claims ' + ','.join(asked)}: teacher "
+              f"{e['teacher_s'] / 60:.1f} min; students alone {e['students_alone_s'] / 60:.1f} min, in lockstep "
+              f"{e['students_lockstep_s'] / 60:.1f} min; in all {e['alone_s'] / 60:.1f} min alone, "
+              f"{e['lockstep_s'] / 60:.1f} min in lockstep")
+    return out
 
 
 def pilot(args, plan, out, teacher, keys, start):
