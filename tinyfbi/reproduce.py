@@ -296,7 +296,16 @@ def train_arms(args, plan, folder, names, seeds_by_arm, teacher, steps) -> dict:
                 else:
                     todo.append((name, fields))
             if todo:
-                for (name, _), s in zip(todo, train_group([f for _, f in todo])):
+                try:
+                    trained = train_group([f for _, f in todo])
+                except TinyFBIError:
+                    # another invocation took one of these runs between the check above and the lock: leave
+                    # the group to it (each run is collected at the end); any other error stands
+                    if not any(busy(folder / f["name"]) for _, f in todo):
+                        raise
+                    later += [(seed, name) for name, _ in todo]
+                    continue
+                for (name, _), s in zip(todo, trained):
                     keep(name, seed, s)
     for seed, name in later:                   # left to another invocation: wait for it, then collect
         fields = fields_of(name, seed)
@@ -362,8 +371,8 @@ def reproduce(args):
 def print_estimate(args, plan, keys) -> dict:
     """--estimate: every kind of step timed here (reproduction.budget), then the plan's time for every claim
     and for the claims asked, alone and in lockstep."""
-    times = measure(plan, ARM_NAMES)
-    print(f"step times on {cpu_name()}, {plan.batch_size} x {plan.seq_len} tokens, the fastest of 3 (seconds): "
+    times = measure(plan, ARM_NAMES, repeats=7)
+    print(f"step times on {cpu_name()}, {plan.batch_size} x {plan.seq_len} tokens, the fastest of 7 (seconds): "
           f"teacher training {times['teacher_step_s']:.3f}, teacher forward {times['teacher_forward_s']:.3f}; "
           + ", ".join(f"{n} {t:.3f}" for n, t in times["arm_step_s"].items()) + "; validation pass "
           + ", ".join(f"{size} {t:.2f}" for size, t in times["eval_s"].items()))
