@@ -65,6 +65,20 @@ def test_flops_per_token_from_the_counter_match_the_mfu_formula():
     assert m["flops_per_token"] == pytest.approx(p["flops_per_token"]["total"], rel=0.05)
 
 
+def test_accumulated_micro_batches_hold_the_gradients_beside_the_next_forward():
+    """With accumulation (4 micro-batches of 2 rows) the second micro-batch's forward runs beside the
+    first's gradients: the peak holds all of them, and the same step without accumulation (its one
+    micro-batch, twice the rows) holds none at its peak (AdamW set them to None)."""
+    spec = RunSpec.build(**{**SMALL, "batch_size": 8}, world_size=1, micro_batch=2)
+    p = plan(spec)
+    config, teacher, _ = plan_models(spec)
+    m = measure_step(spec, p, config, teacher)
+    assert p["grad_accum"] == 4 and m["micro_batches"] == 2
+    assert m["at_peak"]["gradients"] == m["part_peaks"]["gradients"] > 0
+    _, alone = measured("single")
+    assert alone["at_peak"]["gradients"] == 0
+
+
 def test_the_command_adds_the_measured_parts_to_the_plan(capsys):
     main(["--backend", "torch", "--size", "micro", "--dry-run", "--world-size", "2", "--fsdp", "on",
           "--batch-size", "4", "--seq-len", "64", "--activation-checkpointing", "on", "--fake-step", "--json"])

@@ -240,13 +240,14 @@ def in_place_all_reduce(buckets: list, bucket):
     return future
 
 
-def train_step(learner: TorchLearner, x, y, micro_batches: int):
+def train_step(learner: TorchLearner, x, y, micro_batches: int, tracker):
     """learner.forward_backward then learner.optimizer_step, without their .item() and float(): a fake
     tensor has no value. Same micro-batches (the first `micro_batches` of them), DDP no_sync, loss
     scaling, clipping and AdamW."""
     wrapped, accum = learner.wrapped, learner.grad_accum
     rows = len(x) // accum
     for i in range(micro_batches):
+        tracker.reset_mod_stats()   # the tracker's per-module records take one forward per module
         last = i == micro_batches - 1
         sync = wrapped.no_sync() if hasattr(wrapped, "no_sync") and not last else contextlib.nullcontext()
         with sync:
@@ -323,15 +324,14 @@ def measure_step(spec: RunSpec, p: dict, config, teacher_config, fake: bool = Tr
                 teacher.register_forward_hook(lambda *_: tracker.teacher_forward(False))]
             steady = min(MICRO_BATCHES, p["grad_accum"])
             with tracker:
-                train_step(learner, x, y, 1)
-                tracker.reset_mod_stats()   # then the steady step, as torchtitan's estimate does
+                train_step(learner, x, y, 1, tracker)
                 weights_t = sum(st.nbytes() for st in teacher_weight_storages(teacher)) if teacher else 0
                 tracker.restart(teacher_storages(teacher) if teacher else [], weights_t,
                                 getattr(wrapped, "buckets", ()))
                 held = {}   # the gradients AdamW steps with (the loss's own head gradient, counted as one
                 # by the tracker's gradient hook until it is accumulated, is gone by then)
                 hook = learner.opt.register_step_pre_hook(lambda *_: held.update(tracker.parts()))
-                train_step(learner, x, y, steady)
+                train_step(learner, x, y, steady, tracker)
                 hook.remove()
                 moments = tracker.parts()["optimizer"]   # after the step: AdamW's moments alone
             for h in hooks:

@@ -11,24 +11,32 @@ Memory per GPU is an estimate for training with AdamW on GPUs (bf16 autocast, fl
 weights, gradients and moments), sharded over the world size under FSDP:
 - weights 4 B, gradients 4 B, AdamW moments 8 B per parameter, divided by the world size under FSDP
   (host memory instead with --cpu-offload);
-- FSDP buffers: the root unit (embeddings, lm_head) stays gathered in bf16 through the step, two
-  decoder layers are gathered at a time (one computing, one prefetched), and one unit's float32
-  gradient exists unsharded before its reduce-scatter;
-- the teacher's weights in bf16 (sharded like the student under FSDP), and its forward's bf16
-  temporaries of one layer at a time (no grad: about 6 C_t + 3 I_t values per token);
+- FSDP buffers: the root unit (embeddings, lm_head) stays gathered in bf16 through the step; two
+  decoder layers are gathered at a time (one computing, one prefetched) beside one layer's bf16
+  gradient and its float32 copy for the reduce-scatter, or at the backward's end the root's float32
+  gradient;
+- the teacher's weights in bf16 (sharded like the student under FSDP, its root gathered after its
+  forward, two of its layers gathered during it), and its forward's bf16 temporaries, most in a
+  layer's MLP (3 C_t + 3 I_t values per token);
 - activations per decoder layer per token, measured from the tensors autograd saves (CPU autocast,
   this model): with the fused FBI-Linear (the default) 32 C + 8 I bytes with float32 master weights
   (DDP), 28 C + 8 I with bf16 FSDP weights; with --fbi-linear unfused 34 C + 8 I, and each
-  binarized linear also saves sign(W) and W~ until its backward (6 B per weight, 4 B under FSDP). Activation checkpointing keeps only each layer's input (C floats per token) plus one
-  layer being recomputed;
-- logits and loss, fused (the default, torch_backend.fused_loss): only one chunk of LOSS_CHUNK tokens
-  of logits lives at a time, both models' bf16 logits, float32 log-probabilities, softmax, teacher
-  probabilities and logit gradient, about 24 V bytes per chunk token (16 V with the label loss), plus
-  the gradients it forms as it goes, dL/dh (4 C per token) and dL/dW_head (4 V C), and the teacher's
-  final hidden state (2 C_t per token). Unfused (--head-loss unfused): about 14 V bytes per token of
-  the micro-batch when distilling (10 V with the label loss).
-Not counted: the CUDA context, the allocator's fragmentation, torch.compile's workspace and NCCL
-buffers: a plan fits only if it leaves HEADROOM (10%) of the device free for them.
+  binarized linear also saves sign(W) and W~ until its backward (6 B per weight, 4 B under FSDP).
+  Activation checkpointing keeps only each layer's input (C floats per token) plus one layer being
+  recomputed;
+- logits and loss, fused (the default, torch_backend.fused_loss): one chunk of LOSS_CHUNK tokens at
+  a time, 16 V bytes per chunk token at its most (8 V with the label loss) or the head gradient's
+  (V, C) product in bf16 and float32, plus what the loss holds throughout: dL/dh, dL/dW_head (4 V C),
+  the head's bf16 copy and the teacher's final hidden state (2 C_t per token). Unfused (--head-loss
+  unfused): about 14 V bytes per token of the micro-batch when distilling (10 V with the label loss).
+"total" adds every part at its own peak. The parts do not all peak at once, and "phases_gib_per_gpu"
+says when they do: what is held throughout (weights, gradients, moments, the teacher's shards and
+root), plus the largest of the teacher's forward, the student's forward and backward (the loss beside
+the checkpointed layer inputs, or the recomputed layer's backward), and AdamW's step (foreach, as on
+GPUs: sqrt(v), 4 B per parameter). `--fake-step` (fake_step.py) runs the step under PyTorch's memory
+tracker and prints its account beside these. Not counted: the CUDA context, the allocator's
+fragmentation, torch.compile's workspace and NCCL buffers: a plan fits only if its total leaves
+HEADROOM (10%) of the device free for them.
 """
 from __future__ import annotations
 
@@ -116,12 +124,14 @@ def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | Non
     if cpu_offload:
         host, state = state, {k: 0.0 for k in state}
     buffers = 0.0
-    if sharded:
-        buffers = 2 * counts["root"] + 2 * 2 * counts["layer"] + 4 * max(counts["layer"], counts["root"])
-    teacher_bytes = 0.0
+    if sharded:   # the root gathered in bf16 throughout; then two layers gathered with one layer's bf16
+        # gradient and its float32 copy for the reduce-scatter, or at the backward's end the root's float32 one
+        buffers = 2 * counts["root"] + max((2 * 2 + 2 + 4) * counts["layer"], 4 * counts["root"])
+    teacher_bytes = teacher_layers = 0.0
     if teacher is not None:
         t = count_params(teacher)
-        teacher_bytes = 2 * t["total"] / split + ((2 * t["root"] + 2 * 2 * t["layer"]) if sharded else 0)
+        teacher_layers = 2 * 2 * t["layer"] if sharded else 0.0    # two of its layers gathered, in its forward
+        teacher_bytes = 2 * t["total"] / split + (2 * t["root"] if sharded else 0) + teacher_layers
     tokens = micro_batch * seq_len
     per_token = (28 if sharded else 34) * C + 8 * I + 24
     if config.binarized and fused:   # FusedFBILinear keeps its input as it comes, and no weight copies
@@ -147,11 +157,19 @@ def memory_per_gpu(config: ModelConfig, counts: dict, teacher: ModelConfig | Non
     # nor do the loss's chunks and the layer recomputed in the backward: with checkpointing the loss
     # runs beside the layers' inputs alone, the backward's recomputed layer after the loss has freed
     # its chunks (only dL/dh goes on)
-    held = out["weights"] + out["gradients"] + out["optimizer"] + out["teacher"]
+    held = out["weights"] + out["gradients"] + out["optimizer"] + out["teacher"] - teacher_layers
     inputs = with_ckpt - one_layer
-    student = (max(inputs + out["logits_and_loss"], with_ckpt + (2 if sharded else 4) * tokens * C)
-               if checkpointing else out["activations"] + out["logits_and_loss"])
-    phases = {"teacher_forward": out["teacher_forward"], "forward_backward": out["fsdp_buffers"] + student,
+    # beside the loss: the last layer's output, the final norm's saved input and its output (12 C bytes
+    # per token, float32); in the backward, the recomputed last layer's down_proj at its most: the
+    # residual's gradient, dy and dx, and with float32 master weights the float32 copies of x and dy the
+    # weight gradient is formed from (6 I + 12 C bytes per token), with bf16 weights under FSDP
+    # 2 I + 4 C, plus the linear's W~, signs, gradients and products in bf16 (7 x 2 C I); measured by
+    # --fake-step (docs/scaling.md)
+    backward_temps = (tokens * (2 * I + 4 * C) + 14 * C * I) if sharded else tokens * (6 * I + 12 * C)
+    student = (max(inputs + 12 * C * tokens + out["logits_and_loss"],
+                   with_ckpt + (2 if sharded else 4) * tokens * C + backward_temps)
+               if checkpointing else out["activations"] + 12 * C * tokens + out["logits_and_loss"])
+    phases = {"teacher_forward": teacher_layers + out["teacher_forward"], "forward_backward": out["fsdp_buffers"] + student,
               "optimizer_step": 0.0 if cpu_offload else 4 * P / split}
     phases = {"held": held, **phases, "peak": held + max(phases.values())}
     return {"gpu": out, "phases": phases, "activations_with_checkpointing": with_ckpt, "activations_without_checkpointing": without,
@@ -165,11 +183,12 @@ def head_loss_bytes(config: ModelConfig, teacher: ModelConfig | None, tokens: in
     if not fused:
         return tokens * V * (14 if teacher is not None else 10)
     n = min(tokens, LOSS_CHUNK)
-    # a chunk at its most (fused_loss.py, under bf16 autocast): the student's bf16 logits, their float32
-    # copy and log-softmax, its softmax, the teacher's bf16 logits, float32 copy and softmax (18 V per
-    # token; 10 V with labels alone); or, when the chunk adds its head gradient, dlogits in bf16 (2 V)
-    # beside the (V, C) product in bf16 and its float32 copy (6 V C)
-    chunk = max(n * V * (18 if teacher is not None else 10), 2 * n * V + 6 * V * C)
+    # a chunk at its most (fused_loss.py, under bf16 autocast): the student's log-softmax and softmax
+    # beside the teacher's float32 logits and softmax, or beside its probabilities and their product
+    # with the log-softmax (16 V bytes per token, all float32; 8 V with labels alone: the float32 logits
+    # and log-softmax); or, when the chunk adds its head gradient, dlogits in bf16 (2 V) beside the
+    # (V, C) product in bf16 and its float32 copy (6 V C)
+    chunk = max(n * V * (16 if teacher is not None else 8), 2 * n * V + 6 * V * C)
     # held through the loss: dL/dh (h's dtype: float32, bf16 under FSDP), dL/dW_head in float32, the
     # head's bf16 copy (FSDP gathers it in bf16 already) and the teacher's final hidden state
     held = (2 if sharded else 4) * tokens * C + 4 * V * C + (0 if sharded else 2 * V * C)
@@ -316,7 +335,7 @@ def format_plan(p: dict) -> str:
         f"    AdamW moments (fp32 m, v)     {m['optimizer']:8.2f}",
         f"    FSDP gather/reduce buffers    {m['fsdp_buffers']:8.2f}",
         f"    teacher (bf16)                {m['teacher']:8.2f}",
-        f"    teacher forward (one layer)   {m['teacher_forward']:8.2f}",
+        f"    teacher forward (temporaries) {m['teacher_forward']:8.2f}",
         f"    activations                   {m['activations']:8.2f}   (checkpointing on "
         f"{p['activations_gib']['with_checkpointing']:.2f}, off {p['activations_gib']['without_checkpointing']:.2f})",
         f"    logits and loss               {m['logits_and_loss']:8.2f}   ({p['head_loss']} head and loss)",
@@ -324,6 +343,10 @@ def format_plan(p: dict) -> str:
         f"{'fits' if p['fits_device'] else 'does NOT fit'} a {p['device_gib']:g} GiB GPU with {p['headroom']:.0%} "
         f"of it left free ({p['usable_gib']:.1f} GiB usable; the rest for the CUDA context, fragmentation and "
         "compile workspace)",
+        f"    at once, by phases            {p['phases_gib_per_gpu']['peak']:8.2f}   (held throughout "
+        f"{p['phases_gib_per_gpu']['held']:.2f} + the largest of the teacher's forward "
+        f"{p['phases_gib_per_gpu']['teacher_forward']:.2f}, the student's forward and backward "
+        f"{p['phases_gib_per_gpu']['forward_backward']:.2f}, AdamW's step {p['phases_gib_per_gpu']['optimizer_step']:.2f})",
         f"  host memory: {p['host_gib']['rank0_to_write_a_checkpoint']:.0f} GiB on rank 0 to gather and write a "
         "checkpoint (fp32 weights + AdamW moments)"
         + (f"; {p['host_gib']['per_process_offload']:.1f} GiB per process for offloaded state"
@@ -357,7 +380,7 @@ def check_plan(p: dict, m: dict) -> dict:
     gib = {k: v / GiB for k, v in m["part_peaks"].items()}
     measured = {k: gib[k] for k in CHECKED_PARTS} | {"total": m["at_peak"]["total"] / GiB}
     against = {**{k: planned[k] for k in CHECKED_PARTS}, "total": phases["peak"],
-               "activations_and_loss": planned["activations"] + planned["logits_and_loss"],
+               "activations_and_loss": phases["forward_backward"] - planned["fsdp_buffers"],
                "optimizer_step": phases["optimizer_step"]}
     values = {**measured, "activations_and_loss": gib["activations_and_loss"], "optimizer_step": gib["optimizer_step"]}
     ratios = {k: values[k] / against[k] if against[k] else None for k in against}
@@ -394,6 +417,9 @@ def format_check(p: dict) -> str:
               f"\n    the plan's total above ({planned['total']:.2f}) adds every part at its own peak, as if the "
               f"teacher's forward, the student's backward and AdamW's step overlapped: the tracker's peak is "
               f"{f['sum_of_parts_ratio']:.3f} of it",
+              *([f"\n    under FSDP the tracker sees one of the teacher's layers gathered at a time where the plan "
+                 "counts two: on a CPU the next layer's all-gather waits for this layer's compute; on CUDA it "
+                 "runs beside it on its own stream (FSDP2's implicit prefetch)"] if p["parallel"] == "fsdp" else []),
               f"\n    at the tracker's peak: weights {peak['weights']:.2f}, gradients {peak['gradients']:.2f}, AdamW "
               f"{peak['optimizer']:.2f}, FSDP buffers {peak['fsdp_buffers']:.2f}, teacher {peak['teacher']:.2f}, "
               f"activations and temporaries {peak['transient']:.2f}",
