@@ -5,7 +5,9 @@ one distillation step as the torch backend takes it (bf16 autocast, float32 mast
 AdamW, activation checkpointing, sequences of 2048), for each case of FBI-Linear (fused or not),
 head and loss (fused over chunks of tokens, or whole logits) and torch.compile (on or off):
 tokens/s, MFU (student forward+backward and teacher forward FLOPs over the device's bf16 dense
-peak, and the student's own share), peak memory against the planner's estimate. The micro-batch
+peak, and the student's own share), peak memory allocated and reserved (what the caching allocator's
+rounding and fragmentation add) against the planner's peak by phases and its parts added (the
+figures `--dry-run --fake-step` prints for the same shapes on fake tensors). The micro-batch
 is the planner's for the device, fused head and 10% headroom (`--micro-batch` overrides). Writes
 one JSON object per case (`--out`, default bench_gpu.json) and prints a table.
 
@@ -72,16 +74,20 @@ def measure(size, teacher, args, device, fused, head_fused, compiled) -> dict:
     tok_s = 1e3 * micro * args.seq_len / median_ms(call_times(step, TIMED_STEPS, warmup=WARMUP_STEPS))
     flops = flops_per_token(config, teacher.config, args.seq_len)
     planned = memory_per_gpu(config, counts, teacher.config, 1, False, False, micro, args.seq_len, True, True,
-                             fused, head_fused)["gpu"]["total"]
+                             fused, head_fused)
     peak = peak_bf16_flops(device)
     measured = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    # what the caching allocator took from the device: the measured peak plus its rounding and fragmentation
+    reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
     del student, forward, opt, step
     return {"size": size, "fbi_linear": "fused" if fused else "unfused", "head_loss": "fused" if head_fused
             else "unfused", "compile": compiled, "device": device_name(device),
             "micro_batch": micro, "seq_len": args.seq_len, "tok_s": tok_s, "loss": float(losses[-1]),
             "mfu": tok_s * flops["total"] / peak if peak else None,
             "mfu_student": tok_s * flops["student"] / peak if peak else None, "flops_per_token": flops["total"],
-            "peak_memory_gib": measured / GiB if measured is not None else None, "planned_memory_gib": planned / GiB}
+            "peak_memory_gib": measured / GiB if measured is not None else None,
+            "peak_reserved_gib": reserved / GiB if reserved is not None else None,
+            "planned_memory_gib": planned["gpu"]["total"] / GiB, "planned_peak_gib": planned["phases"]["peak"] / GiB}
 
 
 def distill_step(teacher, student, forward, opt, x, autocast, device, losses, head_fused, _call=None):
@@ -156,8 +162,10 @@ def bench(args: argparse.Namespace):
                   f"{'on ' if compiled else 'off'}: micro-batch {r['micro_batch']} x {r['seq_len']}, "
                   f"{r['tok_s']:,.0f} tokens/s"
                   + (f", MFU {r['mfu']:.1%} (student alone {r['mfu_student']:.1%})" if r["mfu"] else "")
-                  + (f", peak {r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] is not None else "")
-                  + f" (planned {r['planned_memory_gib']:.1f} GiB)", flush=True)
+                  + (f", peak {r['peak_memory_gib']:.1f} GiB allocated, {r['peak_reserved_gib']:.1f} reserved"
+                     if r["peak_memory_gib"] is not None else "")
+                  + f" (planned peak {r['planned_peak_gib']:.1f} GiB, parts added {r['planned_memory_gib']:.1f})",
+                  flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     atomic_write_json(args.out, {"teacher": args.teacher_size, "results": rows})
