@@ -13,7 +13,8 @@ CPU without VNNI unless called.
 import numba
 import numpy as np
 
-from kernels.act_int8 import quantize_int8
+from kernels.act_int8 import quantize_int8, quantize_int8_bit_order
+from kernels.simd import cache_stable
 
 TOKENS = 4                 # tokens per register tile of the batch rows: 8 masks + 4 accumulators + scratch
 CHUNK_BYTES = 256 << 10    # int8 activations per token chunk (half the L2)
@@ -21,15 +22,21 @@ ROW_BLOCK = 16             # rows whose bits stay in L1 while 4 tokens' q pass o
                            # q from L2 for every 4 tokens before (v7 11008x4096x512: 190 -> 135 ms)
 
 
-def rows_matvec(row, quantize=quantize_int8):
-    """row(bits (32*nblk,) uint8, q (256*nblk,) int8) -> int32 -> njit (bits, alpha, beta, x, y);
-    quantize(alpha, beta, x, q) -> (scale, sum q, beta . x) writes q in the order the row reads it."""
+def rows_matvec(row, bit_order: bool = False):
+    """row(bits (32*nblk,) uint8, q (256*nblk,) int8) -> int32 -> njit (bits, alpha, beta, x, y); q is
+    quantized in the inputs' order (act_int8.quantize_int8), or in the blocked bits' order where bit_order
+    (quantize_int8_bit_order, v13). A flag, not the quantizer: a Numba function closed over pickles
+    differently in every process, and the closure would miss the cache every time (simd.cache_stable)."""
+    row = cache_stable(row)
 
     @numba.njit(cache=True, parallel=True)
     def _matvec(bits, alpha, beta, x, y):
         # bits (out, 32*nblk) uint8; alpha, beta, x (in,) float32 -> y (out,) float32
         q = np.empty(8 * bits.shape[1], np.int8)                        # (256*nblk,), zero-padded
-        scale, qsum, bx = quantize(alpha, beta, x, q)
+        if bit_order:
+            scale, qsum, bx = quantize_int8_bit_order(alpha, beta, x, q)
+        else:
+            scale, qsum, bx = quantize_int8(alpha, beta, x, q)
         for o in numba.prange(bits.shape[0]):
             y[o] = scale * np.float32(2 * np.int64(row(bits[o], q)) - qsum) + bx
 
@@ -38,6 +45,7 @@ def rows_matvec(row, quantize=quantize_int8):
 
 def rows_matmul(row_x4):
     """row_x4(bits row, q (B_pad, 256*nblk), t0) -> 4 int32 sums (tokens t0..t0+3) -> njit (bits, alpha, beta, x, y)."""
+    row_x4 = cache_stable(row_x4)
 
     @numba.njit(cache=True, parallel=True)
     def _matmul(bits, alpha, beta, x, y):

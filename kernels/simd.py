@@ -94,3 +94,20 @@ class _Loop:
 
     def __exit__(self, *exc):
         return self._cm.__exit__(*exc)
+
+
+def cache_stable(intrinsic_fn):
+    """An intrinsic named by its module and qualified name, so that Numba can cache a closure over it.
+
+    Numba keys the on-disk cache of a closure (the int8_loops and stacked factories) by its pickled
+    closure variables. An intrinsic pickles with a uuid1 drawn afresh in every process, and with the
+    llvmlite types its code uses, whose pickle changes once they are first printed (they cache their
+    string) - which compiling does: the key looked up before the compile never equalled the one saved
+    after it, so every process compiled the closure again (v7's prefill loop: seconds before the first
+    prefill, tens of MB of LLVM memory). A fixed uuid and types printed up front keep the key the same."""
+    if not any(k.endswith("__uuid") and v is not None for k, v in vars(intrinsic_fn).items()):
+        intrinsic_fn._set_uuid(f"tinyfbi:{intrinsic_fn.__module__}.{intrinsic_fn.__qualname__}")
+    for value in intrinsic_fn._defn.__globals__.values():
+        if isinstance(value, ir.Type):
+            str(value)
+    return intrinsic_fn

@@ -26,7 +26,7 @@ import numpy as np
 from kernels.act_int8 import quantize_int8_bit_order
 from kernels.bitpack import LUT_ROWS, NIB_ROWS, PackedSigns, nib4_from_blocked, pack_lut3_mask
 from kernels.dispatch import kernel_name, matvec
-from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI
+from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI, cache_stable
 from kernels.v3_lut3_f32 import lut_rowgroup, scaled_tables
 from kernels.v9_lut4_int8 import lut4_tile, quantized_tables
 from kernels.v13_kmask_int8 import plus_qsum_row_kmask, plus_qsum_row_kmask_emulated
@@ -173,6 +173,7 @@ def _exact_lut3(lut, group_ends, alpha, beta, x, y8):
 def stacked_rows(row):
     """row(bits (32*nblk,), q (256*nblk,) in bit order) -> int32, v13's row intrinsic or its twin -> njit
     (bits, ends, alpha, beta, x, y): every segment's int8 activations, then one parallel loop over all rows."""
+    row = cache_stable(row)
 
     @numba.njit(cache=True, parallel=True)
     def _stacked(bits, ends, alpha, beta, x, y):

@@ -24,7 +24,6 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from kernels.act_int8 import quantize_int8_bit_order
 from kernels.int8_loops import call_matvec, rows_matvec
 from kernels.simd import I8, I32, I64, counted_loop, data_pointer, hsum, is_c_array, splat
 from kernels.v10_vnni512_int8 import dpbusd512, dpbusd512_emulated
@@ -84,8 +83,8 @@ def _make_row(dpbusd):
 plus_qsum_row_kmask, plus_qsum_row_kmask_emulated = _make_row(dpbusd512), _make_row(dpbusd512_emulated)
 
 
-_matvec = rows_matvec(plus_qsum_row_kmask, quantize_int8_bit_order)
-_matvec_emulated = rows_matvec(plus_qsum_row_kmask_emulated, quantize_int8_bit_order)
+_matvec = rows_matvec(plus_qsum_row_kmask, bit_order=True)
+_matvec_emulated = rows_matvec(plus_qsum_row_kmask_emulated, bit_order=True)
 
 
 def matvec_kmask_int8(packed, alpha, beta, x, emulated=False) -> np.ndarray:

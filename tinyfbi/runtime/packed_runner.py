@@ -44,10 +44,10 @@ import numba
 import numpy as np
 
 from kernels.bitpack import PackedSigns
-from kernels.nib4_blocked import blocked_from_nib4
 from kernels.decode_ops import attend_fn, attend_parallel, rmsnorm_into, rmsnorm_rows_into, swiglu_into
 from kernels.dense_head import DenseHead
 from kernels.dispatch import int8_decode_layout, is_batch_kernel, kernel_name, matvec
+from kernels.nib4_blocked import blocked_from_nib4
 from kernels.simd import ISA
 from kernels.stacked import StackedSigns, stack_linears, stacked_kernel_name, stacked_matvec
 from kernels.zero_fix import subtract_zeros
