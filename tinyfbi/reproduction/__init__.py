@@ -3,7 +3,8 @@
 plan     the arms (one question each), the sizes and budgets of a full and a --fast run
 stats    Student's t interval of a paired difference (no SciPy)
 claims   each claim of the paper as a comparison of arms, judged by one stated rule
-report   the results table and plots
+report   the results table and plots (the size trend among them)
+budget   the plan's time from step times measured here (--estimate), alone and in lockstep
 
 `python -m tinyfbi.reproduce` (the entry point) trains the arms and writes what these modules compute.
 """
