@@ -54,6 +54,12 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def tensor_span(end: int, dtype, shape) -> tuple[int, int]:
+    """(offset, nbytes) of the next tensor after data ending at `end`: 64-byte aligned, as the file lays
+    them out (so a group stored back to back in the plan is back to back in any buffer laid out alike)."""
+    return _align(end), int(np.dtype(dtype).itemsize * np.prod(shape, dtype=np.int64))
+
+
 def sign_layout(header: dict) -> str:
     """The layout a file's signs are stored in: 'blocked' (every version-1/2 file) or 'nib4'."""
     return header.get("sign_layout", "blocked")
@@ -89,14 +95,14 @@ class PackedWriter:
         self.f, self.config_json, self.tokenizer, self.layout = f, config_json, tokenizer, layout
         self.table, offset = {}, 0
         for name, (kind, dtype, shape, *rest) in plan.items():
-            nbytes = int(np.dtype(dtype).itemsize * np.prod(shape, dtype=np.int64))
+            offset, nbytes = tensor_span(offset, dtype, shape)
             self.table[name] = {"kind": kind, "dtype": np.dtype(dtype).str, "shape": [int(n) for n in shape],
                                 "offset": offset, "nbytes": nbytes}
             if rest:                                         # signs: the linear's (in, out) features
                 self.table[name]["in_features"] = int(rest[0])
                 self.table[name]["out_features"] = int(rest[1]) if len(rest) > 1 else int(shape[0])
-            offset = _align(offset + nbytes)
-        self.planned_end = offset
+            offset += nbytes
+        self.planned_end = offset = _align(offset)
         # the longest zero lists there could be: every weight of every binarized linear
         self.most_zeros = {zeros_name(name): e["out_features"] * e["in_features"]
                            for name, e in self.table.items() if zero_lists and e["kind"] == "signs"}

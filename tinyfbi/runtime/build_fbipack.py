@@ -189,29 +189,44 @@ def _tokenizer(raw: dict, folder) -> dict | None:
     return {"spec": spec}
 
 
-def iter_random_packed(config: ModelConfig, seed=0, layout="blocked"):
+RANDOM_CHUNK = 16 << 20      # bytes of a tensor drawn at a time: a 7B's embeddings never exist in float32
+
+
+def _draw_rows(out: np.ndarray, draw):
+    """Fill out (rows, ...) a block of rows at a time with draw(shape) (so that the temporaries of a draw
+    stay small); the same blocks in the same order give the same values wherever out lives."""
+    step = max(1, RANDOM_CHUNK // max(1, out[:1].nbytes * 4))
+    for r in range(0, out.shape[0], step):
+        out[r:r + step] = draw(out[r:r + step].shape)
+    return out
+
+
+def iter_random_packed(config: ModelConfig, seed=0, layout="blocked", into=None):
     """(name, array) of a randomly initialized FBI model as a .fbipack of this sign layout stores it
     (random signs, no float32 weights), in the file's order, one at a time: what `PackedRunner.random`
-    runs and `pack --random-init` writes. Random bytes are random signs in either layout; only a shape
-    with padding (in % 256, or out % 32 for nib4) goes through the blocked bits to keep its padding 0."""
+    runs and `pack --random-init` writes. into: name -> an array of the planned dtype and shape to draw
+    into (PackedRunner.random's one buffer), else each tensor is new. Random bytes are random signs in
+    either layout; only a shape with padding (in % 256, or out % 32 for nib4) goes through the blocked
+    bits to keep its padding 0."""
     rng = np.random.default_rng(seed)
     for name, (kind, dtype, shape, *features) in storage_plan(config, layout=layout).items():
+        out = into[name] if into is not None else np.empty(shape, dtype)
         if kind == "signs":
             in_f, out_f = features
-            padded = in_f % BLOCK or (layout == "nib4" and out_f % NIB_ROWS)
-            if not padded:
-                yield name, rng.integers(0, 256, shape, dtype=np.uint8)
-                continue
-            bits = rng.integers(0, 256, signs_shape(out_f, in_f, "blocked"), dtype=np.uint8)
-            yield name, signs_in_layout(pack_blocked_mask(unpack_blocked_mask(bits, in_f)), layout)
+            if in_f % BLOCK or (layout == "nib4" and out_f % NIB_ROWS):
+                bits = rng.integers(0, 256, signs_shape(out_f, in_f, "blocked"), dtype=np.uint8)
+                out[...] = signs_in_layout(pack_blocked_mask(unpack_blocked_mask(bits, in_f)), layout)
+            else:
+                _draw_rows(out, lambda s: rng.integers(0, 256, s, dtype=np.uint8))
         elif name.endswith(".wscale"):
-            yield name, np.full(shape, 0.016, np.float16)      # |N(0, 0.02)| has mean 0.016: FBI's init alpha
+            out[...] = 0.016                                   # |N(0, 0.02)| has mean 0.016: FBI's init alpha
         elif name.endswith(".wbias"):
-            yield name, (rng.standard_normal(shape) * 1e-3).astype(np.float16)     # beta near 0
+            out[...] = rng.standard_normal(shape) * 1e-3       # beta near 0
         elif name.endswith("norm.weight"):
-            yield name, np.ones(shape, dtype)
+            out[...] = 1
         else:                                                  # embeddings and lm_head, N(0, 0.02)
-            yield name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(dtype)
+            _draw_rows(out, lambda s: rng.standard_normal(s, dtype=np.float32) * 0.02)
+        yield name, out
 
 
 def pack_random(config: ModelConfig, out, seed=0, layout="auto"):

@@ -56,8 +56,8 @@ from ..core import layers as L
 from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
 from ..formats.config_json import config_from_json
-from ..formats.fbipack import SIGN_LAYOUTS, drop_mapped_pages, load_tensors, read_header, sign_layout
-from .build_fbipack import GROUPS, cache_dir, iter_random_packed, relayout
+from ..formats.fbipack import SIGN_LAYOUTS, drop_mapped_pages, load_tensors, read_header, sign_layout, tensor_span
+from .build_fbipack import GROUPS, cache_dir, iter_random_packed, relayout, storage_plan
 from .inference import KVCache, Runner
 
 
@@ -344,7 +344,14 @@ class PackedRunner(Runner):
         """A randomly initialized FBI model built directly in packed form (no float32 weights), its signs
         drawn in the layout it runs (auto: the one this CPU decodes fastest), so it holds what a file would."""
         stored = run_layout(kind, layout)
-        arrays = dict(iter_random_packed(config, seed, stored))
+        plan = storage_plan(config, layout=stored)
+        spans, end = {}, 0
+        for name, (_, dtype, shape, *_rest) in plan.items():       # one buffer laid out as the file is:
+            spans[name] = tensor_span(end, dtype, shape)            # each group's signs back to back, so
+            end = sum(spans[name])                                  # the runner views them, never copies
+        buffer = np.empty(end, np.uint8)
+        into = {name: buffer[o:o + n].view(plan[name][1]).reshape(plan[name][2]) for name, (o, n) in spans.items()}
+        arrays = dict(iter_random_packed(config, seed, stored, into))
         return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head, kv=kv)
 
 
