@@ -178,6 +178,30 @@ display(memory.style.format({s: "{:.2f}" for s in SIZES}).set_properties(subset=
                                                                            **{"text-align": "left"}))
 
 # %% [markdown]
+# The terms do not all peak at once: the teacher's forward is over before the student's starts, and
+# AdamW's step comes after the backward. The plan also says when they coincide, by phases of one
+# optimizer step (`phases_gib_per_gpu`); their peak, not the sum above, is what a GPU holds at most.
+
+# %%
+phase_terms = {
+    "held": "held throughout the step: weights, gradients, AdamW moments, the teacher's shards",
+    "teacher_forward": "the teacher's gathered layers and its forward's temporaries, while it runs",
+    "forward_backward": "FSDP's gathered units and the student's activations, loss and backward temporaries",
+    "optimizer_step": "AdamW's foreach temporaries (sqrt(v), 4 B per parameter) during the update",
+    "peak": "held + the largest of the three phases: the most the GPU holds at once",
+}
+phases = pd.DataFrame({s: p["phases_gib_per_gpu"] for s, p in plans.items()})
+assert set(phases.index) == set(phase_terms), "a phase of the plan is not explained here"
+phases = phases.loc[list(phase_terms)]
+phases["what it is"] = [phase_terms[k] for k in phases.index]
+display(phases.style.format({s: "{:.2f}" for s in SIZES}).set_properties(subset=["what it is"],
+                                                                         **{"text-align": "left"}))
+for s in SIZES:
+    ph = plans[s]["phases_gib_per_gpu"]
+    assert abs(ph["peak"] - ph["held"] - max(ph["teacher_forward"], ph["forward_backward"], ph["optimizer_step"])) < 1e-9
+    assert ph["peak"] < plans[s]["memory_gib_per_gpu"]["total"]             # the sum overstates the peak
+
+# %% [markdown]
 # Each term by hand, for the 1.3B student under FSDP on 8 GPUs, against the plan: weights,
 # gradients and moments are 4 + 4 + 8 bytes per parameter over 8 GPUs. The teacher's term is
 # 2 bytes per teacher parameter over 8 GPUs, plus what FSDP gathers whole on every GPU: its
