@@ -98,7 +98,8 @@ def matvec(packed: PackedSigns, alpha, beta, x, kind: str = "exact") -> np.ndarr
     x2 = x.reshape(-1, n_in)                                         # (B, in)
     name = kernel_name(packed, x2.shape[0], kind)
     if packed.bits is None and name != "v9_lut4_int8":               # nib4 alone: this call's blocked bits
-        packed = PackedSigns(packed.out_features, n_in, blocked_from_nib4(packed.nib4, packed.out_features), packed.lut)
+        packed = PackedSigns(packed.out_features, n_in, blocked_from_nib4(packed.nib4, packed.out_features, scratch=True),
+                             packed.lut)
     if name in _BATCH:
         y = _BATCH[name](packed, alpha, beta, x2)                   # (B, out)
     else:

@@ -111,11 +111,21 @@ def _blocked_from_nib4(nib, bits):
             bits[t * NIB_ROWS:] = tmp[:n_rows - t * NIB_ROWS]
 
 
-def blocked_from_nib4(nib: np.ndarray, out_features: int) -> np.ndarray:
-    """nib4 uint8 (ceil(out/32), 32*nblk, 32) -> blocked uint8 (out, 32*nblk), the same signs bit for bit."""
+def blocked_from_nib4(nib: np.ndarray, out_features: int, scratch: bool = False) -> np.ndarray:
+    """nib4 uint8 (ceil(out/32), 32*nblk, 32) -> blocked uint8 (out, 32*nblk), the same signs bit for bit.
+    scratch: written into one buffer kept for the next call (valid until then): a prefill rewrites a
+    linear per call, and fresh pages for each cost the kernel a page fault and a zeroing per 4 KB."""
     tiles, pairs, width = nib.shape
     if width != NIB_ROWS or pairs % 32 or not tiles * NIB_ROWS - NIB_ROWS < out_features <= tiles * NIB_ROWS:
         raise ValueError(f"not the nib4 tiles of {out_features} rows: shape {nib.shape}")
-    bits = np.empty((out_features, pairs), np.uint8)
+    if not scratch:
+        bits = np.empty((out_features, pairs), np.uint8)
+    else:
+        if _SCRATCH[0].size < out_features * pairs:
+            _SCRATCH[0] = np.empty(out_features * pairs, np.uint8)
+        bits = _SCRATCH[0][:out_features * pairs].reshape(out_features, pairs)
     _blocked_from_nib4(np.ascontiguousarray(nib), bits)
     return bits
+
+
+_SCRATCH = [np.empty(0, np.uint8)]      # the largest linear's blocked bits rewritten so far (one at a time)
