@@ -135,7 +135,7 @@ print(f"all nine within {worst:.4f} of the floor")
 # matrix here, $W_{ij} = s_j (z_{ij} + \mu_j)$ with $z$ i.i.d. standard normal, log-normal column scales
 # $s_j$ (spread $e^{\pm 1}$), column offsets $\mu_j \sim \mathcal N(0, 0.5^2)$ and four outlier columns ten
 # times larger. The numbers are chosen to show the mechanism; they are **not** statistics measured on
-# LLaMA's weights, and a model small enough to train in this notebook does not grow such columns.
+# LLaMA's weights.
 
 # %%
 structured = R.column_structured(OUT, IN, rng, scale_sigma=1.0, mean_to_scale=0.5, outliers=4, outlier_gain=10.0)

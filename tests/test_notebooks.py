@@ -1,4 +1,5 @@
-"""Every notebook runs top to bottom (small, TINYFBI_FAST=1) and its own checks pass.
+"""Every notebook runs top to bottom (small, TINYFBI_FAST=1) and its own checks pass, and its executed
+copy matches its source.
 
 The notebooks live in git as jupytext py:percent files; here each is converted in memory and
 executed with nbclient, like `pytest --nbmake` on the converted .ipynb would.
@@ -38,3 +39,20 @@ def test_executed_copy_matches_its_source(path):
     pytest.importorskip("jupytext")
     from tinyfbi.notebooks import stale
     assert stale(path) is None, stale(path)
+
+
+def test_03_default_size_is_the_one_timed_in_the_readme():
+    """Notebook 03 trains; notebooks/README.md gives its run time at these default sizes (about 10
+    minutes on one idle core). No test times it: this one fails when a default grows past the timed
+    one, so that a larger size comes with a new measurement."""
+    import jupytext
+    path = next(p for p in NOTEBOOKS if p.stem.startswith("03_"))
+    cell = next(c for c in jupytext.read(path).cells if "parameters" in c.metadata.get("tags", []))
+    sizes = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TINYFBI_FAST", raising=False)
+        exec(cell.source, sizes)
+    timed = {"STEPS": 300, "TEACHER_STEPS": 1200, "seeds": 3, "bytes a step": 16 * 64}
+    default = {"STEPS": sizes["STEPS"], "TEACHER_STEPS": sizes["TEACHER_STEPS"], "seeds": len(sizes["SEEDS"]),
+               "bytes a step": sizes["BATCH"] * sizes["SEQ"]}
+    assert all(default[k] <= timed[k] for k in timed), (default, timed)

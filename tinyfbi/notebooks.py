@@ -28,6 +28,9 @@ from .core.errors import TinyFBIError
 from .formats.atomic import atomic_write_bytes
 
 FOLDER = Path(__file__).resolve().parents[1] / "notebooks"
+# set to 1 on a machine that other work shares: two BLAS threads that wait for each other there
+# take several times as long as one
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def sources(which=()) -> list[Path]:
@@ -95,6 +98,7 @@ def execute(path: Path, timeout: int) -> float:
         "executed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_name(), "cores": os.cpu_count(), "seconds": round(seconds, 1),
         "kernel_cpu_seconds": round(cpu_seconds, 1),
+        "threads": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "load_average_1_5_15_min": {"before": [round(x, 2) for x in load_before],
                                     "after": [round(x, 2) for x in os.getloadavg()]}}
     atomic_write_bytes(path.with_suffix(".ipynb"), nbformat.writes(notebook).encode())
