@@ -10,10 +10,12 @@ import pytest
 from conftest import metrics
 
 from tinyfbi import load_model
+from tinyfbi.core.errors import TinyFBIError
 from tinyfbi.train import train
 from tinyfbi.training import loop as loop_module
 from tinyfbi.training.lockstep import SharedTeacherBackend, train_lockstep
 from tinyfbi.training.numpy_backend import NumpyLearner
+from tinyfbi.training.run_lock import RunLock
 from tinyfbi.training.spec import RunSpec
 
 COMMON = dict(tokenizer="byte", batch_size=4, seq_len=32, eval_batches=1, eval_every=3, save_every=2,
@@ -58,8 +60,16 @@ def test_lockstep_runs_equal_the_runs_trained_alone_and_share_one_teacher_forwar
     for spec in arms(corpus, teacher, alone):
         train(spec)
     backend = SharedTeacherBackend()
-    summaries = train_lockstep(arms(corpus, teacher, together), backend)
-    assert [s["steps"] for s in summaries] == [6, 4, 5, 3]
+    locked = []
+
+    def after(spec, summary):             # runs while the run's folder is still locked (another lock fails)
+        try:
+            RunLock(spec.run_dir).acquire().release()
+            locked.append(False)
+        except TinyFBIError:
+            locked.append(summary["run"] == str(spec.run_dir))
+    summaries = train_lockstep(arms(corpus, teacher, together), backend, after)
+    assert [s["steps"] for s in summaries] == [6, 4, 5, 3] and locked == [True] * 4
     assert_same_runs(alone, together, ["fbi-ad", "fp-mix", "ternary-ad", "fbi-ce"])
     # three distilled runs, the longest 6 steps: 6 teacher forwards, not 6 + 4 + 5
     assert backend.teacher_forwards() == 6

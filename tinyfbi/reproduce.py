@@ -242,14 +242,16 @@ def train_group(field_list) -> list[dict]:
     resumed if killed. Each run's reproduce.json records an equal share of the group's wall time."""
     print("\n== in lockstep: " + ", ".join(f["name"] for f in field_list))
     start = time.perf_counter()
+    group = [f["name"] for f in field_list]
+    walls = {}
+
+    def record_wall(spec, summary):          # before the run's lock is released: `finished` needs this file
+        wall = walls.setdefault("group", time.perf_counter() - start)
+        atomic_write_json(spec.run_dir / "reproduce.json",
+                          {"wall_s": wall / len(group), "group_wall_s": wall, "group": group})
     summaries = train_lockstep([RunSpec.build(**f, resume=has_checkpoint(Path(f["out"]) / f["name"]))
-                                for f in field_list])
-    wall = time.perf_counter() - start
-    for f in field_list:
-        atomic_write_json(Path(f["out"]) / f["name"] / "reproduce.json",
-                          {"wall_s": wall / len(field_list), "group_wall_s": wall,
-                           "group": [g["name"] for g in field_list]})
-    return [{**s, "wall_s": wall / len(field_list)} for s in summaries]
+                                for f in field_list], after=record_wall)
+    return [{**s, "wall_s": walls["group"] / len(group)} for s in summaries]
 
 
 def record(s) -> dict:
@@ -284,14 +286,19 @@ def train_arms(args, plan, folder, names, seeds_by_arm, teacher, steps) -> dict:
         for phase in ([n for n in here if n == "fp"], [n for n in here if n != "fp"]):
             todo = []
             for name in phase:
+                if ARMS_BY_NAME[name].fields.get("init") == INIT_FROM_FP and not finished(folder / f"fp-s{seed}"):
+                    # its initial weights are another invocation's `fp` run, still training: its fields (the
+                    # checkpoint to start from) are read only once that run has finished, in the loop below
+                    print(f"== {name}-s{seed}: its `fp` start is still training elsewhere; later")
+                    later.append((seed, name))
+                    continue
                 fields = fields_of(name, seed)
                 done = reused(fields)
                 if done is not None:
                     print(f"== {fields['name']}: reusing {folder / fields['name']}")
                     keep(name, seed, done)
-                elif busy(folder / fields["name"]) or (ARMS_BY_NAME[name].fields.get("init") == INIT_FROM_FP
-                                                       and not finished(folder / f"fp-s{seed}")):
-                    print(f"== {fields['name']}: another invocation is training it (or its `fp` start); later")
+                elif busy(folder / fields["name"]):
+                    print(f"== {fields['name']}: another invocation is training it; later")
                     later.append((seed, name))
                 else:
                     todo.append((name, fields))
@@ -308,6 +315,10 @@ def train_arms(args, plan, folder, names, seeds_by_arm, teacher, steps) -> dict:
                 for (name, _), s in zip(todo, trained):
                     keep(name, seed, s)
     for seed, name in later:                   # left to another invocation: wait for it, then collect
+        if ARMS_BY_NAME[name].fields.get("init") == INIT_FROM_FP:
+            RunLock(folder / f"fp-s{seed}").acquire(wait=True).release()   # its `fp` start has ended
+            if not (folder / f"fp-s{seed}" / "summary.json").is_file():
+                raise TinyFBIError(f"{folder / f'fp-s{seed}'} did not finish: rerun to train it, then {name}")
         fields = fields_of(name, seed)
         s = run_once(fields)
         keep(name, seed, s)

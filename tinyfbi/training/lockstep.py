@@ -60,10 +60,12 @@ def check_lockstep(specs) -> None:
         raise TinyFBIError("runs in lockstep need folders of their own")
 
 
-def train_lockstep(specs: list[RunSpec], backend: SharedTeacherBackend | None = None) -> list[dict]:
+def train_lockstep(specs: list[RunSpec], backend: SharedTeacherBackend | None = None, after=None) -> list[dict]:
     """Train every spec (each as training.run.run would, resumed where spec.resume says) with the batches
     in step: at each round the runs whose next batch is the earliest take their step, so one teacher
-    forward serves them all. -> their summaries, in the order of `specs`."""
+    forward serves them all. after(spec, summary), if given, runs for each finished run while its lock is
+    still held (what a caller writes beside a run is there before another process may read the run).
+    -> their summaries, in the order of `specs`."""
     check_lockstep(specs)
     backend = backend or SharedTeacherBackend()
     locks = []
@@ -83,7 +85,11 @@ def train_lockstep(specs: list[RunSpec], backend: SharedTeacherBackend | None = 
         finally:
             for job in jobs:
                 job.loop.close()
-        return [finish(job) for job in jobs]
+        summaries = [finish(job) for job in jobs]
+        if after is not None:
+            for spec, summary in zip(specs, summaries):
+                after(spec, summary)
+        return summaries
     finally:
         for lock in locks:
             lock.release()
