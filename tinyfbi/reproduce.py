@@ -43,7 +43,6 @@ from .reproduction.budget import estimate, measure
 from .reproduction.claims import CLAIM_KEYS, CLAIMS, RULE, arms_for, arms_of, evaluate_claims
 from .reproduction.plan import ARM_NAMES, ARMS_BY_NAME, FAST, FULL, INIT_FROM_FP, SIZES, non_embedding_params
 from .reproduction.report import design_estimate, markdown, pilot_markdown, plots, step_seconds, tail_mean
-from .train import train
 from .training.lockstep import train_lockstep
 from .training.run_lock import RunLock
 from .training.spec import RunSpec
@@ -158,28 +157,18 @@ def finished(run_dir) -> bool:
 def run_once(fields: dict, wait=True) -> dict | None:
     """Train one run (RunSpec fields), or reuse it if finished (resume it if killed); -> its summary plus wall_s.
     A run another invocation is training is waited for, or with wait=False left to it (-> None)."""
-    name, size, steps = fields["name"], fields["size"], fields["steps"]
+    name = fields["name"]
     run_dir = Path(fields["out"]) / name
     if busy(run_dir):
         if not wait:
             print(f"== {name}: another invocation is training it; coming back to it later")
             return None
         RunLock(run_dir).acquire(wait=True).release()
-    summary_path, timing_path = run_dir / "summary.json", run_dir / "reproduce.json"
-    if finished(run_dir):
-        summary = json.loads(summary_path.read_text())
-        if summary["steps"] != steps or summary["size"] != size:
-            raise TinyFBIError(f"{run_dir} was trained with another plan ({summary['size']}, {summary['steps']} steps, "
-                               f"not {size}, {steps}): delete it or choose another --out")
+    done = reused(fields)
+    if done is not None:
         print(f"== {name}: reusing {run_dir}")
-        return {**summary, "wall_s": json.loads(timing_path.read_text())["wall_s"]}
-    resume = has_checkpoint(run_dir)
-    print(f"\n== {name}{' (resuming)' if resume else ''}")
-    start = time.perf_counter()
-    summary = train(RunSpec.build(**fields, resume=resume))
-    wall = time.perf_counter() - start
-    atomic_write_json(timing_path, {"wall_s": wall})
-    return {**summary, "wall_s": wall}
+        return done
+    return train_group([fields])[0]
 
 
 def train_teacher(args, plan, out) -> dict:
@@ -240,7 +229,9 @@ def reused(fields) -> dict | None:
 def train_group(field_list) -> list[dict]:
     """Train runs of one seed in lockstep (training.lockstep: one teacher forward per batch for all), each
     resumed if killed. Each run's reproduce.json records an equal share of the group's wall time."""
-    print("\n== in lockstep: " + ", ".join(f["name"] for f in field_list))
+    resuming = [f["name"] for f in field_list if has_checkpoint(Path(f["out"]) / f["name"])]
+    print(("\n== in lockstep: " if len(field_list) > 1 else "\n== ") + ", ".join(f["name"] for f in field_list)
+          + (f" (resuming {', '.join(resuming)})" if resuming else ""))
     start = time.perf_counter()
     group = [f["name"] for f in field_list]
     walls = {}
