@@ -1,5 +1,5 @@
-"""Every notebook runs top to bottom (small, TINYFBI_FAST=1) and its own checks pass, and its executed
-copy matches its source.
+"""Every notebook runs top to bottom (small, TINYFBI_FAST=1) and its own checks pass; each links the
+paper, closes with a summary and an exercise, and its executed copy matches its source.
 
 The notebooks live in git as jupytext py:percent files; here each is converted in memory and
 executed with nbclient, like `pytest --nbmake` on the converted .ipynb would.
@@ -39,6 +39,30 @@ def test_executed_copy_matches_its_source(path):
     pytest.importorskip("jupytext")
     from tinyfbi.notebooks import stale
     assert stale(path) is None, stale(path)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_executed_copy_shows_no_stray_value_and_says_where_it_ran(path):
+    """Each code cell prints what it shows instead of ending in a bare value (the float a last
+    cmp(...) returns would appear under its "ok" line), and the metadata holds date, CPU and seconds."""
+    pytest.importorskip("nbformat")
+    import nbformat
+
+    from tinyfbi.notebooks import stray_values
+    assert stray_values(path) == [], f"{path.with_suffix('.ipynb').name}: cells {stray_values(path)} end in a bare value"
+    meta = nbformat.read(path.with_suffix(".ipynb"), as_version=4).metadata.get("tinyfbi", {})
+    assert {"executed", "cpu", "seconds"} <= set(meta), meta
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_links_the_paper_and_closes_with_a_summary_and_an_exercise(path):
+    import jupytext
+    cells = jupytext.read(path).cells
+    markdown = [c.source for c in cells if c.cell_type == "markdown"]
+    assert "https://arxiv.org/abs/2407.07093" in markdown[0], f"{path.name}: the first cell links the paper"
+    assert any("## Summary" in m for m in markdown), f"{path.name} has no summary"
+    assert "## Exercise" in markdown[-1] and "tests/test_" in markdown[-1], \
+        f"{path.name}: the last cell is an exercise whose answer a test checks"
 
 
 def test_03_default_size_is_the_one_timed_in_the_readme():
