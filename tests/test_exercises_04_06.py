@@ -15,7 +15,6 @@ import pytest
 from tinyfbi.core.binarize import positive_mask
 from tinyfbi.training.numpy_backend import flip_fractions
 
-
 # ---- 04 · the popcount identity for ternary weights ----
 
 def bits_of(mask: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Runs trained in lockstep (training.lockstep) against the same runs trained alone (training.run.run,
+"""Runs trained in lockstep (reproduction.lockstep) against the same runs trained alone (training.run.run,
 the `python -m tinyfbi.train` path): every logged loss and every final weight equal, bit for bit
 (tolerance 0: the teacher's probabilities are a pure function of the batch, and the same NumPy
 float32 operations run on the same arrays in the same order within each run). Also a group killed
@@ -11,9 +11,9 @@ from conftest import metrics
 
 from tinyfbi import load_model
 from tinyfbi.core.errors import TinyFBIError
+from tinyfbi.reproduction.lockstep import SharedTeacherBackend, train_lockstep
 from tinyfbi.train import train
 from tinyfbi.training import loop as loop_module
-from tinyfbi.training.lockstep import SharedTeacherBackend, train_lockstep
 from tinyfbi.training.numpy_backend import NumpyLearner
 from tinyfbi.training.run_lock import RunLock
 from tinyfbi.training.spec import RunSpec

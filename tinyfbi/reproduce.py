@@ -4,7 +4,7 @@ First a full-precision teacher, 13x the students' size and trained for 4x a stud
 reused by every arm and every rerun). Then every arm (reproduction.plan.ARMS) over the same seeds,
 each arm on the same tokens with the same initial weights and batch order per seed, every distilled
 arm learning the teacher's full softmax (T = 1), the teacher run forward each step. The arms of one
-seed train in lockstep (training.lockstep): one teacher forward per batch serves them all, and each
+seed train in lockstep (reproduction.lockstep): one teacher forward per batch serves them all, and each
 arm is bit for bit the arm trained alone.
   (a) FBI with autoregressive distillation vs next-token labels vs the 0.5/0.5 mix;
   (b) FBI's per-column alpha/beta vs none vs per-row vs BitNet b1.58 ternary;
@@ -41,9 +41,9 @@ from .formats.atomic import atomic_write_bytes, atomic_write_json
 from .formats.run_checkpoint import has_checkpoint, resolve_checkpoint
 from .reproduction.budget import estimate, measure
 from .reproduction.claims import CLAIM_KEYS, CLAIMS, RULE, arms_for, arms_of, evaluate_claims
+from .reproduction.lockstep import train_lockstep
 from .reproduction.plan import ARM_NAMES, ARMS_BY_NAME, FAST, FULL, INIT_FROM_FP, SIZES, non_embedding_params
 from .reproduction.report import design_estimate, markdown, pilot_markdown, plots, step_seconds, tail_mean
-from .training.lockstep import train_lockstep
 from .training.run_lock import RunLock
 from .training.spec import RunSpec
 
@@ -227,7 +227,7 @@ def reused(fields) -> dict | None:
 
 
 def train_group(field_list) -> list[dict]:
-    """Train runs of one seed in lockstep (training.lockstep: one teacher forward per batch for all), each
+    """Train runs of one seed in lockstep (reproduction.lockstep: one teacher forward per batch for all), each
     resumed if killed. Each run's reproduce.json records an equal share of the group's wall time."""
     resuming = [f["name"] for f in field_list if has_checkpoint(Path(f["out"]) / f["name"])]
     print(("\n== in lockstep: " if len(field_list) > 1 else "\n== ") + ", ".join(f["name"] for f in field_list)

@@ -419,7 +419,7 @@ def format_check(p: dict) -> str:
               f"\n    the plan's total above ({planned['total']:.2f}) adds every part at its own peak, as if the "
               f"teacher's forward, the student's backward and AdamW's step overlapped: the tracker's peak is "
               f"{f['sum_of_parts_ratio']:.3f} of it",
-              *([f"\n    under FSDP the tracker sees one of the teacher's layers gathered at a time where the plan "
+              *(["\n    under FSDP the tracker sees one of the teacher's layers gathered at a time where the plan "
                  "counts two: on a CPU the next layer's all-gather waits for this layer's compute; on CUDA it "
                  "runs beside it on its own stream (FSDP2's implicit prefetch)"] if p["parallel"] == "fsdp" else []),
               f"\n    at the tracker's peak: weights {peak['weights']:.2f}, gradients {peak['gradients']:.2f}, AdamW "

@@ -1,1 +1,1 @@
-"""Training: run planning, the one loop both backends share, the NumPy learner, the teacher cache, runs in lockstep."""
+"""Training: run planning, the one loop both backends share, the NumPy learner, the teacher cache."""

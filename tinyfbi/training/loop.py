@@ -136,7 +136,7 @@ def rollback(learner, state, cfg, run_dir, metrics, data_step, loss, log) -> Loo
 
 class Loop:
     """One model's training, one optimizer step at a time: `step()` until `done`, then `finish()`.
-    train() runs it alone; training.lockstep runs several side by side, each exactly as alone.
+    train() runs it alone; reproduction.lockstep runs several side by side, each exactly as alone.
     evaluate(model, batches) -> loss, sync() waits for the device (timing)."""
 
     def __init__(self, learner: Learner, evaluate, sync, cfg: TrainConfig, optim: OptimConfig, sampler, val_batches,

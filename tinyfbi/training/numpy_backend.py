@@ -57,7 +57,7 @@ def flip_fractions(before: dict, params: dict) -> dict:
 
 class TeacherProbs:
     """The teacher's next-token distribution of a batch, softmax(teacher(x)) (B, T, V) float32, from its
-    forward. Students trained in lockstep (training.lockstep) share one: a batch's forward runs once however
+    forward. Students trained in lockstep (reproduction.lockstep) share one: a batch's forward runs once however
     many students ask for it. The last `keep` batches' are kept, keyed by their tokens, so the same batch
     gets the same array (never written to: the losses only read it)."""
 

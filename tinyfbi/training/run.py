@@ -48,7 +48,7 @@ def run_locked(spec: RunSpec, backend: Backend) -> dict:
 
 @dataclass
 class Job:
-    """A run between start() and finish(): its loop (stepped by run_locked, or by training.lockstep beside
+    """A run between start() and finish(): its loop (stepped by run_locked, or by reproduction.lockstep beside
     others) and what its summary needs."""
     spec: RunSpec
     backend: Backend

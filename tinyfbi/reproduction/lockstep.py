@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import TinyFBIError
-from .numpy_backend import NumpyBackend, TeacherProbs
-from .run import finish, start
-from .run_lock import RunLock
-from .spec import RunSpec
+from ..training.numpy_backend import NumpyBackend, TeacherProbs
+from ..training.run import finish, start
+from ..training.run_lock import RunLock
+from ..training.spec import RunSpec
 
 
 class SharedTeacherBackend(NumpyBackend):
