@@ -22,7 +22,6 @@ from pathlib import Path
 from .cli import CLIParser, run_cli
 from .core.config import PRESETS, ModelConfig
 from .core.errors import TinyFBIError
-from .formats.fbipack import read_header, sign_layout
 from .runtime.build_fbipack import file_layout, pack_checkpoint, pack_random, relayout
 
 
@@ -60,8 +59,7 @@ def pack(args):
               f"{Path(out).stat().st_size / 2**20:,.1f} MiB")
         return
     if Path(args.paths[0]).is_file():                         # a packed file: rewrite its signs' layout
-        have = sign_layout(read_header(args.paths[0])[0])
-        layout = relayout(args.paths[0], out, args.layout)
+        have, layout = relayout(args.paths[0], out, args.layout)
         print(f"wrote {out}: {args.paths[0]}'s signs in {layout} (it stores {have}), "
               f"{Path(out).stat().st_size / 2**20:,.1f} MiB")
         return

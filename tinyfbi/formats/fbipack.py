@@ -54,10 +54,16 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def tensor_span(end: int, dtype, shape) -> tuple[int, int]:
-    """(offset, nbytes) of the next tensor after data ending at `end`: 64-byte aligned, as the file lays
-    them out (so a group stored back to back in the plan is back to back in any buffer laid out alike)."""
-    return _align(end), int(np.dtype(dtype).itemsize * np.prod(shape, dtype=np.int64))
+def plan_spans(plan: dict) -> tuple[dict, int]:
+    """({name: (offset, nbytes)}, end of the data) for a plan (name -> (kind, dtype, shape, ...)), each
+    tensor 64-byte aligned in plan order, as the file lays them out: a group stored back to back in the
+    plan is back to back in any buffer laid out alike (PackedRunner.random's)."""
+    spans, end = {}, 0
+    for name, (_, dtype, shape, *_rest) in plan.items():
+        offset = _align(end)
+        spans[name] = (offset, int(np.dtype(dtype).itemsize * np.prod(shape, dtype=np.int64)))
+        end = offset + spans[name][1]
+    return spans, end
 
 
 def sign_layout(header: dict) -> str:
@@ -93,15 +99,14 @@ class PackedWriter:
         if layout not in SIGN_LAYOUTS:
             raise ValueError(f"sign layout must be one of {SIGN_LAYOUTS}, got {layout!r}")
         self.f, self.config_json, self.tokenizer, self.layout = f, config_json, tokenizer, layout
-        self.table, offset = {}, 0
+        self.table = {}
+        spans, offset = plan_spans(plan)
         for name, (kind, dtype, shape, *rest) in plan.items():
-            offset, nbytes = tensor_span(offset, dtype, shape)
             self.table[name] = {"kind": kind, "dtype": np.dtype(dtype).str, "shape": [int(n) for n in shape],
-                                "offset": offset, "nbytes": nbytes}
+                                "offset": spans[name][0], "nbytes": spans[name][1]}
             if rest:                                         # signs: the linear's (in, out) features
                 self.table[name]["in_features"] = int(rest[0])
                 self.table[name]["out_features"] = int(rest[1]) if len(rest) > 1 else int(shape[0])
-            offset += nbytes
         self.planned_end = offset = _align(offset)
         # the longest zero lists there could be: every weight of every binarized linear
         self.most_zeros = {zeros_name(name): e["out_features"] * e["in_features"]

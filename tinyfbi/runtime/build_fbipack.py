@@ -240,10 +240,10 @@ def pack_random(config: ModelConfig, out, seed=0, layout="auto"):
         writer.finish()
 
 
-def relayout(src, out, layout: str) -> str:
+def relayout(src, out, layout: str) -> tuple[str, str]:
     """Rewrite a .fbipack with its signs in `layout` (file_layout's choice for auto), atomically, one
     tensor at a time from the mapped source: everything else (tokenizer, scales, zero lists) is copied as
-    it is. Returns the layout written."""
+    it is. Returns (the layout the source stores, the layout written)."""
     from kernels.nib4_blocked import blocked_from_nib4  # Numba: only when a packed file is rewritten
     layout = file_layout(layout)
     header, arrays = read_packed(src, load="map")
@@ -269,4 +269,4 @@ def relayout(src, out, layout: str) -> str:
             if t["kind"] == "zeros":
                 writer.write_zeros(name, arrays[name])
         writer.finish()
-    return layout
+    return have, layout

@@ -56,7 +56,7 @@ from ..core import layers as L
 from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
 from ..formats.config_json import config_from_json
-from ..formats.fbipack import SIGN_LAYOUTS, drop_mapped_pages, load_tensors, read_header, sign_layout, tensor_span
+from ..formats.fbipack import SIGN_LAYOUTS, drop_mapped_pages, load_tensors, plan_spans, read_header, sign_layout
 from .build_fbipack import GROUPS, cache_dir, iter_random_packed, relayout, storage_plan
 from .inference import KVCache, Runner
 
@@ -345,11 +345,8 @@ class PackedRunner(Runner):
         drawn in the layout it runs (auto: the one this CPU decodes fastest), so it holds what a file would."""
         stored = run_layout(kind, layout)
         plan = storage_plan(config, layout=stored)
-        spans, end = {}, 0
-        for name, (_, dtype, shape, *_rest) in plan.items():       # one buffer laid out as the file is:
-            spans[name] = tensor_span(end, dtype, shape)            # each group's signs back to back, so
-            end = sum(spans[name])                                  # the runner views them, never copies
-        buffer = np.empty(end, np.uint8)
+        spans, end = plan_spans(plan)        # one buffer laid out as the file is: each group's signs back
+        buffer = np.empty(end, np.uint8)     # to back, so the runner views them, never copies
         into = {name: buffer[o:o + n].view(plan[name][1]).reshape(plan[name][2]) for name, (o, n) in spans.items()}
         arrays = dict(iter_random_packed(config, seed, stored, into))
         return cls.from_arrays(config, arrays, kind, lut=kind == "exact", head=head, kv=kv)
@@ -366,15 +363,15 @@ def _kv_bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
-def relayout_cached(path, layout: str) -> Path:
-    """The cache's copy of the .fbipack at `path` with its signs in `layout`: rewritten on first use
-    (atomically), reused while the source is unchanged (its path, size and modification time name it)."""
+def relayout_cached(path, have: str, layout: str) -> Path:
+    """The cache's copy of the .fbipack at `path` (its signs in `have`) with its signs in `layout`: rewritten
+    on first use (atomically), reused while the source is unchanged (its path, size and modification time
+    name it)."""
     path = Path(path).resolve()
     stat = path.stat()
     key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "layouts" / f"{path.stem}-{key}.{layout}.fbipack"
     if not out.is_file():
-        have = sign_layout(read_header(path)[0])
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"{path.name} stores its signs in the {have} layout; this CPU decodes fastest from {layout}: "
               f"rewriting them once into {out} (later runs reuse it; --layout {have} runs the file as it is)",
@@ -392,7 +389,7 @@ def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto", load="
     matches, else builds that layout at load (the file's copy is held too)."""
     header, data_start = read_header(path)
     if kind == "int8" and layout == "auto" and sign_layout(header) != run_layout(kind):
-        path = relayout_cached(path, run_layout(kind))
+        path = relayout_cached(path, sign_layout(header), run_layout(kind))
         header, data_start = read_header(path)
     stored = header["tensors"]["lm_head.weight"]["dtype"]
     # a head stored in another type than it runs in is read once, to convert: left mapped, not read
