@@ -170,12 +170,19 @@ terms = {
     "logits_and_loss": "one chunk of both models' logits, softmax and their gradient, the head's gradients",
     "total": "sum of the above; CUDA context and fragmentation not counted (10% of the GPU kept free)",
 }
-memory = pd.DataFrame({s: p["memory_gib_per_gpu"] for s, p in plans.items()})
-assert set(memory.index) == set(terms), "a memory term of the plan is not explained here"
-memory = memory.loc[list(terms)]
-memory["what it is"] = [terms[k] for k in memory.index]
-display(memory.style.format({s: "{:.2f}" for s in SIZES}).set_properties(subset=["what it is"],
-                                                                           **{"text-align": "left"}))
+
+
+def explained(key, meanings):
+    """The plans' `key` table (GiB per GPU by size), every row beside what it is; asserts none is unexplained."""
+    table = pd.DataFrame({s: p[key] for s, p in plans.items()})
+    assert set(table.index) == set(meanings), f"a row of the plan's {key} is not explained here"
+    table = table.loc[list(meanings)]
+    table["what it is"] = [meanings[k] for k in table.index]
+    display(table.style.format({s: "{:.2f}" for s in SIZES}).set_properties(subset=["what it is"],
+                                                                          **{"text-align": "left"}))
+
+
+explained("memory_gib_per_gpu", terms)
 
 # %% [markdown]
 # The terms do not all peak at once: the teacher's forward is over before the student's starts, and
@@ -190,12 +197,7 @@ phase_terms = {
     "optimizer_step": "AdamW's foreach temporaries (sqrt(v), 4 B per parameter) during the update",
     "peak": "held + the largest of the three phases: the most the GPU holds at once",
 }
-phases = pd.DataFrame({s: p["phases_gib_per_gpu"] for s, p in plans.items()})
-assert set(phases.index) == set(phase_terms), "a phase of the plan is not explained here"
-phases = phases.loc[list(phase_terms)]
-phases["what it is"] = [phase_terms[k] for k in phases.index]
-display(phases.style.format({s: "{:.2f}" for s in SIZES}).set_properties(subset=["what it is"],
-                                                                         **{"text-align": "left"}))
+explained("phases_gib_per_gpu", phase_terms)
 for s in SIZES:
     ph = plans[s]["phases_gib_per_gpu"]
     assert abs(ph["peak"] - ph["held"] - max(ph["teacher_forward"], ph["forward_backward"], ph["optimizer_step"])) < 1e-9
