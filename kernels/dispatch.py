@@ -14,7 +14,8 @@ chosen by batch size, by the layouts `packed` carries and by kernels.simd.ISA, t
 found at run time ('avx512' with VNNI -> v10 for int8 batches and v13 for batch 1 unless the nib4
 tiles are present, 'avx2' -> v3/v5/v7, v9 for int8 batch 1 wherever packed.nib4 is present,
 'portable' -> v2/v4/v6; TINYFBI_ISA=avx2 or =portable steps down). Signs held as nib4 tiles alone
-(packed.bits None) are rewritten to blocked bits for each call of a kernel that reads those
+(packed.bits None) are read by v9 and v7 as they are (v7 rewrites one 32-row tile at a time into
+blocked bits in the core's cache), and rewritten to blocked bits for each call of the other kernels
 (kernels/nib4_blocked.py). `int8_decode_layout()` says which layout int8 decode reads fastest on
 this CPU;
 `kernel_name` says which. Threads: whatever numba.set_num_threads
@@ -49,6 +50,7 @@ _BATCH = {"v6_tiles_blas": matmul_tiles_blas, "v7_maddubs_gemm_int8": matmul_mad
 
 
 LAYOUTS = ("blocked", "nib4")
+READS_NIB4 = ("v9_lut4_int8", "v7_maddubs_gemm_int8")   # v7 rewrites one tile at a time in a core's cache
 
 
 def int8_decode_layout(prefer: str = "auto") -> str:
@@ -97,7 +99,7 @@ def matvec(packed: PackedSigns, alpha, beta, x, kind: str = "exact") -> np.ndarr
         raise ValueError(f"x must be ({n_in},) or (B, {n_in}), got {x.shape}")
     x2 = x.reshape(-1, n_in)                                         # (B, in)
     name = kernel_name(packed, x2.shape[0], kind)
-    if packed.bits is None and name != "v9_lut4_int8":               # nib4 alone: this call's blocked bits
+    if packed.bits is None and name not in READS_NIB4:               # nib4 alone: this call's blocked bits
         packed = PackedSigns(packed.out_features, n_in, blocked_from_nib4(packed.nib4, packed.out_features, scratch=True),
                              packed.lut)
     if name in _BATCH:

@@ -14,6 +14,8 @@ import numba
 import numpy as np
 
 from kernels.act_int8 import quantize_int8, quantize_int8_bit_order
+from kernels.bitpack import NIB_ROWS
+from kernels.nib4_blocked import prefetch_lines, tile_to_blocked
 from kernels.simd import cache_stable
 
 TOKENS = 4                 # tokens per register tile of the batch rows: 8 masks + 4 accumulators + scratch
@@ -43,6 +45,18 @@ def rows_matvec(row, bit_order: bool = False):
     return _matvec
 
 
+@numba.njit(cache=True, parallel=True)
+def _quantize_tokens(alpha, beta, x, row_bytes):
+    # x (B, in) float32 -> q (B_pad, 8*row_bytes) int8 (zero rows past B), scale, qsum, bx (B_pad,)
+    n_tok = x.shape[0]
+    n_pad = -(-n_tok // TOKENS) * TOKENS
+    q = np.zeros((n_pad, 8 * row_bytes), np.int8)
+    scale, qsum, bx = np.zeros(n_pad, np.float32), np.zeros(n_pad, np.int64), np.zeros(n_pad, np.float32)
+    for t in numba.prange(n_tok):
+        scale[t], qsum[t], bx[t] = quantize_int8(alpha, beta, x[t], q[t])
+    return q, scale, qsum, bx
+
+
 def rows_matmul(row_x4):
     """row_x4(bits row, q (B_pad, 256*nblk), t0) -> 4 int32 sums (tokens t0..t0+3) -> njit (bits, alpha, beta, x, y)."""
     row_x4 = cache_stable(row_x4)
@@ -51,21 +65,49 @@ def rows_matmul(row_x4):
     def _matmul(bits, alpha, beta, x, y):
         # bits (out, 32*nblk) uint8; alpha, beta (in,); x (B, in) float32 -> y (B, out) float32
         n_tok, n_out = x.shape[0], bits.shape[0]
-        n_pad = -(-n_tok // TOKENS) * TOKENS
-        q = np.zeros((n_pad, 8 * bits.shape[1]), np.int8)              # (B_pad, 256*nblk), zero rows past B
-        scale, qsum, bx = np.zeros(n_pad, np.float32), np.zeros(n_pad, np.int64), np.zeros(n_pad, np.float32)
-        for t in numba.prange(n_tok):
-            scale[t], qsum[t], bx[t] = quantize_int8(alpha, beta, x[t], q[t])
+        q, scale, qsum, bx = _quantize_tokens(alpha, beta, x, bits.shape[1])
         chunk = max(TOKENS, CHUNK_BYTES // q.shape[1] // TOKENS * TOKENS)
-        for c0 in range(0, n_pad, chunk):                              # a chunk of q stays in L2 over all rows
-            c1 = min(n_pad, c0 + chunk)
+        for c0 in range(0, q.shape[0], chunk):                         # a chunk of q stays in L2 over all rows
+            c1 = min(q.shape[0], c0 + chunk)
             for rb in numba.prange(-(-n_out // ROW_BLOCK)):
                 for t0 in range(c0, c1, TOKENS):                       # 4 tokens' q stay in L1 over the block
                     for o in range(rb * ROW_BLOCK, min(n_out, (rb + 1) * ROW_BLOCK)):
                         s = row_x4(bits[o], q, t0)
-                        for i in range(TOKENS):
-                            if t0 + i < n_tok:
-                                y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
+                        for i in range(min(TOKENS, n_tok - t0)):
+                            y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
+
+    return _matmul
+
+
+def rows_matmul_nib4(row_x4):
+    """rows_matmul on nib4 tiles (uint8 (ceil(out/32), 32*nblk, 32)): njit (tiles, n_out, alpha, beta, x, y).
+
+    Each thread rewrites one 32-row tile into blocked bits in a buffer of its own (16-44 KB for a 7B:
+    L1/L2) and runs all tokens over it before the next tile, so the signs are read from memory once
+    per call, in the one layout the file holds, and the blocked bits never leave the core's caches.
+    The tokens' q is read once per 16 rows as in rows_matmul (from L2/L3: 32 multiply-adds per byte)."""
+    row_x4 = cache_stable(row_x4)
+
+    @numba.njit(cache=True, parallel=True)
+    def _matmul(tiles, n_out, alpha, beta, x, y):
+        n_tok = x.shape[0]
+        q, scale, qsum, bx = _quantize_tokens(alpha, beta, x, tiles.shape[1])
+        n_tiles, steps = tiles.shape[0], NIB_ROWS // ROW_BLOCK * (q.shape[0] // TOKENS)
+        lines = -(-tiles.shape[1] * NIB_ROWS // 64)                   # 64-byte lines per tile
+        for t in numba.prange(n_tiles):
+            bits = np.empty((NIB_ROWS, tiles.shape[1]), np.uint8)      # (32, 32*nblk) this tile's rows
+            tile_to_blocked(tiles[t], bits)
+            step = 0                                                   # the next tile's lines, spread over
+            for r0 in range(t * NIB_ROWS, min(n_out, (t + 1) * NIB_ROWS), ROW_BLOCK):   # this tile's steps
+                for t0 in range(0, q.shape[0], TOKENS):                # 4 tokens' q stay in L1 over the block
+                    if t + 1 < n_tiles:
+                        per = -(-lines // steps)
+                        prefetch_lines(tiles[t + 1], step * per, per)
+                    step += 1
+                    for o in range(r0, min(n_out, r0 + ROW_BLOCK)):
+                        s = row_x4(bits[o - t * NIB_ROWS], q, t0)
+                        for i in range(min(TOKENS, n_tok - t0)):
+                            y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
 
     return _matmul
 

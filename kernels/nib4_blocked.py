@@ -56,7 +56,7 @@ def _transpose8(builder, vs):
 
 
 @intrinsic
-def _tile_to_blocked(typingctx, tile, out):
+def tile_to_blocked(typingctx, tile, out):
     """uint8 (P, 32) one tile's nib4 bytes -> uint8 (32, P) its 32 rows in the blocked layout (P = 32*nblk)."""
     if not (is_c_array(tile, types.uint8, 2) and is_c_array(out, types.uint8, 2)):
         return None
@@ -98,16 +98,43 @@ def _tile_to_blocked(typingctx, tile, out):
     return sig, codegen
 
 
+@intrinsic
+def prefetch_lines(typingctx, arr, first, count):
+    """Prefetch (into L2: prefetcht1) `count` 64-byte lines of uint8 array `arr` from line `first` on,
+    clipped to the array: a loop spreads the next tile's lines over the current tile's work."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and arr.layout == "C"
+            and isinstance(first, types.Integer) and isinstance(count, types.Integer)):
+        return None
+    sig = types.void(arr, first, count)
+
+    def codegen(context, builder, sig, args):
+        ap, nbytes = data_pointer(context, builder, sig.args[0], args[0], ir.IntType(8))
+        first_v, count_v = (builder.sext(a, nbytes.type) if a.type.width < 64 else a for a in args[1:])
+        lines = builder.udiv(builder.add(nbytes, ir.Constant(nbytes.type, 63)), ir.Constant(nbytes.type, 64))
+        end = builder.add(first_v, count_v)
+        end = builder.select(builder.icmp_signed("<", end, lines), end, lines)
+        n = builder.sub(end, first_v)
+        n = builder.select(builder.icmp_signed(">", n, ir.Constant(n.type, 0)), n, ir.Constant(n.type, 0))
+        prefetch = builder.module.declare_intrinsic(                    # (address, read, locality 2, data)
+            "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), I32, I32, I32]))
+        with counted_loop(builder, n) as i:
+            at = builder.mul(builder.add(first_v, i), ir.Constant(nbytes.type, 64))
+            builder.call(prefetch, [builder.gep(ap, [at])] + [ir.Constant(I32, c) for c in (0, 2, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, parallel=True)
 def _blocked_from_nib4(nib, bits):
     # nib (tiles, P, 32) uint8 -> bits (rows, P) uint8, rows <= tiles*32 (the padding rows dropped)
     n_rows = bits.shape[0]
     for t in numba.prange(nib.shape[0]):
         if (t + 1) * NIB_ROWS <= n_rows:
-            _tile_to_blocked(nib[t], bits[t * NIB_ROWS:(t + 1) * NIB_ROWS])
+            tile_to_blocked(nib[t], bits[t * NIB_ROWS:(t + 1) * NIB_ROWS])
         else:                                                # the last, partial tile
             tmp = np.empty((NIB_ROWS, bits.shape[1]), np.uint8)
-            _tile_to_blocked(nib[t], tmp)
+            tile_to_blocked(nib[t], tmp)
             bits[t * NIB_ROWS:] = tmp[:n_rows - t * NIB_ROWS]
 
 

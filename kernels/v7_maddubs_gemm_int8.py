@@ -16,7 +16,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from kernels.bitpack import PackedSigns
-from kernels.int8_loops import TOKENS, rows_matmul
+from kernels.int8_loops import TOKENS, rows_matmul, rows_matmul_nib4
 from kernels.simd import V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, hsum, is_c_array, splat
 
 
@@ -60,13 +60,19 @@ def plus_qsum_row_x4(typingctx, wrow, q, t0):
 
 
 _matmul = rows_matmul(plus_qsum_row_x4)
+_matmul_nib4 = rows_matmul_nib4(plus_qsum_row_x4)
 
 
 def matmul_maddubs_int8(packed: PackedSigns, alpha, beta, x) -> np.ndarray:
-    """x (B, in) float32 -> y (B, out) float32 with per-token int8 activations. Needs AVX2."""
+    """x (B, in) float32 -> y (B, out) float32 with per-token int8 activations. Needs AVX2. Reads the
+    blocked bits, or where packed holds nib4 tiles alone, the tiles (each rewritten in a core's cache)."""
     x = np.ascontiguousarray(x, np.float32)
     y = np.empty((x.shape[0], packed.out_features), np.float32)
-    _matmul(packed.bits, np.ascontiguousarray(alpha, np.float32).reshape(-1),
-            np.ascontiguousarray(beta, np.float32).reshape(-1), x, y)
+    alpha = np.ascontiguousarray(alpha, np.float32).reshape(-1)
+    beta = np.ascontiguousarray(beta, np.float32).reshape(-1)
+    if packed.bits is None:
+        _matmul_nib4(np.ascontiguousarray(packed.nib4), packed.out_features, alpha, beta, x, y)
+    else:
+        _matmul(packed.bits, alpha, beta, x, y)
     return y
 

@@ -27,6 +27,9 @@ if %(avx2)s:                                  # v5 and v7 emit AVX2 instructions
     fns["rows_matvec v5"] = v5_maddubs_int8._matvec
     v7_maddubs_gemm_int8.matmul_maddubs_int8(p, ones, zeros, np.ones((5, 256), np.float32))
     fns["rows_matmul v7"] = v7_maddubs_gemm_int8._matmul
+    tiles = PackedSigns(64, 256, None, nib4=np.zeros((2, 32, 32), np.uint8))
+    v7_maddubs_gemm_int8.matmul_maddubs_int8(tiles, ones, zeros, np.ones((5, 256), np.float32))
+    fns["rows_matmul_nib4 v7"] = v7_maddubs_gemm_int8._matmul_nib4
 y = np.empty(64, np.float32)
 stacked._int8_kmask_emulated(p.bits, np.array([64]), ones[None], zeros[None], ones, y)
 print(json.dumps({k: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())] for k, f in fns.items()}))

@@ -1,7 +1,8 @@
 """A .fbipack whose signs are nib4 tiles: one copy of the bits for AVX2 int8 decode (v9) and prefill.
 
-- blocked_from_nib4 (the per-call rewrite the batch kernels read) gives the blocked bits packed straight
-  from sign(W) (kernels.bitpack.pack_blocked_mask, not through nib4), for odd shapes, zeros as +1;
+- blocked_from_nib4 (the per-call rewrite the batch kernels other than v7 read) gives the blocked bits packed
+  straight from sign(W) (kernels.bitpack.pack_blocked_mask, not through nib4), for odd shapes, zeros as +1,
+  and v7 on the tiles equals v7 on those bits;
 - a model packed in each layout and loaded each way (read, map) gives the same logits bit for bit, prefill
   and decode: v9 and v5 / v13 sum the same integers (tests/test_lut4_kernel.py) and a prefill runs the
   same batch kernel on the same bits;
@@ -27,6 +28,7 @@ from kernels import bitpack
 from kernels.dispatch import int8_decode_layout
 from kernels.nib4_blocked import blocked_from_nib4
 from kernels.simd import HAS_AVX2
+from kernels.v7_maddubs_gemm_int8 import matmul_maddubs_int8
 from tinyfbi import Model, ModelConfig, load_model, save_model
 from tinyfbi.corpus.tokenizers import ByteTokenizer
 from tinyfbi.formats.fbipack import read_header, read_packed, sign_layout
@@ -48,6 +50,22 @@ def test_blocked_from_nib4_gives_the_blocked_bits(seed, out_f, in_f):
     blocked = bitpack.pack_blocked_mask(w >= 0)                                 # straight from sign(W)
     nib = bitpack.nib4_from_blocked(blocked)
     assert np.array_equal(blocked_from_nib4(nib, out_f), blocked)
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="v7 needs AVX2, which this CPU (or TINYFBI_ISA) lacks")
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), out_f=st.integers(1, 100), in_f=st.integers(1, 800), tokens=st.integers(1, 13))
+def test_v7_on_nib4_tiles_equals_v7_on_blocked_bits(seed, out_f, in_f, tokens):
+    """v7 reading the tiles (one 32-row tile rewritten at a time in a core's cache) sums the same int8
+    products over the same signs as v7 on blocked bits packed straight from sign(W): equal bit for bit."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    blocked = bitpack.pack_blocked_mask(w >= 0)
+    alpha, beta = rng.random(in_f).astype(np.float32), (rng.standard_normal(in_f) * 0.1).astype(np.float32)
+    x = rng.standard_normal((tokens, in_f)).astype(np.float32)
+    want = matmul_maddubs_int8(bitpack.PackedSigns(out_f, in_f, blocked), alpha, beta, x)
+    tiles = bitpack.PackedSigns(out_f, in_f, None, nib4=bitpack.nib4_from_blocked(blocked))
+    assert np.array_equal(matmul_maddubs_int8(tiles, alpha, beta, x), want)
 
 
 def test_blocked_from_nib4_refuses_a_wrong_shape():
@@ -160,7 +178,7 @@ print(json.dumps(out))
     nib4 = out["nib4"]
     assert nib4["describe"]["isa"] == "avx2" and nib4["describe"]["layout"] == "nib4"
     assert nib4["decode"]["linears"] == "stacked v9_lut4_int8"
-    assert nib4["prefill"]["linears"] == "v7_maddubs_gemm_int8 on nib4 tiles rewritten to blocked per call"
+    assert nib4["prefill"]["linears"] == "v7_maddubs_gemm_int8 on nib4 tiles"
     assert nib4["owned"] == 0 and nib4["viewed"] > 0         # every sign array a view of the file's buffer
     assert not (tmp_path / "cache").exists()                  # nothing rewritten: the file's layout is AVX2's
     assert out["blocked"]["decode"]["linears"] == "stacked v5_maddubs_int8"   # --layout blocked: what runs, said

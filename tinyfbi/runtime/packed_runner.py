@@ -14,7 +14,8 @@ another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per r
   one this CPU decodes fastest from a copy rewritten once into the cache (as llama.cpp repacks weights
   for its CPU); `layout=` the file's own runs it as it is;
 - prefill (many tokens): the batch kernels (v10 / v7 int8, v6 exact) per linear, on the blocked bits, or
-  on a linear's nib4 tiles rewritten to blocked bits per call (kernels/nib4_blocked.py); compiled
+  on the nib4 tiles: v7 rewrites one 32-row tile at a time in a core's cache, the others a linear's tiles
+  per call (kernels/nib4_blocked.py); compiled
   attention over the heads in parallel, compiled RMSNorm and SwiGLU.
 
 A released checkpoint's exact-zero latent weights (the authors' sign(0) = 0, W~ = beta there) are
@@ -46,7 +47,7 @@ import numpy as np
 from kernels.bitpack import PackedSigns
 from kernels.decode_ops import attend_fn, attend_parallel, rmsnorm_into, rmsnorm_rows_into, swiglu_into
 from kernels.dense_head import DenseHead
-from kernels.dispatch import int8_decode_layout, is_batch_kernel, kernel_name, matvec
+from kernels.dispatch import READS_NIB4, int8_decode_layout, is_batch_kernel, kernel_name, matvec
 from kernels.nib4_blocked import blocked_from_nib4
 from kernels.simd import ISA
 from kernels.stacked import StackedSigns, stack_linears, stacked_kernel_name, stacked_matvec
@@ -163,7 +164,7 @@ class PackedRunner(Runner):
         if not is_batch_kernel(body):                                   # decode, short prompts: stacked rows
             body = f"stacked {stacked_kernel_name(layer.qkv, self.kind)}" + (" per token" if tokens > 1 else "")
         elif layer.qkv.bits is None:
-            body += " on nib4 tiles rewritten to blocked per call"
+            body += " on nib4 tiles" + ("" if body in READS_NIB4 else " rewritten to blocked per call")
         return {"linears": body, "head": f"dense_head_{self.head.kind}" if self.head.kind != "f32" else "numpy_f32"}
 
     def describe(self) -> dict:
@@ -266,6 +267,8 @@ class PackedRunner(Runner):
         cos, sin = self.cos[start:end], self.sin[start:end]                              # (T, D)
         t = time.perf_counter()
         h2 = np.empty((B * T, C), np.float32)                                            # normed rows
+        mlp = np.empty((B * T, cfg.intermediate_size), np.float32)   # one buffer for every layer: a fresh
+        # 5.6 MB array per layer (7B, 128 tokens) is fresh pages from the OS, faulted in again each time
         for i, layer in enumerate(self.layers):
             rmsnorm_rows_into(x.reshape(B * T, C), layer.norm1, cfg.rms_norm_eps, h2)
             t = lap("norm", t)
@@ -281,11 +284,10 @@ class PackedRunner(Runner):
             t = lap("norm", t)
             gate, up = (np.ascontiguousarray(y) for y in lin(layer, "gate_up", h2))         # (B*T, I) each
             t = lap("gate_up", t)
-            mlp = np.empty_like(gate)
             swiglu_into(gate.reshape(-1), up.reshape(-1), mlp.reshape(-1))
             t = lap("swiglu", t)
             x = x + lin(layer, "down", mlp)[0].reshape(B, T, C)
-            del q, k, v, a, gate, up, mlp       # freed before the next layer allocates its own: a lower peak
+            del q, k, v, a, gate, up            # freed before the next layer allocates its own: a lower peak
             t = lap("down", t)
         cache.length = end
         h = np.empty((B, T, C), np.float32)
