@@ -15,7 +15,7 @@
 #
 # [FBI-LLM](https://arxiv.org/abs/2407.07093) (Ma, Sun, Shen 2024), **section 3.1**, replaces every
 # linear layer in the transformer blocks by an **FBI-Linear**. Its weight is the sign of a
-# full-precision *latent* weight $W^f$, then the paper's column-wise scaling equation
+# full-precision *latent* weight $W^f$, then scaled column by column, the paper's eq. (3):
 #
 # $$\tilde W_{\cdot,j} = \alpha_j\, \operatorname{sign}(W^f)_{\cdot,j} + \beta_j, \qquad \alpha, \beta \in \mathbb R^{1\times \text{in}}$$
 #
@@ -101,7 +101,11 @@ print("the STE gradient of W is alpha times that of W~: nonzero although d sign/
 # three kinds of scales:
 #
 # * $\alpha$ only: $\beta = 0$, $\alpha = \operatorname{mean}|W|$, the least-squares scale for $\mathrm{sign}(W)$;
-# * FBI's init (the authors' code): $\beta = \operatorname{mean} W$, $\alpha = \operatorname{mean}|W-\beta|$;
+# * FBI's init as the authors' code computes it
+#   ([`qat/learnable_binarizer.py`](https://github.com/LiqunMa/FBI-LLM/blob/main/qat/learnable_binarizer.py)):
+#   $\beta = \operatorname{mean} W$, $\alpha = \operatorname{mean}|W-\beta|$. The paper writes its init as
+#   eqs. (4)-(5); [issue #1](https://github.com/LiqunMa/FBI-LLM/issues/1) on the authors' repository
+#   asks whether those two swap $\alpha$ and $\beta$;
 # * least squares for the fixed signs: the two levels $\beta\pm\alpha$ are the means of the entries
 #   that $\mathrm{sign}(W)$ sends to $+1$ and to $-1$.
 #
@@ -127,18 +131,96 @@ print(f"all nine within {worst:.4f} of the floor")
 
 # %% [markdown]
 # ## Step 4 · weights whose columns differ: where per-column $\alpha$ and $\beta$ matter
-# *Paper: [section 3.1](https://arxiv.org/abs/2407.07093), the column-wise $\alpha_j, \beta_j$.* A column
-# $j$ of $W$ multiplies input feature $x_j$, and in the kernel form (Step 5) $\alpha_j$ multiplies $x_j$
-# itself. Large LLMs have a few hidden dimensions whose activations are far larger than the rest
-# ("outlier features", Dettmers et al., [LLM.int8()](https://arxiv.org/abs/2208.07339)); weights that
-# serve such features can differ from column to column in scale and in mean. We **construct** such a
-# matrix here, $W_{ij} = s_j (z_{ij} + \mu_j)$ with $z$ i.i.d. standard normal, log-normal column scales
-# $s_j$ (spread $e^{\pm 1}$), column offsets $\mu_j \sim \mathcal N(0, 0.5^2)$ and four outlier columns ten
-# times larger. The numbers are chosen to show the mechanism; they are **not** statistics measured on
-# LLaMA's weights.
+# *Paper: [section 3.1](https://arxiv.org/abs/2407.07093), the column-wise $\alpha_j, \beta_j$ of its eq. (3).*
+# Column $j$ of $W$ multiplies input feature $x_j$. If the features are uncorrelated, with RMS $r_j$, a
+# layer's output error is $E\|(W-\tilde W)x\|^2 = \sum_j r_j^2\,\|W_{\cdot j}-\tilde W_{\cdot j}\|^2$: the
+# reconstruction error of $W\operatorname{diag}(r)$, the weight as the output sees it (and as a quantizer
+# sees it once a norm's gain is folded into the next linear). Large input features make large columns.
+# What is published about them for LLaMA-class models:
+#
+# * They sit in a few **fixed feature dimensions**. LLM.int8() (Dettmers et al. 2022,
+#   [arXiv 2208.07339](https://arxiv.org/abs/2208.07339), abstract) keeps such "outlier feature
+#   dimensions" in 16 bits; in LLaMA2-7B the largest activations sit in two fixed feature dimensions,
+#   1415 and 2533 (Sun et al. 2024, "Massive activations", [arXiv 2402.17762](https://arxiv.org/abs/2402.17762),
+#   Figure 1), "e.g., 100,000 times larger" than the others (its abstract), on a few tokens.
+# * About **1% of the input channels** matter most: AWQ (Lin et al. 2023,
+#   [arXiv 2306.00978](https://arxiv.org/abs/2306.00978), abstract) finds that protecting "only 1% of
+#   salient weights", picked per input channel by the size of its activations, removes most of the
+#   low-bit error. `R.SALIENT_CHANNEL_FRACTION` is that 1%.
+# * SpQR (Dettmers et al. 2023, [arXiv 2306.03078](https://arxiv.org/abs/2306.03078)) finds the weights
+#   of LLaMA most sensitive to quantization in column patterns that follow input features (no number
+#   is taken from it).
+#
+# None of these measures how much larger LLaMA's weight columns are: the 100,000x is one activation on
+# a few tokens, not a feature's RMS. So the matrix here is Step 3's i.i.d. Gaussian matrix with the
+# published 1% of its columns scaled by a gain $g$, and $g$ is **swept** from 1 (Step 3 itself) to 100
+# rather than chosen; nothing else about the matrix is structured. With a fraction $p$ of the columns $g$
+# times larger, Step 3's argument with $E|w|$ and $E w^2$ averaged over the columns leaves one $\alpha$ for
+# the whole tensor at the relative error $\sqrt{1-\tfrac{2}{\pi}\,((1-p)+pg)^2/((1-p)+pg^2)}$
+# (`R.one_scale_error`), which climbs towards 1 as $g$ grows: the few large columns hold a growing share
+# of $\|W\|^2$ and one scale cannot fit both sizes. Per-column scales follow any $r$ exactly (the first
+# cell checks it for all three kinds).
 
 # %%
-structured = R.column_structured(OUT, IN, rng, scale_sigma=1.0, mean_to_scale=0.5, outliers=4, outlier_gain=10.0)
+outlier = np.zeros(IN, dtype=bool)                      # (in,) the published 1% of the input columns
+outlier[rng.choice(IN, R.n_outlier_columns(IN), replace=False)] = True
+p = outlier.mean()
+r = np.where(outlier, 10.0, 1.0)                        # (in,) input-feature sizes folded into W
+for kind in R.KINDS:   # sign(W diag r) = sign(W), and each kind of per-column alpha and beta scales with r_j
+    cmp(f"column {kind}: (W diag r)~ = W~ diag r", R.scaled_signs(gaussian * r, "column", kind),
+        R.scaled_signs(gaussian, "column", kind) * r, 1e-12)    # float64 rounding, |W| < 1
+
+gains = [1, 2, 5, 10, 20, 50, 100]                       # an outlier feature's RMS / the others'
+sweep = {g: R.error_table(gaussian * np.where(outlier, g, 1.0)) for g in gains}   # W diag(r), (out, in)
+print(f"\n{outlier.sum()} of {IN} columns ({100 * p:.1f}%) scaled by g; least-squares alpha and beta each time")
+print(f"{'g':>5}{'per tensor':>12}{'per row':>10}{'per column':>12}{'formula, one alpha':>20}")
+for g in gains:
+    e = sweep[g]
+    print(f"{g:>5}{e['tensor', 'lsq']:>12.3f}{e['row', 'lsq']:>10.3f}{e['column', 'lsq']:>12.3f}"
+          f"{R.one_scale_error(p, g):>20.3f}")
+for g in gains:
+    e = sweep[g]
+    # every column i.i.d.: Step 3's floor. As g grows the outlier columns hold most of ||W||^2, so this is
+    # their own floor, from OUT samples each (one column of 256 rows at the CI size: about +-0.02)
+    assert abs(e["column", "lsq"] - R.GAUSSIAN_FLOOR) < 0.02, (g, e)
+    # the formula uses a Gaussian's exact E|z| and E z^2; the outlier columns' own come from OUT entries
+    # each (+-9% on E z^2 at 256 rows, about +-0.01 on the error)
+    assert abs(e["tensor", "lsq"] - R.one_scale_error(p, g)) < 0.03, (g, e)
+assert all(abs(sweep[1][s, "lsq"] - R.GAUSSIAN_FLOOR) < 0.01 for s in R.AXES)    # g = 1 is Step 3's matrix
+for g in gains[3:]:                                      # from g = 10 on: visibly apart, > 0.1 against +-0.01 noise
+    assert min(sweep[g]["tensor", "lsq"], sweep[g]["row", "lsq"]) > sweep[g]["column", "lsq"] + 0.1, sweep[g]
+
+# %%
+fig, ax = plt.subplots(figsize=(6.5, 3.8))
+for s, marker in zip(R.AXES, "os^"):
+    ax.plot(gains, [sweep[g][s, "lsq"] for g in gains], marker=marker, label=f"per {s}")
+g_fine = np.geomspace(1, 100, 200)
+ax.plot(g_fine, [R.one_scale_error(p, g) for g in g_fine], ls=":", color="black", label="formula, one alpha")
+ax.axhline(R.GAUSSIAN_FLOOR, ls="--", color="gray", label="Gaussian floor sqrt(1 - 2/pi)")
+ax.set_xscale("log")
+ax.set_xlabel(f"gain g of the {outlier.sum()} outlier columns (ratio to the others, log scale)")
+ax.set_ylabel("relative error ||W - W~|| / ||W|| (ratio)")
+ax.set_title(f"1% of the columns g times larger, {OUT}x{IN}, least-squares alpha, beta")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The published 1% alone is enough: once the outlier columns are ten times the others, one scale per
+# tensor or per row is far off the floor, and per column stays on it at every gain.
+#
+# ### 4b · columns that differ in size and in mean: what $\beta$ adds
+# Columns of a trained matrix need not differ only by a few outliers, and with zero-mean columns $\beta$
+# has nothing to do. To show it at work the next matrix, $W_{ij} = s_j (z_{ij} + \mu_j)$
+# (`R.column_structured`), adds two things with **chosen**, not published, numbers: log-normal column
+# sizes $s_j$ with spread $e^{\pm 1}$ and column offsets $\mu_j \sim \mathcal N(0, 0.5^2)$ in units of the
+# column's own spread; the published 1% of the columns are again outliers, at $g = 10$. The spread and
+# the offsets are chosen to make the mechanism visible; they are **not** statistics measured on LLaMA's
+# weights.
+
+# %%
+structured = R.column_structured(OUT, IN, rng, scale_sigma=1.0, mean_to_scale=0.5, outliers=R.n_outlier_columns(IN),
+                                 outlier_gain=10.0)
 col_size = np.abs(structured).mean(axis=0)
 print(f"column mean |W|: median {np.median(col_size):.4f}, largest / median {col_size.max() / np.median(col_size):.1f}x, "
       f"smallest / median {col_size.min() / np.median(col_size):.2f}x")
@@ -174,18 +256,20 @@ fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
 plt.show()
 
 # %% [markdown]
-# Two things the table and plot show. Per-column $\alpha$ is what recovers columns of different size:
+# Two things the table and plot of 4b show. Per-column $\alpha$ is what recovers columns of different size:
 # a scale shared over a row or the whole tensor cannot follow them. And $\beta$ helps only when it is
 # fitted to the signs: FBI's init takes $\beta_j$ as the column mean but keeps the signs of $W$ (not of
 # $W-\beta$), so on offset columns it reconstructs *worse* than $\alpha$ alone. That is no flaw in the
 # paper, because the init is only where training starts.
 #
 # **What the reconstruction error does not measure.** (1) A layer's output weighs the error in column
-# $j$ by the size of the input $x_j$; reconstruction weighs every column alike. (2) FBI-LLM never rounds
-# a trained full-precision $W$: it trains from random weights, and the loss moves $\alpha$, $\beta$ and the
-# latent $W$, hence the signs themselves (section 3; the flip rate of notebook 06). The question the
-# paper answers is what a binary layer with trained column scales can *learn*, not how close it comes
-# to some full-precision matrix; notebook 03 trains such layers.
+# $j$ by the size of the input $x_j$; reconstruction of $W$ alone weighs every column alike, and equals
+# the output's error only for $W\operatorname{diag}(r)$ with the inputs' sizes $r$ folded in, as in Step 4.
+# Whether a trained FBI-LLM's latent $W$ grows large columns of its own is not measured here. (2) FBI-LLM
+# never rounds a trained full-precision $W$: it trains from random weights, and the loss moves $\alpha$,
+# $\beta$ and the latent $W$, hence the signs themselves (section 3; the flip rate of notebook 06). The
+# question the paper answers is what a binary layer with trained column scales can *learn*, not how close
+# it comes to some full-precision matrix; notebook 03 trains such layers.
 
 # %% [markdown]
 # ## Step 5 · the kernel's form
@@ -204,8 +288,10 @@ print("sign(W) (alpha * x) + beta . x equals x W~^T")
 # * One binarize, $w \ge 0 \to +1$, so that one bit holds every weight (Step 1).
 # * The straight-through estimator gives $\partial L/\partial W = \alpha\odot\partial L/\partial\tilde W$ and the column
 #   sums for $\alpha$ and $\beta$; both agree with torch and with `tinyfbi.core.layers` (Step 2).
-# * I.i.d. Gaussian weights reconstruct at $\sqrt{1-2/\pi}\approx 0.603$ whatever the scaling (Step 3); per-column
-#   $\alpha$ matters when columns differ in size, and a fitted $\beta$ when they differ in mean (Step 4).
+# * I.i.d. Gaussian weights reconstruct at $\sqrt{1-2/\pi}\approx 0.603$ whatever the scaling (Step 3). With the
+#   published 1% of the columns (outlier input features) $g$ times larger, one scale per tensor or row climbs
+#   towards 1 as $g$ grows while per-column scales stay on the floor; a fitted $\beta$ matters when columns
+#   differ in mean (Step 4).
 #   Reconstruction is not what FBI optimizes: it trains the scales and the signs on the loss.
 # * $\alpha$ and $\beta$ fold into the activations, so the product itself needs only the bits (Step 5).
 #

@@ -29,6 +29,25 @@ AXES = {"tensor": None, "row": 1, "column": 0}   # which axis one scale is avera
 
 KINDS = ("alpha", "fbi", "lsq")   # alpha only; FBI's init of alpha and beta; least squares for sign(W)
 
+# The one published number notebook 01's Step 4 builds on: AWQ (Lin et al. 2023, arXiv 2306.00978,
+# abstract) finds that protecting "only 1% of salient weights", picked per input channel by the size
+# of that channel's activations, removes most of the low-bit error. How much larger those channels
+# are is not pinned by a published statistic of LLaMA's weights, so Step 4 sweeps it.
+SALIENT_CHANNEL_FRACTION = 0.01
+
+
+def n_outlier_columns(in_features, fraction=SALIENT_CHANNEL_FRACTION) -> int:
+    """How many of in_features input columns `fraction` makes outliers; at least one."""
+    return max(1, round(fraction * in_features))
+
+
+def one_scale_error(fraction, gain) -> float:
+    """Relative error of one alpha (beta = 0) on W = z diag(s), z i.i.d. Gaussian, s_j = gain on
+    `fraction` of the columns and 1 elsewhere: E|w| = E[s] sqrt(2/pi) and E w^2 = E[s^2] give
+    sqrt(1 - (2/pi) E[s]^2 / E[s^2]); GAUSSIAN_FLOOR at gain 1, towards 1 as gain grows."""
+    mean_s, mean_s2 = 1 - fraction + fraction * gain, 1 - fraction + fraction * gain ** 2
+    return math.sqrt(1.0 - (2.0 / math.pi) * mean_s ** 2 / mean_s2)
+
 
 def scales(weight, scaling="column", kind="fbi"):
     """(alpha, beta) of `scaling`, broadcastable to weight (out, in).
@@ -77,7 +96,9 @@ def column_structured(out_features, in_features, rng, scale_sigma=1.0, mean_to_s
     s_j = std * exp(scale_sigma * g_j) (log-normal spread of column magnitudes), mu_j ~ N(0,
     mean_to_scale^2) (a column offset in units of its own spread), and `outliers` columns whose scale
     is multiplied by outlier_gain. Within a column the entries stay i.i.d. Gaussian, so per-column
-    alpha and beta can reach the Gaussian floor and nothing coarser can.
+    alpha and beta can reach the Gaussian floor and nothing coarser can. Read s_j as the size of input
+    feature j folded into W: for uncorrelated inputs of RMS r_j, E||(W - W~) x||^2 weighs column j's
+    error by r_j^2, i.e. it is the reconstruction error of W diag(r).
     """
     s = std * np.exp(scale_sigma * rng.standard_normal(in_features))                # (in,)
     if outliers:
