@@ -1,7 +1,7 @@
 """Linears that read the same input (q/k/v, gate/up), stacked row-wise: one batch-1 kernel call.
 
 A decode step multiplies one normalized vector h by q, k and v (and another by gate and up). Each
-FBI linear has its own per-column alpha (arXiv 2407.07093, eq. 2), so they cannot share one scaled
+FBI linear has its own per-column alpha (arXiv 2407.07093, eq. 3), so they cannot share one scaled
 input; but they can share one kernel call: each segment s gets its own alpha_s * h (int8-quantized
 for kind="int8", as lookup tables for "exact"), then one parallel loop runs over all rows of all
 segments, each row reading its segment's activations. One thread-pool wake-up instead of three,

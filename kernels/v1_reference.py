@@ -1,6 +1,6 @@
 """v1: the NumPy reference every faster kernel is checked against.
 
-FBI-Linear (arXiv 2407.07093, eq. 2-3): W~ = alpha * sign(W) + beta with alpha, beta (1, in), one
+FBI-Linear (arXiv 2407.07093, eq. 3): W~ = alpha * sign(W) + beta with alpha, beta (1, in), one
 per input column, so y = x @ W~.T = (alpha * x) @ sign(W).T + x @ beta.T. It unpacks the canonical
 bits to +-1 and multiplies in float64, so its own rounding is far below any kernel's.
 

@@ -13,7 +13,7 @@
 # %% [markdown]
 # # 04 · Bit-packing and popcount: a matrix-vector product with 1-bit weights
 #
-# [FBI-LLM](https://arxiv.org/abs/2407.07093), section 3.1, eq. 2, replaces every linear of the
+# [FBI-LLM](https://arxiv.org/abs/2407.07093), section 3.1, eq. (3), replaces every linear of the
 # decoder blocks by an **FBI-Linear**: the latent weights $W$ are binarized and rescaled per input
 # column $j$,
 #
@@ -41,10 +41,10 @@ MIN_S = 0.05 if FAST else 0.3        # seconds of calls behind each median (at l
 import importlib
 import pkgutil
 
-import kernels
 import matplotlib.pyplot as plt
 import numpy as np
 
+import kernels
 from kernels import bitpack, dispatch, simd
 from kernels.bitpack import pack_canonical, unpack_canonical
 from kernels.threads import set_threads
@@ -191,9 +191,9 @@ for out_f, in_f in SHAPES:
     W_tilde = alpha * np.where(W >= 0, np.float32(1), np.float32(-1)) + beta       # (out, in) float32
     dense, packs = bandwidth.cold_copies(W_tilde, l3), bandwidth.cold_copies(packed, l3)   # each fills 4 L3s
     ms = bandwidth.alternated_ms({
-        "numpy float32": lambda i: dense[i % len(dense)] @ x,
-        "1-bit exact": lambda i: dispatch.matvec(packs[i % len(packs)], alpha, beta, x, "exact"),
-        "1-bit int8": lambda i: dispatch.matvec(packs[i % len(packs)], alpha, beta, x, "int8"),
+        "numpy float32": lambda i, d=dense: d[i % len(d)] @ x,     # this shape's copies, bound now
+        "1-bit exact": lambda i, p=packs: dispatch.matvec(p[i % len(p)], alpha, beta, x, "exact"),
+        "1-bit int8": lambda i, p=packs: dispatch.matvec(p[i % len(p)], alpha, beta, x, "int8"),
         "DRAM read probe": probe}, ROUNDS, min_s=MIN_S)
     probe_gbs += [probe_bytes / t / 1e6 for t in ms["DRAM read probe"][CLOCK]]
     sign_bytes = packed.bits.nbytes + alpha.nbytes + beta.nbytes      # what a 1-bit kernel reads
@@ -308,7 +308,7 @@ print(f"other processes took {meter.other_share():.0%} of the CPUs meanwhile")
 # %% [markdown]
 # ## Summary
 # - One bit per weight holds sign(W) (zero binarizes to +1); bits run along the input axis, the axis
-#   of FBI's $\alpha$ and $\beta$ (section 3.1, eq. 2), so $y = \mathrm{sign}(W)(\alpha\odot x) + \beta\cdot x$
+#   of FBI's $\alpha$ and $\beta$ (section 3.1, eq. (3)), so $y = \mathrm{sign}(W)(\alpha\odot x) + \beta\cdot x$
 #   needs one sign product per linear.
 # - The popcount identity turns a ±1 x int8 dot product into ANDs and popcounts of bit planes.
 # - Every kernel the dispatcher picks on this CPU agrees with the reference (exact ones to float32

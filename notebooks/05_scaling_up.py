@@ -73,7 +73,7 @@ assert 0.63 <= share.loc[shares[0], "130m"] < 0.64 and (share.loc[shares[0], ["7
 # %% [markdown]
 # ## Step 2 · which size the paper's "1.01 bits" describes
 # One bit per sign, plus $\alpha_j$ and $\beta_j$ in fp16 for each input column $j$ of each matrix
-# (section 3.1, eq. 2). A matrix of out x in weights then costs $out \cdot in + 2 \cdot 16 \cdot in$
+# (section 3.1, eq. (3)). A matrix of out x in weights then costs $out \cdot in + 2 \cdot 16 \cdot in$
 # bits, that is $1 + 32/out$ bits per weight: the more rows, the closer to 1. The "1.01" counts
 # these binarized layers only (the embeddings and the head are left out; counted in fp16 too, they
 # give the second column). By hand from the shapes, against the planner's `bits_per_param`:

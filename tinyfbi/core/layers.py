@@ -301,7 +301,7 @@ def cross_entropy_backward(cache, scale=1.0):
 
 
 def distill_forward(logits, teacher_probs):
-    """Autoregressive distillation (FBI-LLM eq. 5): soft CE of the student against the teacher.
+    """Autoregressive distillation (FBI-LLM section 3.2): soft CE of the student against the teacher.
 
     logits (B, T, V) student; teacher_probs (B, T, V) the teacher's softmax at temperature 1.
     loss = -mean over positions of sum_v p_teacher * log p_student

@@ -1,7 +1,7 @@
 """The packed 1-bit runtime: inference straight from sign bits with the Numba kernels.
 
 Each block linear is held as packed sign bits + alpha/beta and computed as
-y = sign(W) @ (alpha * x) + (beta . x) (arXiv 2407.07093, eq. 2-3). Linears that read the same input
+y = sign(W) @ (alpha * x) + (beta . x) (arXiv 2407.07093, eq. 3). Linears that read the same input
 are stacked (kernels/stacked.py): per layer, q/k/v are one kernel call after one RMSNorm, gate/up
 another. Embeddings and norms stay dense; lm_head is fp16 by default, int8 per row or float32
 (kernels/dense_head.py). Same sections as the float runtime (runtime.inference), two paths:

@@ -1,4 +1,4 @@
-"""The student's lm_head and the distillation loss fused over chunks of tokens (FBI-LLM eq. 5).
+"""The student's lm_head and the distillation loss fused over chunks of tokens (FBI-LLM section 3.2).
 
 The unfused path (learner.distill_loss) is the reference every result here is tested against:
 

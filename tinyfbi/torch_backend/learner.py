@@ -33,7 +33,7 @@ def autocast(d: Dist):
 
 
 def distill_loss(kind, logits, y, probs, lam=0.5):
-    """ce: next-token labels; ad: soft cross-entropy against the teacher's softmax (FBI-LLM eq. 5);
+    """ce: next-token labels; ad: soft cross-entropy against the teacher's softmax (FBI-LLM section 3.2);
     mix: lam * ce + (1 - lam) * ad. Mean over positions, in float32."""
     flat = logits.float().flatten(0, 1)                                            # (b*T, V)
     if kind == "ce":
