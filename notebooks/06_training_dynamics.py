@@ -71,7 +71,7 @@ assert abs(frac["all"] - 2 / 6) < 1e-12
 # %% [markdown]
 # ## Step 2 · the two arms
 # Both students are the same FBI model (the `tiny` preset: 4 layers, hidden 256, a byte vocabulary),
-# distilled from the same teacher (section 3.2, eq. 5) on the same batches in the same order, with
+# distilled from the same teacher (section 3.2, the AD loss) on the same batches in the same order, with
 # the same schedule (AdamW, warmup then cosine to a tenth of the peak learning rate). They differ only
 # in their **initial weights**:
 #
@@ -210,11 +210,13 @@ for title, _, _ in arms:       # the flip-flop ratio peaks where the learning ra
 #   where the learning rate does (asserted above), and falls with the cosine to a small fraction of
 #   its peak (over the last fifth of training, under a fifth of it). The arm that starts from trained weights flips fewer weights per step throughout, in the first
 #   fifth of training and in the last.
-# - **Step to step, the flip-flop ratio is a little steadier from scratch** (lower jitter), as the
-#   paper reports; **the gradient norm is steadier from trained weights** (lower jitter), the
-#   opposite of what it reports. At the default size the gradient norm also spikes more often from
-#   scratch; at the CI size neither arm has more than one spike, and the one there is in the arm
-#   from trained weights.
+# - **Step to step, which arm is steadier is not settled by one seed.** The two arms' jitters differ
+#   by a tenth to a fifth of their size, and which one is lower changes from machine to machine: the
+#   BLAS of an AVX-512 CPU rounds float32 sums differently from an AVX2 one, the two runs part after a
+#   few steps, and a 2-core Zen 3 gave the gradient norm steadier from trained weights where the Zen 4
+#   that executed this copy gives it steadier from scratch. The cell below prints which arm is steadier
+#   on this machine, and the verdict takes its words from that line; the number of gradient-norm spikes
+#   is printed beside it, and also changes with the machine.
 # - **Perplexity: the arm from trained weights ends lower**, within 1% of the teacher it started from;
 #   from scratch ends a few percent above it.
 
@@ -231,11 +233,10 @@ for st in (S, T):
     assert st["flips, last fifth (%)"] < st["peak flips (%)"] / 5
     assert st["peak flips (%)"] < (2 if FAST else 1)                       # the verdict's "small"
 assert S["flips, last fifth (%)"] / T["flips, last fifth (%)"] < 2            # "within a factor of two"
-assert S["flip jitter"] < T["flip jitter"] and T["grad-norm jitter"] < S["grad-norm jitter"]
-if FAST:
-    assert not S["grad-norm spikes"] and len(T["grad-norm spikes"]) <= 1
-else:
-    assert len(S["grad-norm spikes"]) > len(T["grad-norm spikes"])
+steadier = {key: "from scratch" if S[key] < T[key] else "from trained weights" for key in ("flip jitter", "grad-norm jitter")}
+for key, arm in steadier.items():
+    low, high = sorted((S[key], T[key]))
+    print(f"{key}: steadier {arm} ({low:.4f} against {high:.4f}, {high / low - 1:.0%} apart)")
 assert T["val ppl"] < S["val ppl"] and abs(T["val ppl"] / scratch["teacher_val_ppl"] - 1) < 0.01
 assert 0.01 < S["val ppl"] / scratch["teacher_val_ppl"] - 1 < 0.1
 
@@ -275,10 +276,11 @@ assert (not FAST and spikes_shared == [282]) or (FAST and not spikes_shared)
 # - *The flip-flop ratios are on similar scales and small*: **supported**. At the default size both
 #   arms flip under 1% of the signs at every step (at the CI size up to 2%, around the end of its
 #   3-step warmup), follow the same schedule, and end within a factor of two of each other.
-# - *From scratch, the flip-flop ratio is steadier*: **supported, barely**: its step-to-step jitter is
-#   lower, though the arm from trained weights flips fewer weights.
-# - *From scratch, the gradient norm is steadier*: **not supported here**: the gradient norm jumps more
-#   from step to step from scratch (and, at the default size, spikes more often).
+# - *From scratch, the flip-flop ratio and the gradient norm are steadier*: **not decided by this
+#   notebook.** One seed per arm, jitters that differ by a tenth to a fifth, and a direction that
+#   changes with the CPU's rounding: the line above says which arm was steadier where this copy ran.
+#   `python -m tinyfbi.reproduce` judges the same statement over 6 seeds at 4x the training (its claim
+#   c1, in docs/reproduction.md).
 # - *Pretrained weights are not necessary*: **true but costly at this budget**. From scratch trains
 #   without any rollback to a few percent of the teacher's perplexity, but the arm that starts from the
 #   teacher's own weights ends lower, within 1% of the teacher. `python -m tinyfbi.reproduce` tests the
@@ -290,8 +292,8 @@ assert (not FAST and spikes_shared == [282]) or (FAST and not spikes_shared)
 # - It follows the learning rate: up through warmup, down with the cosine. A weight flips when an
 #   update of about the learning rate's size carries it across zero.
 # - Starting from a trained full-precision model of the same shape (here the teacher itself) flips
-#   fewer weights, keeps the gradient norm steadier and ends at lower perplexity than starting from
-#   scratch; from scratch keeps the flip-flop ratio a little steadier from step to step.
+#   fewer weights and ends at lower perplexity than starting from scratch; which arm is steadier from
+#   step to step, one seed cannot say.
 # - A spike shared by both arms is a batch: the loss and gradient norm jump, clipping bounds the
 #   update, and the flip-flop ratio settles back within a few steps.
 #

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import resource
 import sys
 import time
@@ -84,7 +85,9 @@ def execute(path: Path, timeout: int) -> float:
         nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(FOLDER)}}).execute()
     except nbclient.exceptions.CellExecutionError as e:
-        raise TinyFBIError(f"{path.name} failed: {str(e).strip().splitlines()[-1]}") from None
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in str(e).strip().splitlines()]
+        where = [line.strip() for line in lines if line.lstrip().startswith("---->")]   # the failing line
+        raise TinyFBIError(f"{path.name} failed: {lines[-1]}" + (f" at {where[-1]}" if where else "")) from None
     finally:
         os.environ.pop("TQDM_DISABLE", None)
         if env_fast is not None:
