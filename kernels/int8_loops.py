@@ -22,6 +22,7 @@ TOKENS = 4                 # tokens per register tile of the batch rows: 8 masks
 CHUNK_BYTES = 256 << 10    # int8 activations per token chunk (half the L2)
 ROW_BLOCK = 16             # rows whose bits stay in L1 while 4 tokens' q pass over them: a row read
                            # q from L2 for every 4 tokens before (v7 11008x4096x512: 190 -> 135 ms)
+GROUP_BYTES = 128 << 10    # blocked bits per thread's group of nib4 tiles (a quarter of a Zen 3's L2)
 
 
 def rows_matvec(row, bit_order: bool = False):
@@ -82,32 +83,39 @@ def rows_matmul(row_x4):
 def rows_matmul_nib4(row_x4):
     """rows_matmul on nib4 tiles (uint8 (ceil(out/32), 32*nblk, 32)): njit (tiles, n_out, alpha, beta, x, y).
 
-    Each thread rewrites one 32-row tile into blocked bits in a buffer of its own (16-44 KB for a 7B:
-    L1/L2) and runs all tokens over it before the next tile, so the signs are read from memory once
-    per call, in the one layout the file holds, and the blocked bits never leave the core's caches.
-    The tokens' q is read once per 16 rows as in rows_matmul (from L2/L3: 32 multiply-adds per byte)."""
+    Blocked like a GEMM for the caches: each thread takes a group of tiles whose blocked bits fill
+    GROUP_BYTES, rewrites them (kernels/nib4_blocked.py) into a buffer of its own, which stays in L2,
+    and runs every token over it, a CHUNK_BYTES chunk of q at a time (L2 too: 384 KB in all, within a
+    Zen 3's 512 KB), 16 rows by 4 tokens as rows_matmul does. The signs are read from memory once per
+    call, in the one layout the file holds; the next group's tiles are prefetched over this group's work
+    (the hardware prefetcher alone left the kernel waiting on them at every group's start)."""
     row_x4 = cache_stable(row_x4)
 
     @numba.njit(cache=True, parallel=True)
     def _matmul(tiles, n_out, alpha, beta, x, y):
-        n_tok = x.shape[0]
-        q, scale, qsum, bx = _quantize_tokens(alpha, beta, x, tiles.shape[1])
-        n_tiles, steps = tiles.shape[0], NIB_ROWS // ROW_BLOCK * (q.shape[0] // TOKENS)
-        lines = -(-tiles.shape[1] * NIB_ROWS // 64)                   # 64-byte lines per tile
-        for t in numba.prange(n_tiles):
-            bits = np.empty((NIB_ROWS, tiles.shape[1]), np.uint8)      # (32, 32*nblk) this tile's rows
-            tile_to_blocked(tiles[t], bits)
-            step = 0                                                   # the next tile's lines, spread over
-            for r0 in range(t * NIB_ROWS, min(n_out, (t + 1) * NIB_ROWS), ROW_BLOCK):   # this tile's steps
-                for t0 in range(0, q.shape[0], TOKENS):                # 4 tokens' q stay in L1 over the block
-                    if t + 1 < n_tiles:
-                        per = -(-lines // steps)
-                        prefetch_lines(tiles[t + 1], step * per, per)
-                    step += 1
-                    for o in range(r0, min(n_out, r0 + ROW_BLOCK)):
-                        s = row_x4(bits[o - t * NIB_ROWS], q, t0)
-                        for i in range(min(TOKENS, n_tok - t0)):
-                            y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
+        n_tok, n_tiles, row_bytes = x.shape[0], tiles.shape[0], tiles.shape[1]
+        q, scale, qsum, bx = _quantize_tokens(alpha, beta, x, row_bytes)
+        group = max(1, GROUP_BYTES // (NIB_ROWS * row_bytes))          # tiles per group
+        chunk = max(TOKENS, CHUNK_BYTES // q.shape[1] // TOKENS * TOKENS)
+        steps = group * NIB_ROWS // ROW_BLOCK * (q.shape[0] // TOKENS)  # (row block, 4 tokens) steps per group
+        per = -(-(group * NIB_ROWS * row_bytes // 64) // steps)        # the next group's lines per step
+        for g in numba.prange(-(-n_tiles // group)):
+            t_lo, t_hi = g * group, min(n_tiles, (g + 1) * group)
+            r_lo, r_hi = t_lo * NIB_ROWS, min(n_out, t_hi * NIB_ROWS)
+            bits = np.empty(((t_hi - t_lo) * NIB_ROWS, row_bytes), np.uint8)   # (rows, 32*nblk) blocked
+            for t in range(t_lo, t_hi):
+                tile_to_blocked(tiles[t], bits[(t - t_lo) * NIB_ROWS:(t - t_lo + 1) * NIB_ROWS])
+            ahead = tiles[t_hi:min(n_tiles, t_hi + group)]
+            step = 0
+            for c0 in range(0, q.shape[0], chunk):                     # a chunk of q stays in L2 over the group
+                for r0 in range(r_lo, r_hi, ROW_BLOCK):
+                    for t0 in range(c0, min(q.shape[0], c0 + chunk), TOKENS):   # 4 tokens' q in L1 over 16 rows
+                        prefetch_lines(ahead, step * per, per)
+                        step += 1
+                        for o in range(r0, min(r_hi, r0 + ROW_BLOCK)):
+                            s = row_x4(bits[o - r_lo], q, t0)
+                            for i in range(min(TOKENS, n_tok - t0)):
+                                y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
 
     return _matmul
 

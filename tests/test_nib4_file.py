@@ -68,6 +68,23 @@ def test_v7_on_nib4_tiles_equals_v7_on_blocked_bits(seed, out_f, in_f, tokens):
     assert np.array_equal(matmul_maddubs_int8(tiles, alpha, beta, x), want)
 
 
+@pytest.mark.skipif(not HAS_AVX2, reason="v7 needs AVX2, which this CPU (or TINYFBI_ISA) lacks")
+def test_v7_on_nib4_tiles_across_tile_groups_and_token_chunks():
+    """300 x 4096 at 70 tokens: two groups of tiles (8 tiles of 16 KB fill GROUP_BYTES; the second holds
+    2, the last one 12 rows), two chunks of tokens (64 tokens of 4096 int8 fill CHUNK_BYTES), and the
+    next group prefetched: equal bit for bit to v7 on blocked bits."""
+    from kernels.int8_loops import CHUNK_BYTES, GROUP_BYTES
+    rng = np.random.default_rng(11)
+    out_f, in_f, tokens = 300, 4096, 70
+    assert GROUP_BYTES // (32 * in_f // 8) < -(-out_f // 32) and CHUNK_BYTES // in_f < tokens   # the case holds
+    blocked = bitpack.pack_blocked_mask(rng.random((out_f, in_f)) < 0.5)
+    alpha, beta = rng.random(in_f).astype(np.float32), (rng.standard_normal(in_f) * 0.1).astype(np.float32)
+    x = rng.standard_normal((tokens, in_f)).astype(np.float32)
+    want = matmul_maddubs_int8(bitpack.PackedSigns(out_f, in_f, blocked), alpha, beta, x)
+    tiles = bitpack.PackedSigns(out_f, in_f, None, nib4=bitpack.nib4_from_blocked(blocked))
+    assert np.array_equal(matmul_maddubs_int8(tiles, alpha, beta, x), want)
+
+
 def test_blocked_from_nib4_refuses_a_wrong_shape():
     nib = np.zeros((2, 32, 32), np.uint8)
     with pytest.raises(ValueError, match="nib4 tiles of 80 rows"):
