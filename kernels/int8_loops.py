@@ -74,8 +74,9 @@ def rows_matmul(row_x4):
                 for t0 in range(c0, c1, TOKENS):                       # 4 tokens' q stay in L1 over the block
                     for o in range(rb * ROW_BLOCK, min(n_out, (rb + 1) * ROW_BLOCK)):
                         s = row_x4(bits[o], q, t0)
-                        for i in range(min(TOKENS, n_tok - t0)):
-                            y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
+                        for i in range(TOKENS):                    # a constant trip count: s[i] unrolled
+                            if t0 + i < n_tok:
+                                y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
 
     return _matmul
 
@@ -114,8 +115,9 @@ def rows_matmul_nib4(row_x4):
                         step += 1
                         for o in range(r0, min(r_hi, r0 + ROW_BLOCK)):
                             s = row_x4(bits[o - r_lo], q, t0)
-                            for i in range(min(TOKENS, n_tok - t0)):
-                                y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
+                            for i in range(TOKENS):                # a constant trip count: s[i] unrolled
+                                if t0 + i < n_tok:
+                                    y[t0 + i, o] = scale[t0 + i] * np.float32(2 * np.int64(s[i]) - qsum[t0 + i]) + bx[t0 + i]
 
     return _matmul
 
