@@ -279,12 +279,14 @@ assert (not FAST and spikes_shared == [282]) or (FAST and not spikes_shared)
 # - *From scratch, the flip-flop ratio and the gradient norm are steadier*: **not decided by this
 #   notebook.** One seed per arm, jitters that differ by a tenth to a fifth, and a direction that
 #   changes with the CPU's rounding: the line above says which arm was steadier where this copy ran.
-#   `python -m tinyfbi.reproduce` judges the same statement over 6 seeds at 4x the training (its claim
-#   c1, in docs/reproduction.md).
+#   `python -m tinyfbi.reproduce` judges the statement next to it over 6 seeds at 4x the training: that
+#   the two starts' flip-flop ratios and gradient norms are on similar scales (its claim c1,
+#   docs/reproduction.md); how steady each one is, it does not measure either.
 # - *Pretrained weights are not necessary*: **true but costly at this budget**. From scratch trains
 #   without any rollback to a few percent of the teacher's perplexity, but the arm that starts from the
 #   teacher's own weights ends lower, within 1% of the teacher. `python -m tinyfbi.reproduce` tests the
-#   same claim over 6 seeds at a larger budget (its arm c, in docs/reproduction.md).
+#   same claim over 6 seeds (docs/reproduction.md): the trained start's lead after 300 steps (its claim c)
+#   shrinks to almost nothing after 4x the training (c2).
 #
 # ## Summary
 # - The flip-flop ratio (section 5) is the fraction of signs that change per step; the training loop
