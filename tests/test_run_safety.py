@@ -215,3 +215,19 @@ def test_a_checkpoint_past_the_shard_size_is_written_in_shards_and_reads_back(tm
         np.testing.assert_array_equal(params[name], value)
         np.testing.assert_array_equal(opt["m"][name], m[name])
         np.testing.assert_array_equal(opt["v"][name], v[name])
+
+
+def test_a_held_lock_raises_run_busy_which_reproduce_leaves_to_its_holder(tmp_path):
+    """RunBusy (a TinyFBIError: one line for the user) is what a held lock raises, so that reproduce can
+    tell "another invocation is training it" (leave it, collect it later) from any other error."""
+    from tinyfbi.reproduce import busy
+    from tinyfbi.training.run_lock import RunBusy, RunLock
+    holder = hold_lock(tmp_path / "fbi-ad-s0")
+    try:
+        with pytest.raises(RunBusy, match=f"pid {holder.pid}"):
+            RunLock(tmp_path / "fbi-ad-s0").acquire()
+        assert busy(tmp_path / "fbi-ad-s0") and not busy(tmp_path / "fbi-ce-s0")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not busy(tmp_path / "fbi-ad-s0")                  # freed when its holder died

@@ -44,7 +44,7 @@ from .reproduction.claims import CLAIM_KEYS, CLAIMS, RULE, arms_for, arms_of, ev
 from .reproduction.lockstep import train_lockstep
 from .reproduction.plan import ARM_NAMES, ARMS_BY_NAME, FAST, FULL, INIT_FROM_FP, SIZES, non_embedding_params
 from .reproduction.report import design_estimate, markdown, pilot_markdown, plots, step_seconds, tail_mean
-from .training.run_lock import RunLock
+from .training.run_lock import RunBusy, RunLock
 from .training.spec import RunSpec
 
 
@@ -146,7 +146,7 @@ def busy(run_dir) -> bool:
     try:
         RunLock(run_dir).acquire().release()
         return False
-    except TinyFBIError:
+    except RunBusy:
         return True
 
 
@@ -296,11 +296,11 @@ def train_arms(args, plan, folder, names, seeds_by_arm, teacher, steps) -> dict:
             if todo:
                 try:
                     trained = train_group([f for _, f in todo])
-                except TinyFBIError:
-                    # another invocation took one of these runs between the check above and the lock: leave
-                    # the group to it (each run is collected at the end); any other error stands
-                    if not any(busy(folder / f["name"]) for _, f in todo):
-                        raise
+                except RunBusy:
+                    # another invocation took one of these runs between the check above and the locks (both
+                    # may reach a seed's group at once, each holding part of it, and both let go): leave the
+                    # group to later, where each run is waited for, trained if still unfinished, collected.
+                    # Checking who is busy now would race with that release; any other error stands
                     later += [(seed, name) for name, _ in todo]
                     continue
                 for (name, _), s in zip(todo, trained):

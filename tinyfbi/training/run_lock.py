@@ -25,6 +25,10 @@ from pathlib import Path
 from ..core.errors import TinyFBIError
 
 
+class RunBusy(TinyFBIError):
+    """Another process holds the run's lock (it is training that run now)."""
+
+
 def lock_path(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.lock"
 
@@ -43,7 +47,7 @@ class RunLock:
             holder = describe_holder(fd)
             if not wait:
                 os.close(fd)
-                raise TinyFBIError(f"{self.folder} is in use by another {self.what}: {holder}. Wait for it to end "
+                raise RunBusy(f"{self.folder} is in use by another {self.what}: {holder}. Wait for it to end "
                                    "(or stop it), then rerun; one folder takes one run at a time") from None
             on_wait(f"{self.what}: waiting for {holder} to finish {self.folder}")
             fcntl.flock(fd, fcntl.LOCK_EX)
