@@ -92,8 +92,10 @@ def test_teacher_cache_sparse_distillation(trained, corpus, tmp_path, capsys):
     # a second run on the same teacher, data and sequence length reads the same cache and the teacher's
     # validation loss from the first, computes neither
     again = run("--data", small, "--data-dir", tmp_path / "data", "--out", tmp_path, "--steps", 2,
-                "--name", "cached-again", "--teacher", teacher, "--teacher-cache", 32, *SMALL_RUN)
-    assert "teacher cache: top-32" not in capsys.readouterr().out
+                "--name", "cached-again", "--teacher", teacher, "--teacher-cache", 32, *SMALL_RUN, "--sample-tokens", 0)
+    printed = capsys.readouterr().out
+    assert "teacher cache: top-32" not in printed
+    assert "prompt:" not in printed and "sample" not in again            # --sample-tokens 0: no samples
     assert [p.name for p in (tmp_path / "teacher-caches").glob("teacher-*")] == [cache.name]
     assert again["teacher_val_loss"] == summary["teacher_val_loss"] and val_memo.stat().st_mtime_ns == memo_time
 
@@ -172,6 +174,7 @@ def test_missing_corpus(tmp_path, capsys):
     (["--lr", "3"], "--lr must lie in"),
     (["--loss", "ad", "--teacher", "none"], "distills a teacher"),
     (["--teacher-cache", "-1"], "--teacher-cache must be >= 0"),
+    (["--sample-tokens", "-1"], "--sample-tokens must be >= 0"),
 ])
 def test_bad_flag_values(tmp_path, capsys, flags, message):
     expect_error(capsys, "--out", tmp_path, *flags, message=message)

@@ -71,7 +71,7 @@ def build_parser() -> CLIParser:
                     help="log the fraction of binarized weights whose sign flips each step")
     ap.add_argument("--spike-factor", type=float, default=3.0,
                     help="roll back when the loss exceeds this multiple of its running mean")
-    ap.add_argument("--sample-tokens", type=int, default=60, help="tokens to sample from each model at the end")
+    ap.add_argument("--sample-tokens", type=int, default=60, help="tokens to sample from each model at the end (0: no samples)")
     # torch backend only (see tinyfbi/torch_backend/)
     ap.add_argument("--dry-run", action="store_true", help="torch: plan parameters and memory, train nothing")
     ap.add_argument("--world-size", type=int, default=None, help="torch --dry-run: GPUs to plan for")

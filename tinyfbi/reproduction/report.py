@@ -78,9 +78,10 @@ def markdown(results, command, tail="") -> str:
             verdicts.append(why_inconclusive(v))
     return "\n".join([
         f"# tinyfbi reproduction ({'fast' if results['fast'] else 'full'})", "",
-        f"`{command}` on {results['cpu']}, {results['date']}; wall time {timing['total_s'] / 60:.1f} min "
-        f"(teacher {timing['teacher_s'] / 60:.1f} min{teacher_note(timing)}, students {timing['students_s'] / 60:.1f} "
-        f"min; this invocation {timing['this_invocation_s'] / 60:.1f} min: finished runs are reused). Every run's "
+        f"`{command}` on {results['cpu']}, {results['date']}; the runs' wall times summed {timing['total_s'] / 60:.1f} "
+        f"min (teacher {timing['teacher_s'] / 60:.1f} min{teacher_note(timing)}, students {timing['students_s'] / 60:.1f} "
+        f"min; invocations side by side overlap them); this invocation {timing['this_invocation_s'] / 60:.1f} min from "
+        f"its start (finished runs are reused). Every run's "
         f"steps at its 10th-percentile step time, about the same work on an idle machine: "
         f"{timing['idle_estimate_s'] / 60:.1f} min.", "",
         f"Students: {plan['steps']} steps x {plan['batch_size']} x {plan['seq_len']} tokens = "

@@ -123,12 +123,13 @@ def finish(job: Job) -> dict:
         if backend.is_main and (Path(teacher_dir).parent / "metrics.jsonl").is_file():
             curves["teacher"] = read_metrics(Path(teacher_dir).parent / "metrics.jsonl")
     print(f"  {'student (FBI, 1-bit)' if config.binarized else 'model (full precision)'} {result['val_ppl']:8.2f}")
-    print(f"\nprompt: {tokenizer.decode(prompt)!r}")
-    if teacher is not None:
-        summary["teacher_sample"] = backend.sample(teacher, tokenizer, prompt, spec.sample_tokens, spec.seed)
-        print(f"teacher sample:\n{summary['teacher_sample']}\n")
-    summary["sample"] = backend.sample(learner.model, tokenizer, prompt, spec.sample_tokens, spec.seed)
-    print(f"{'student' if config.binarized else 'model'} sample:\n{summary['sample']}\n")
+    if spec.sample_tokens > 0:                                       # --sample-tokens 0: no samples
+        print(f"\nprompt: {tokenizer.decode(prompt)!r}")
+        if teacher is not None:
+            summary["teacher_sample"] = backend.sample(teacher, tokenizer, prompt, spec.sample_tokens, spec.seed)
+            print(f"teacher sample:\n{summary['teacher_sample']}\n")
+        summary["sample"] = backend.sample(learner.model, tokenizer, prompt, spec.sample_tokens, spec.seed)
+        print(f"{'student' if config.binarized else 'model'} sample:\n{summary['sample']}\n")
     if tok_s:
         print(f"speed: {tok_s:,.0f} tokens/s{backend.describe()}"
               + (f", MFU {summary['mfu']:.1%} (teacher forward counted)" if summary.get("mfu") else ""))

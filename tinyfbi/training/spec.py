@@ -124,6 +124,8 @@ class RunSpec:
             raise TinyFBIError(f"--warmup must be >= 0, got {self.warmup}")
         if self.tokens is not None and self.tokens <= 0:
             raise TinyFBIError(f"--tokens must be positive, got {self.tokens}")
+        if self.sample_tokens < 0:
+            raise TinyFBIError(f"--sample-tokens must be >= 0, got {self.sample_tokens}")
         if self.teacher_cache < 0:
             raise TinyFBIError(f"--teacher-cache must be >= 0, got {self.teacher_cache}")
         if not self.spike_factor > 1:
