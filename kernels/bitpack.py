@@ -208,6 +208,17 @@ class PackedSigns:
         return PackedSigns(self.out_features, self.in_features, self.bits, self.lut, nib4_from_blocked(self.bits))
 
 
+def product_out(out, n_tok: int, n_out: int) -> np.ndarray:
+    """The (n_tok, n_out) float32 array a batch product writes: `out` where given (a caller's buffer reused
+    across calls: a fresh multi-MB array per call may be fresh pages from the OS, each faulted in and
+    zeroed again; docs/runtime.md measures what that cost a 7B's prefill), else a new one."""
+    if out is None:
+        return np.empty((n_tok, n_out), np.float32)
+    if out.shape != (n_tok, n_out) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous float32 {(n_tok, n_out)}, got {out.dtype} {out.shape}")
+    return out
+
+
 def pack_signs_mask(mask: np.ndarray, lut: bool = False) -> PackedSigns:
     """bool (out, in) +1-mask -> PackedSigns."""
     out_f, in_f = mask.shape

@@ -23,7 +23,7 @@ and the BLAS library are set to.
 """
 import numpy as np
 
-from kernels.bitpack import PackedSigns
+from kernels.bitpack import PackedSigns, product_out
 from kernels.nib4_blocked import blocked_from_nib4
 from kernels.simd import HAS_AVX2, HAS_AVX512_VNNI
 from kernels.v2_masked_f32 import matvec_masked_f32
@@ -87,8 +87,10 @@ def is_batch_kernel(name: str) -> bool:
     return name in _BATCH
 
 
-def matvec(packed: PackedSigns, alpha, beta, x, kind: str = "exact") -> np.ndarray:
-    """alpha, beta (1, in) or (in,); x (in,) -> y (out,) or x (B, in) -> y (B, out), float32."""
+def matvec(packed: PackedSigns, alpha, beta, x, kind: str = "exact", out=None) -> np.ndarray:
+    """alpha, beta (1, in) or (in,); x (in,) -> y (out,) or x (B, in) -> y (B, out), float32. out: a
+    C-contiguous float32 (B, out) buffer the batch kernels write into (a caller reusing one per shape
+    spares the OS's fresh pages per call); the token-by-token kernels copy their rows into it."""
     n_in = packed.in_features
     alpha = np.ascontiguousarray(alpha, np.float32).reshape(-1)      # (in,), one per input column
     beta = np.ascontiguousarray(beta, np.float32).reshape(-1)        # (in,)
@@ -103,9 +105,10 @@ def matvec(packed: PackedSigns, alpha, beta, x, kind: str = "exact") -> np.ndarr
         packed = PackedSigns(packed.out_features, n_in, blocked_from_nib4(packed.nib4, packed.out_features, scratch=True),
                              packed.lut)
     if name in _BATCH:
-        y = _BATCH[name](packed, alpha, beta, x2)                   # (B, out)
+        y = _BATCH[name](packed, alpha, beta, x2, out=out)          # (B, out)
     else:
         fn = _BATCH1[name]
-        y = np.stack([fn(packed, alpha, beta, row) for row in x2]) if x2.shape[0] else \
-            np.zeros((0, packed.out_features), np.float32)
+        y = product_out(out, x2.shape[0], packed.out_features)
+        for i, row in enumerate(x2):
+            y[i] = fn(packed, alpha, beta, row)
     return y[0] if x.ndim == 1 else y

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from kernels.act_int8 import quantize_int8, quantize_int8_bit_order
-from kernels.bitpack import NIB_ROWS
+from kernels.bitpack import NIB_ROWS, product_out
 from kernels.nib4_blocked import prefetch_lines, tile_to_blocked
 from kernels.simd import cache_stable
 
@@ -130,10 +130,10 @@ def call_matvec(fn, packed, alpha, beta, x) -> np.ndarray:
     return y
 
 
-def call_matmul(fn, packed, alpha, beta, x) -> np.ndarray:
-    """A rows_matmul kernel on PackedSigns: x (B, in) float32 -> y (B, out) float32."""
+def call_matmul(fn, packed, alpha, beta, x, out=None) -> np.ndarray:
+    """A rows_matmul kernel on PackedSigns: x (B, in) float32 -> y (B, out) float32 (into `out` if given)."""
     x = np.ascontiguousarray(x, np.float32)
-    y = np.empty((x.shape[0], packed.out_features), np.float32)
+    y = product_out(out, x.shape[0], packed.out_features)
     fn(packed.bits, np.ascontiguousarray(alpha, np.float32).reshape(-1),
        np.ascontiguousarray(beta, np.float32).reshape(-1), x, y)
     return y

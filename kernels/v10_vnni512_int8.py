@@ -139,6 +139,6 @@ def matvec_vnni512_int8(packed: PackedSigns, alpha, beta, x, emulated=False) -> 
     return call_matvec(_matvec_emulated if emulated else _matvec, packed, alpha, beta, x)
 
 
-def matmul_vnni512_int8(packed: PackedSigns, alpha, beta, x, emulated=False) -> np.ndarray:
+def matmul_vnni512_int8(packed: PackedSigns, alpha, beta, x, emulated=False, out=None) -> np.ndarray:
     """x (B, in) float32 -> y (B, out) float32, per-token int8. Needs AVX-512 BW + VNNI unless emulated."""
-    return call_matmul(_matmul_emulated if emulated else _matmul, packed, alpha, beta, x)
+    return call_matmul(_matmul_emulated if emulated else _matmul, packed, alpha, beta, x, out)

@@ -19,7 +19,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from kernels.bitpack import PackedSigns
+from kernels.bitpack import PackedSigns, product_out
 from kernels.simd import I32, V32xI8, counted_loop, data_pointer, is_c_array, splat
 
 V32xI32 = ir.VectorType(I32, 32)
@@ -61,8 +61,8 @@ def tile_rows(in_padded: int, out_features: int) -> int:
     return max(8, min(out_features, TILE_BYTES // (4 * in_padded) // 8 * 8))
 
 
-def matmul_tiles_blas(packed: PackedSigns, alpha, beta, x) -> np.ndarray:
-    """x (B, in) float32 -> y (B, out) float32 = (x * alpha) @ sign(W).T + x @ beta.T."""
+def matmul_tiles_blas(packed: PackedSigns, alpha, beta, x, out=None) -> np.ndarray:
+    """x (B, in) float32 -> y (B, out) float32 = (x * alpha) @ sign(W).T + x @ beta.T (into `out` if given)."""
     x = np.asarray(x, np.float32)
     n_in, n_out = packed.in_features, packed.out_features
     in_pad = packed.bits.shape[1] * 8                                 # 256 * nblk
@@ -70,7 +70,7 @@ def matmul_tiles_blas(packed: PackedSigns, alpha, beta, x) -> np.ndarray:
     xs[:, :n_in] = x * np.asarray(alpha, np.float32).reshape(1, n_in)
     rows = tile_rows(in_pad, n_out)
     tile = np.empty((rows, in_pad), np.float32)                       # (R, in_pad)
-    y = np.empty((x.shape[0], n_out), np.float32)                     # (B, out)
+    y = product_out(out, x.shape[0], n_out)                           # (B, out)
     for r0 in range(0, n_out, rows):
         r1 = min(n_out, r0 + rows)
         decode_tile(packed.bits, r0, tile[: r1 - r0])

@@ -15,7 +15,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from kernels.bitpack import PackedSigns
+from kernels.bitpack import PackedSigns, product_out
 from kernels.int8_loops import TOKENS, rows_matmul, rows_matmul_nib4
 from kernels.simd import V8xI32, V16xI16, V32xI8, counted_loop, data_pointer, hsum, is_c_array, splat
 
@@ -63,11 +63,12 @@ _matmul = rows_matmul(plus_qsum_row_x4)
 _matmul_nib4 = rows_matmul_nib4(plus_qsum_row_x4)
 
 
-def matmul_maddubs_int8(packed: PackedSigns, alpha, beta, x) -> np.ndarray:
-    """x (B, in) float32 -> y (B, out) float32 with per-token int8 activations. Needs AVX2. Reads the
-    blocked bits, or where packed holds nib4 tiles alone, the tiles (each rewritten in a core's cache)."""
+def matmul_maddubs_int8(packed: PackedSigns, alpha, beta, x, out=None) -> np.ndarray:
+    """x (B, in) float32 -> y (B, out) float32 (into `out` if given) with per-token int8 activations. Needs
+    AVX2. Reads the blocked bits, or where packed holds nib4 tiles alone, the tiles (each rewritten in a
+    core's cache)."""
     x = np.ascontiguousarray(x, np.float32)
-    y = np.empty((x.shape[0], packed.out_features), np.float32)
+    y = product_out(out, x.shape[0], packed.out_features)
     alpha = np.ascontiguousarray(alpha, np.float32).reshape(-1)
     beta = np.ascontiguousarray(beta, np.float32).reshape(-1)
     if packed.bits is None:

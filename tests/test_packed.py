@@ -8,7 +8,7 @@ from released import write_released
 
 from tinyfbi import Model, ModelConfig, TinyFBIError, load_model, save_model
 from tinyfbi.corpus.tokenizers import ByteTokenizer
-from tinyfbi.formats.fbipack import drop_mapped_pages, read_packed, sign_layout
+from tinyfbi.formats.fbipack import FileRows, drop_mapped_pages, read_header, read_packed, sign_layout
 from tinyfbi.pack import main as pack_main
 from tinyfbi.runtime.build_fbipack import pack_checkpoint
 from tinyfbi.runtime.inference import FloatRunner, generate
@@ -126,8 +126,8 @@ def test_runner_holds_one_copy_of_the_signs(tmp_path, load, kind, layout):
     """A layer's q/k/v (and gate/up) signs lie back to back in the file: the runner's stacked signs (blocked
     bits, or nib4 tiles for int8 on a nib4 file) are one view of the file's mapping (load="map") or of the
     one buffer the file was read into ("read"), never a copy per linear (widths a multiple of 32 rows, as
-    every paper size), and no other layout is held beside them; the embeddings stay mapped either way,
-    and both loads give the same tensors."""
+    every paper size), and no other layout is held beside them; the embedding is mapped by load="map" and
+    read a row at a time by "read" (FileRows), and both loads give the same tensors."""
     cfg = CFG.replace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96)
     save_model(Model(cfg, seed=1), tmp_path / "ckpt", tokenizer=ByteTokenizer())
     pack_checkpoint(tmp_path / "ckpt", tmp_path / "m.fbipack", layout=layout)
@@ -147,10 +147,35 @@ def test_runner_holds_one_copy_of_the_signs(tmp_path, load, kind, layout):
                 bases.add(id(base))
     assert len(bases) == (1 if load == "read" else 0)       # one buffer for every linear's signs
     assert runner.describe()["layout"] == (layout if kind == "int8" else None)
+    embed = runner.params["model.embed_tokens.weight"]
+    assert isinstance(embed, FileRows) if load == "read" else isinstance(first_base(embed), np.memmap)
     _, read = read_packed(tmp_path / "m.fbipack", load)
     _, mapped = read_packed(tmp_path / "m.fbipack", "map")
     assert isinstance(first_base(read["model.embed_tokens.weight"]), np.memmap)
     assert read.keys() == mapped.keys() and all(np.array_equal(read[k], mapped[k]) for k in read)
+
+
+def test_file_rows_read_the_rows_a_mapping_holds(checkpoint):
+    """FileRows (the runner's embedding under load="read") returns, for any integer index array, exactly
+    the rows of the file's mapped tensor (bit for bit: the same bytes), in the index's shape; refuses a
+    row past the table and a non-integer index in one line."""
+    _, tmp = checkpoint
+    pack_checkpoint(tmp / "ckpt", tmp / "m.fbipack")
+    header, data_start = read_header(tmp / "m.fbipack")
+    _, mapped = read_packed(tmp / "m.fbipack", "map")
+    table = mapped["model.embed_tokens.weight"]                     # (256, 72) fp16, mapped
+    t = header["tensors"]["model.embed_tokens.weight"]
+    rows = FileRows(tmp / "m.fbipack", data_start + t["offset"], t["shape"], t["dtype"])
+    assert rows.shape == table.shape and rows.dtype == table.dtype and rows.nbytes == table.nbytes
+    index = np.random.default_rng(0).integers(0, table.shape[0], (3, 5))
+    for idx in (index, index[0], np.int64(7), np.array([255, 0, 255]), np.zeros((0,), np.int64)):
+        got = rows[idx]
+        assert got.shape == table[idx].shape and np.array_equal(got.view(np.uint16), table[idx].view(np.uint16))
+    with pytest.raises(IndexError, match="out of range"):
+        rows[np.array([256])]
+    with pytest.raises(TypeError, match="integer index"):
+        rows[np.array([1.0])]
+    rows.close()
 
 
 @pytest.mark.parametrize("head", ["int8", "f32"])

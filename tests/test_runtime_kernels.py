@@ -359,3 +359,21 @@ def test_dispatch_names_every_kernel_it_can_pick():
     p = bitpack.pack_signs(np.ones((8, 64), np.float32), lut=True)
     names = {dispatch.kernel_name(p, b, k) for b in (1, 4, 64) for k in ("exact", "int8")}
     assert names <= set(dispatch._BATCH1) | set(dispatch._BATCH)
+
+
+@pytest.mark.parametrize("kind", ["exact", "int8"])
+@pytest.mark.parametrize("batch", [1, 3, 4, 64])
+def test_matvec_writes_into_the_callers_buffer(kind, batch):
+    """matvec(out=buf) returns buf itself (batch kernels and the token-by-token ones alike), holding the
+    same values bit for bit as without it (the same kernel on the same inputs): the runner's prefill
+    reuses one buffer per linear across layers. A buffer of the wrong shape or type is refused."""
+    rng = np.random.default_rng(batch)
+    p = bitpack.pack_signs(rng.standard_normal((40, 300)).astype(np.float32), lut=True)
+    alpha, beta = rng.random(300, dtype=np.float32), rng.standard_normal(300).astype(np.float32) * 0.01
+    x = rng.standard_normal((batch, 300)).astype(np.float32)
+    buf = np.full((batch, 40), np.nan, np.float32)
+    y = dispatch.matvec(p, alpha, beta, x, kind, out=buf)
+    assert y is buf and np.array_equal(buf, dispatch.matvec(p, alpha, beta, x, kind))
+    for bad in (np.empty((batch, 41), np.float32), np.empty((batch, 40), np.float64)):
+        with pytest.raises(ValueError, match="out must be"):
+            dispatch.matvec(p, alpha, beta, x, kind, out=bad)

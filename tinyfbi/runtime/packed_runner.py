@@ -57,9 +57,19 @@ from ..core import layers as L
 from ..core.config import ModelConfig
 from ..corpus.tokenizers import load_tokenizer
 from ..formats.config_json import config_from_json
-from ..formats.fbipack import SIGN_LAYOUTS, drop_mapped_pages, load_tensors, plan_spans, read_header, sign_layout
+from ..formats.fbipack import (
+    SIGN_LAYOUTS,
+    FileRows,
+    drop_mapped_pages,
+    load_tensors,
+    plan_spans,
+    read_header,
+    sign_layout,
+)
 from .build_fbipack import GROUPS, cache_dir, iter_random_packed, relayout, storage_plan
 from .inference import KVCache, Runner
+
+EMBED = "model.embed_tokens.weight"     # looked up a row at a time, never multiplied
 
 
 @dataclass
@@ -187,7 +197,7 @@ class PackedRunner(Runner):
         if cache.length + T > cache.max_len:
             raise ValueError(f"sequence of {cache.length + T} tokens exceeds the cache ({cache.max_len})")
         t = time.perf_counter()
-        x = self.params["model.embed_tokens.weight"][tokens].astype(np.float32)          # (B, T, C)
+        x = self.params[EMBED][tokens].astype(np.float32)                                # (B, T, C)
         t = self._lap("embed", t)
         if B == 1 and T == 1:
             h = self._decode(x.reshape(-1), cache)[None]                                 # (1, C)
@@ -246,12 +256,13 @@ class PackedRunner(Runner):
         lap("norm", t)
         return out
 
-    def _batch_linears(self, layer: PackedLayer, group: str, x2: np.ndarray) -> list:
+    def _batch_linears(self, layer: PackedLayer, group: str, x2: np.ndarray, outs: list) -> list:
         """x2 (N, in) -> [(N, out_s) for each linear of the layer's group]: the batch kernels when N is
-        large enough for them, else the stacked batch-1 call token by token (one call for all linears)."""
+        large enough for them (each writing into its buffer of outs), else the stacked batch-1 call token by
+        token (one call for all linears)."""
         st = getattr(layer, group)
         if is_batch_kernel(kernel_name(st.segment(0), x2.shape[0], self.kind)):
-            ys = [matvec(st.segment(s), st.alpha[s], st.beta[s], x2, self.kind) for s in range(len(st.starts))]
+            ys = [matvec(st.segment(s), st.alpha[s], st.beta[s], x2, self.kind, out=outs[s]) for s in range(len(st.starts))]
         else:
             y = np.stack([stacked_matvec(st, row, self.kind) for row in x2])             # (N, R)
             ys = [y[:, r0:r0 + n] for r0, n in zip(st.starts, st.out_features)]
@@ -266,28 +277,33 @@ class PackedRunner(Runner):
         start, end = cache.length, cache.length + T
         cos, sin = self.cos[start:end], self.sin[start:end]                              # (T, D)
         t = time.perf_counter()
+        # one buffer per intermediate for every layer (and x updated in place): a fresh array per layer and
+        # linear (5.6 MB for a 7B's gate with 128 tokens) is fresh pages from the OS, each faulted in and
+        # zeroed again (glibc maps such sizes anew per allocation or not, by its history: a 7B's prefill
+        # varied by about 10% from one call to the next; docs/runtime.md)
+        x = np.ascontiguousarray(x, np.float32)                                          # (B, T, C), ours
         h2 = np.empty((B * T, C), np.float32)                                            # normed rows
-        mlp = np.empty((B * T, cfg.intermediate_size), np.float32)   # one buffer for every layer: a fresh
-        # 5.6 MB array per layer (7B, 128 tokens) is fresh pages from the OS, faulted in again each time
+        a = np.empty((B, T, C), np.float32)                                              # attention (B, T, H*D)
+        mlp = np.empty((B * T, cfg.intermediate_size), np.float32)                       # silu(gate) * up
+        outs = {g: [np.empty((B * T, n), np.float32) for n in getattr(self.layers[0], g).out_features]
+                for g in GROUPS} if self.layers else {}                                  # each linear's output
         for i, layer in enumerate(self.layers):
             rmsnorm_rows_into(x.reshape(B * T, C), layer.norm1, cfg.rms_norm_eps, h2)
             t = lap("norm", t)
-            q, k, v = (np.ascontiguousarray(y).reshape(B, T, -1) for y in lin(layer, "qkv", h2))  # (B, T, C | kv | kv)
-            t = lap("qkv", t)
-            a = np.empty((B, T, C), np.float32)                                          # (B, T, H*D)
+            q, k, v = (np.ascontiguousarray(y).reshape(B, T, -1) for y in lin(layer, "qkv", h2, outs["qkv"]))
+            t = lap("qkv", t)                                                            # (B, T, C | kv | kv)
             for b in range(B):  # BLAS-free: numpy's batched matmul beside spinning kernel threads stalls
                 attend_parallel(q[b], k[b], v[b], cos, sin, _kv_bits(cache.k[i][b]), _kv_bits(cache.v[i][b]), start, a[b])
             t = lap("attention", t)
-            x = x + lin(layer, "o", a.reshape(B * T, C))[0].reshape(B, T, C)
+            x += lin(layer, "o", a.reshape(B * T, C), outs["o"])[0].reshape(B, T, C)
             t = lap("o", t)
             rmsnorm_rows_into(x.reshape(B * T, C), layer.norm2, cfg.rms_norm_eps, h2)
             t = lap("norm", t)
-            gate, up = (np.ascontiguousarray(y) for y in lin(layer, "gate_up", h2))         # (B*T, I) each
+            gate, up = (np.ascontiguousarray(y) for y in lin(layer, "gate_up", h2, outs["gate_up"]))  # (B*T, I)
             t = lap("gate_up", t)
             swiglu_into(gate.reshape(-1), up.reshape(-1), mlp.reshape(-1))
             t = lap("swiglu", t)
-            x = x + lin(layer, "down", mlp)[0].reshape(B, T, C)
-            del q, k, v, a, gate, up            # freed before the next layer allocates its own: a lower peak
+            x += lin(layer, "down", mlp, outs["down"])[0].reshape(B, T, C)
             t = lap("down", t)
         cache.length = end
         h = np.empty((B, T, C), np.float32)
@@ -335,8 +351,8 @@ class PackedRunner(Runner):
                     zeros[group] = tuple(found)
             norms = [np.asarray(arrays[pre + n + ".weight"], np.float32) for n in ("input_layernorm", "post_attention_layernorm")]
             layers.append(PackedLayer(**stacks, norm1=norms[0], norm2=norms[1], zeros=ZeroFix(zeros) if zeros else None))
-        # the embedding stays as stored (fp16, memory-mapped), only looked up
-        dense = {"model.embed_tokens.weight": arrays["model.embed_tokens.weight"],
+        # the embedding stays as stored (fp16, mapped; read by pread where load_packed reads the file)
+        dense = {EMBED: arrays[EMBED],
                  "model.norm.weight": np.asarray(arrays["model.norm.weight"], np.float32),
                  "lm_head.weight": arrays["lm_head.weight"]}
         return cls(config, dense, layers, kind, head, kv)
@@ -399,6 +415,10 @@ def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto", load="
     arrays = load_tensors(path, header, data_start, load, mapped=converted)
     config = config_from_json(header["config"], str(path), binarized_default=True)
     runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv, layout=layout)
+    if load == "read":                      # the embedding read a row at a time, unmapped (FileRows says why)
+        embed = header["tensors"][EMBED]
+        runner.params[EMBED] = FileRows(path, data_start + embed["offset"], embed["shape"], embed["dtype"])
+        drop_mapped_pages(arrays[EMBED])
     for name in converted:                                          # its fp16 pages leave the process's memory
         drop_mapped_pages(arrays[name])
     runner.load = load
