@@ -19,8 +19,9 @@ File layout, all little-endian:
               the zero lists in the order of their linears
 The header states the whole file's size, so a truncated file is refused before any tensor is read.
 
-Loading (read_packed): the embeddings always stay memory-mapped (a token's row is read when used, so a
-7B's 262 MB table costs a few pages). Everything else is either mapped too (load="map": nothing read
+Loading (read_packed): the embeddings always stay memory-mapped, never read whole (a 7B's table is 262
+MB); the packed runner reads their rows with pread instead (FileRows: a row read from the mapping can
+keep up to 2 MB of it resident). Everything else is either mapped too (load="map": nothing read
 up front, pages shared with other processes) or read into one anonymous buffer advised for 2 MB huge
 pages (load="read", the default): one copy either way, but a decode step streams every sign and the
 head once, and through 4 KB file pages that ran 20-30% slower than through huge pages (docs/runtime.md).
