@@ -298,7 +298,7 @@ class FileRows:
         if len(self.shape) != 2:
             raise ValueError(f"FileRows reads a 2-D tensor, got shape {self.shape}")
         self.offset, self.row_bytes = int(offset), self.shape[1] * self.dtype.itemsize
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._fd = os.open(path, os.O_RDONLY)
 
     @property
     def nbytes(self) -> int:

@@ -280,8 +280,7 @@ class PackedRunner(Runner):
         # one buffer per intermediate for every layer (and x updated in place): a fresh array per layer and
         # linear (5.6 MB for a 7B's gate with 128 tokens) is fresh pages from the OS, each faulted in and
         # zeroed again (glibc maps such sizes anew per allocation or not, by its history: a 7B's prefill
-        # varied by about 10% from one call to the next; docs/runtime.md)
-        x = np.ascontiguousarray(x, np.float32)                                          # (B, T, C), ours
+        # varied by about 10% from one call to the next; docs/runtime.md). x is forward's own new array.
         h2 = np.empty((B * T, C), np.float32)                                            # normed rows
         a = np.empty((B, T, C), np.float32)                                              # attention (B, T, H*D)
         mlp = np.empty((B * T, cfg.intermediate_size), np.float32)                       # silu(gate) * up
@@ -351,7 +350,7 @@ class PackedRunner(Runner):
                     zeros[group] = tuple(found)
             norms = [np.asarray(arrays[pre + n + ".weight"], np.float32) for n in ("input_layernorm", "post_attention_layernorm")]
             layers.append(PackedLayer(**stacks, norm1=norms[0], norm2=norms[1], zeros=ZeroFix(zeros) if zeros else None))
-        # the embedding stays as stored (fp16, mapped; read by pread where load_packed reads the file)
+        # the embedding stays as stored (fp16), only looked up: mapped, or FileRows (load_packed's "read")
         dense = {EMBED: arrays[EMBED],
                  "model.norm.weight": np.asarray(arrays["model.norm.weight"], np.float32),
                  "lm_head.weight": arrays["lm_head.weight"]}
@@ -413,12 +412,11 @@ def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto", load="
     # a head stored in another type than it runs in is read once, to convert: left mapped, not read
     converted = () if np.dtype(stored) == DenseHead.storage_dtype(head) else ("lm_head.weight",)
     arrays = load_tensors(path, header, data_start, load, mapped=converted)
-    config = config_from_json(header["config"], str(path), binarized_default=True)
-    runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv, layout=layout)
     if load == "read":                      # the embedding read a row at a time, unmapped (FileRows says why)
         embed = header["tensors"][EMBED]
-        runner.params[EMBED] = FileRows(path, data_start + embed["offset"], embed["shape"], embed["dtype"])
-        drop_mapped_pages(arrays[EMBED])
+        arrays[EMBED] = FileRows(path, data_start + embed["offset"], embed["shape"], embed["dtype"])
+    config = config_from_json(header["config"], str(path), binarized_default=True)
+    runner = PackedRunner.from_arrays(config, arrays, kind, head=head, kv=kv, layout=layout)
     for name in converted:                                          # its fp16 pages leave the process's memory
         drop_mapped_pages(arrays[name])
     runner.load = load
