@@ -275,6 +275,34 @@ def test_random_init_packs_a_file_that_runs_the_same_model(tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_random_init_packed_runs_from_a_file_drawn_once(tmp_path, monkeypatch, capsys):
+    """--random-init SIZE --packed runs the model pack --random-init writes, from a file drawn once into
+    the cache and reused (so it holds what a file's runner holds: the embedding read a row at a time);
+    its logits equal the in-memory build's bit for bit (the same draws, the same kernels). Where the cache
+    cannot be written it builds the model in memory instead and says so on stderr."""
+    from tinyfbi.generate import random_runner
+    monkeypatch.setenv("TINYFBI_CACHE", str(tmp_path / "cache"))
+    tokens = np.array([[5, 6, 7, 8]])
+    in_memory = PackedRunner.random(ModelConfig.from_name("micro"), seed=3, kind="int8")
+    expected = in_memory.forward(tokens, in_memory.new_cache())
+    runner = random_runner("micro", True, "int8", 3)
+    assert "drawing the random model once" in capsys.readouterr().err
+    assert isinstance(runner.params["model.embed_tokens.weight"], FileRows)
+    np.testing.assert_array_equal(runner.forward(tokens, runner.new_cache()), expected)
+    (drawn,) = (tmp_path / "cache" / "random").iterdir()
+    mtime = drawn.stat().st_mtime_ns
+    again = random_runner("micro", True, "int8", 3, load="map")
+    assert capsys.readouterr().err == "" and drawn.stat().st_mtime_ns == mtime      # reused, not drawn again
+    np.testing.assert_array_equal(again.forward(tokens, again.new_cache()), expected)
+    random_runner("micro", True, "int8", 4)                                         # another seed: its own file
+    assert len(list((tmp_path / "cache" / "random").iterdir())) == 2
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("TINYFBI_CACHE", str(tmp_path / "not-a-folder" / "cache"))
+    fallback = random_runner("micro", True, "int8", 3)
+    assert "building it in memory instead" in capsys.readouterr().err
+    np.testing.assert_array_equal(fallback.forward(tokens, fallback.new_cache()), expected)
+
+
 def test_evaluate_prices_each_speed_up_in_perplexity(checkpoint, tmp_path, capsys):
     """tinyfbi.evaluate on a packed file: exact kernels give the float model's perplexity (float32 sums in
     another order, 1e-4 relative), int8 activations / an int8 head within 5% (the logit tolerances above)."""

@@ -53,7 +53,8 @@ def build_parser():
     ap.add_argument("--kind", choices=["exact", "int8"], default="exact",
                     help="packed files: exact float kernels, or int8 activations (faster, ~1%% error)")
     ap.add_argument("--random-init", metavar="SIZE", help="no checkpoint: a randomly initialized model of a preset")
-    ap.add_argument("--packed", action="store_true", help="with --random-init: build it packed (1-bit kernels)")
+    ap.add_argument("--packed", action="store_true", help="with --random-init: run it packed (1-bit kernels), as a file is run: the model "
+                    f"is drawn once into ${CACHE_ENV} as a .fbipack (1.3 GB at 7B) and reused after")
     ap.add_argument("--head", choices=["f16", "int8", "f32"], default="f16",
                     help="packed: lm_head storage (fp16 kernel, int8 per row, or float32 BLAS)")
     ap.add_argument("--kv", choices=["auto", "f16", "f32"], default="auto",
@@ -65,9 +66,9 @@ def build_parser():
                          "($TINYFBI_CACHE, default ~/.cache/tinyfbi) and run from there. Naming the file's own "
                          "layout runs it as it is; naming the other builds it at load (both copies held)")
     ap.add_argument("--load", choices=["read", "map"], default="read",
-                    help="packed files: read the signs and head into huge-page memory (faster decode), or map the "
-                         "whole file (nothing read up front, pages shared between processes); embeddings are mapped "
-                         "either way")
+                    help="packed files: read the signs and head into huge-page memory (faster decode) and the "
+                         "embedding a row at a time as tokens need it, or map the whole file (nothing read up "
+                         "front, pages shared between processes)")
     ap.add_argument("--bench", action="store_true",
                     help="warm every kernel, then report prefill and decode tokens/s, a per-part breakdown, "
                          "peak memory and the instruction set, instead of sampling text")
@@ -93,13 +94,13 @@ def load_runner(path, kind="exact", head="f16", kv="auto", layout="auto", load="
     return FloatRunner(load_model(ckpt, dtype=np.float32)), load_tokenizer(ckpt)
 
 
-def random_runner(size, packed, kind, seed, head="f16", kv="auto", layout="auto"):
+def random_runner(size, packed, kind, seed, head="f16", kv="auto", layout="auto", load="read"):
     config = ModelConfig.from_name(size)
     if packed:
         from .runtime.packed_runner import (
-            PackedRunner,  # compiles the Numba kernels: only for --packed
+            load_random,  # compiles the Numba kernels: only for --packed
         )
-        return PackedRunner.random(config, seed, kind, head, kv, layout)
+        return load_random(config, seed, kind, head, kv, layout, load)
     return FloatRunner(Model(config, seed=seed))
 
 
@@ -118,7 +119,8 @@ def sample(args):
         from kernels.threads import set_threads
         set_threads(args.threads)
     if args.random_init:
-        runner = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head, args.kv, args.layout)
+        runner = random_runner(args.random_init, args.packed, args.kind, args.seed, args.head, args.kv, args.layout,
+                               args.load)
         tokenizer = None
     else:
         runner, tokenizer = load_runner(args.ckpt, args.kind, args.head, args.kv, args.layout, args.load)

@@ -16,8 +16,11 @@ peak RSS 0.64 GB, was 6.13 GB when the whole checkpoint was loaded first.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,15 @@ from ..core.errors import TinyFBIError
 from ..formats.atomic import atomic_open
 from ..formats.checkpoint import read_layout, with_checkpoint
 from ..formats.config_json import config_from_json, config_to_json
-from ..formats.fbipack import SIGN_LAYOUTS, PackedWriter, read_packed, sign_layout, zeros_name
+from ..formats.fbipack import (
+    SIGN_LAYOUTS,
+    VERSION,
+    VERSION_NIB4,
+    PackedWriter,
+    read_packed,
+    sign_layout,
+    zeros_name,
+)
 from ..formats.hf_folder import iter_hf_tensors
 
 TOKENIZER_FILE = "tokenizer.model"   # a released folder's LLaMA sentencepiece model, packed with it when present
@@ -238,6 +249,23 @@ def pack_random(config: ModelConfig, out, seed=0, layout="auto"):
         for name, array in iter_random_packed(config, seed, layout):
             writer.write(name, array)
         writer.finish()
+
+
+def random_once(config: ModelConfig, seed=0, layout="auto") -> Path:
+    """The cache's .fbipack of a randomly initialized `config` (pack_random's), signs in `layout`: written on
+    first use (atomically), reused after. Named by a hash of the config, the seed, the layout and the file
+    format, so another shape or seed gets its own file."""
+    layout = file_layout(layout)
+    plan = json.dumps([config_to_json(config), seed, layout, VERSION, VERSION_NIB4], sort_keys=True)
+    key = hashlib.sha1(plan.encode()).hexdigest()[:12]
+    out = cache_dir() / "random" / f"random-{config.num_hidden_layers}x{config.hidden_size}-seed{seed}-{key}.{layout}.fbipack"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"drawing the random model once into {out} (later runs reuse it)", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        pack_random(config, out, seed, layout)
+        print(f"written in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return out
 
 
 def relayout(src, out, layout: str) -> tuple[str, str]:

@@ -66,7 +66,7 @@ from ..formats.fbipack import (
     read_header,
     sign_layout,
 )
-from .build_fbipack import GROUPS, cache_dir, iter_random_packed, relayout, storage_plan
+from .build_fbipack import GROUPS, cache_dir, iter_random_packed, random_once, relayout, storage_plan
 from .inference import KVCache, Runner
 
 EMBED = "model.embed_tokens.weight"     # looked up a row at a time, never multiplied
@@ -397,6 +397,20 @@ def relayout_cached(path, have: str, layout: str) -> Path:
         relayout(path, out, layout)
         print(f"rewritten in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return out
+
+
+def load_random(config: ModelConfig, seed=0, kind="int8", head="f16", kv="auto", layout="auto", load="read"):
+    """A randomly initialized model run as a file is (the same memory: the embedding read a row at a time),
+    from the cache's copy (random_once: drawn on first use). Where the cache cannot be written, the model
+    is built in memory instead (PackedRunner.random, which holds the embedding table too), and says so."""
+    stored = run_layout(kind, layout)
+    try:
+        path = random_once(config, seed, stored)
+    except OSError as e:
+        print(f"cannot write the random model into the cache ({e}): building it in memory instead, "
+              "its embedding table held whole", file=sys.stderr, flush=True)
+        return PackedRunner.random(config, seed, kind, head, kv, layout)
+    return load_packed(path, kind, head, kv, layout=stored, load=load)[0]
 
 
 def load_packed(path, kind="exact", head="f16", kv="auto", layout="auto", load="read"):
