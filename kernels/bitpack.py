@@ -164,8 +164,9 @@ class PackedSigns:
     """sign(W) of one binarized linear, kept packed: what the kernels and a packed runtime hold.
 
     bits: blocked layout, uint8 (out, 32*ceil(in/256)), read by every kernel except lut3 and v9; None
-          where nib4 alone holds the signs (a .fbipack in the nib4 layout: the batch kernels then get
-          the blocked bits rewritten per call, kernels/nib4_blocked.py).
+          where nib4 alone holds the signs (a .fbipack in the nib4 layout: v7 then rewrites groups of
+          tiles into blocked bits in a core's cache, the other batch kernels get a linear's blocked bits
+          rewritten per call, kernels/nib4_blocked.py).
     lut:  optional lut3 layout, uint32 (ceil(out/8), ceil(in/30), 8): one more bit per weight, for
           the fastest exact batch-1 kernel (v3_lut3_f32).
     nib4: optional nib4 layout, uint8 (ceil(out/32), 32*ceil(in/256), 32): for the fastest AVX2 int8
