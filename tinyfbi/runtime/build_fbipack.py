@@ -54,14 +54,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tinyfbi"
 
 
-def packed_once(folder, name: str) -> Path:
-    """The cache's `name`.fbipack of a checkpoint folder: packed on first use (atomically, so a killed
-    pack leaves nothing half-written behind), reused after."""
-    out = cache_dir() / f"{name}.fbipack"
+def made_once(out: Path, doing: str, make) -> Path:
+    """`out`, made by make(out) (an atomic write: a killed one leaves nothing half-written) on first use and
+    reused after; the one time it is made, says on stderr what is being done, where, and in how long."""
     if not out.is_file():
-        print(f"packing {folder} into {out} (once; later runs reuse it)", file=sys.stderr, flush=True)
-        pack_checkpoint(folder, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(f"{doing} once into {out} (later runs reuse it)", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        make(out)
+        print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return out
+
+
+def packed_once(folder, name: str) -> Path:
+    """The cache's `name`.fbipack of a checkpoint folder: packed on first use, reused after."""
+    return made_once(cache_dir() / f"{name}.fbipack", f"packing {folder}", lambda out: pack_checkpoint(folder, out))
 
 
 def file_layout(layout: str = "auto") -> str:
@@ -258,14 +265,9 @@ def random_once(config: ModelConfig, seed=0, layout="auto") -> Path:
     layout = file_layout(layout)
     plan = json.dumps([config_to_json(config), seed, layout, VERSION, VERSION_NIB4], sort_keys=True)
     key = hashlib.sha1(plan.encode()).hexdigest()[:12]
-    out = cache_dir() / "random" / f"random-{config.num_hidden_layers}x{config.hidden_size}-seed{seed}-{key}.{layout}.fbipack"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"drawing the random model once into {out} (later runs reuse it)", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        pack_random(config, out, seed, layout)
-        print(f"written in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    return out
+    name = f"random-{config.num_hidden_layers}x{config.hidden_size}-seed{seed}-{key}.{layout}.fbipack"
+    return made_once(cache_dir() / "random" / name, "drawing the random model",
+                     lambda out: pack_random(config, out, seed, layout))
 
 
 def relayout(src, out, layout: str) -> tuple[str, str]:

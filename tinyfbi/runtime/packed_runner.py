@@ -66,7 +66,7 @@ from ..formats.fbipack import (
     read_header,
     sign_layout,
 )
-from .build_fbipack import GROUPS, cache_dir, iter_random_packed, random_once, relayout, storage_plan
+from .build_fbipack import GROUPS, cache_dir, iter_random_packed, made_once, random_once, relayout, storage_plan
 from .inference import KVCache, Runner
 
 EMBED = "model.embed_tokens.weight"     # looked up a row at a time, never multiplied
@@ -387,16 +387,9 @@ def relayout_cached(path, have: str, layout: str) -> Path:
     path = Path(path).resolve()
     stat = path.stat()
     key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    out = cache_dir() / "layouts" / f"{path.stem}-{key}.{layout}.fbipack"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"{path.name} stores its signs in the {have} layout; this CPU decodes fastest from {layout}: "
-              f"rewriting them once into {out} (later runs reuse it; --layout {have} runs the file as it is)",
-              file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        relayout(path, out, layout)
-        print(f"rewritten in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    return out
+    return made_once(cache_dir() / "layouts" / f"{path.stem}-{key}.{layout}.fbipack",
+                     f"{path.name} stores its signs in the {have} layout; this CPU decodes fastest from {layout} "
+                     f"(--layout {have} runs the file as it is): rewriting them", lambda out: relayout(path, out, layout))
 
 
 def load_random(config: ModelConfig, seed=0, kind="int8", head="f16", kv="auto", layout="auto", load="read"):
